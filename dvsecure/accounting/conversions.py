@@ -1,0 +1,147 @@
+"""Composition over Rényi orders and conversions between zCDP, RDP and (eps, delta).
+
+All functions are pure; none of them touches a ledger.
+"""
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+from typing import Sequence
+
+import numpy as np
+from scipy.optimize import minimize_scalar
+
+from ..errors import ParameterError
+
+# The same standard orders as dp_accounting's RdpAccountant, so reports compare.
+DEFAULT_ORDERS: tuple[float, ...] = tuple(
+    [1 + x / 10.0 for x in range(1, 100)] + list(range(11, 64)) + [128, 256, 512, 1024]
+)
+
+
+def _check_delta(delta: float) -> None:
+    if not (isinstance(delta, (int, float)) and 0 < delta < 1):
+        raise ParameterError(f"delta must be in (0, 1), got {delta!r}")
+
+
+def _check_rho(rho) -> None:
+    if rho < 0 or not math.isfinite(float(rho)):
+        raise ParameterError(f"rho must be a finite number >= 0, got {rho!r}")
+
+
+def rdp_curve(rho, orders: Sequence[float] = DEFAULT_ORDERS) -> np.ndarray:
+    """rho-zCDP is, by definition, RDP of alpha*rho at every order alpha > 1
+    (Bun & Steinke 2016, Definition 1.1)."""
+    _check_rho(rho)
+    return np.asarray(orders, dtype=float) * float(rho)
+
+
+def eps_from_rdp_tight(orders: Sequence[float], rdp: Sequence[float], delta: float) -> tuple[float, float]:
+    """(eps, best order) from an RDP curve, by the improved conversion
+    eps = rdp + log(1 - 1/a) - log(delta * a) / (a - 1)
+    (Canonne, Kamath & Steinke 2020, arXiv:2004.00010 Proposition 12; Asoodeh et
+    al. 2020, arXiv:2001.05990 Eq. 20; Balle et al. 2020). Same conventions as
+    dp_accounting's compute_epsilon: orders <= 1.01 give no bound, and a curve
+    point whose KL bound already gives delta yields eps = 0."""
+    _check_delta(delta)
+    if len(orders) != len(rdp) or len(orders) == 0:
+        raise ParameterError("orders and rdp must be non-empty and of the same length")
+    best, best_order = math.inf, float(orders[0])
+    for a, r in zip(orders, rdp):
+        a, r = float(a), float(r)
+        if a < 1:
+            raise ParameterError(f"Renyi order must be >= 1, got {a}")
+        if r < 0:
+            raise ParameterError(f"RDP values must be >= 0, got {r} at order {a}")
+        if delta ** 2 + math.expm1(-r) > 0:
+            eps = 0.0  # delta <= sqrt(1 - exp(-KL)) already (Pinsker-type bound)
+        elif a > 1.01:
+            eps = r + math.log1p(-1 / a) - math.log(delta * a) / (a - 1)
+        else:
+            eps = math.inf  # numerically unstable as a -> 1; no bound
+        if eps < best:
+            best, best_order = eps, a
+    return max(0.0, best), best_order
+
+
+def eps_from_rdp_classic(orders: Sequence[float], rdp: Sequence[float], delta: float) -> tuple[float, float]:
+    """(eps, best order) by the classic conversion eps = rdp + log(1/delta)/(a - 1)
+    (Mironov 2017, "Rényi Differential Privacy", Proposition 3)."""
+    _check_delta(delta)
+    if len(orders) != len(rdp) or len(orders) == 0:
+        raise ParameterError("orders and rdp must be non-empty and of the same length")
+    o = np.asarray(orders, dtype=float)
+    r = np.asarray(rdp, dtype=float)
+    if np.any(o <= 1):
+        raise ParameterError("the classic conversion needs orders > 1")
+    eps = r - math.log(delta) / (o - 1)
+    i = int(np.nanargmin(eps))
+    return float(eps[i]), float(o[i])
+
+
+def _tight_at(alpha: float, rho: float, delta: float) -> float:
+    return alpha * rho + math.log1p(-1 / alpha) - math.log(delta * alpha) / (alpha - 1)
+
+
+def zcdp_eps_tight(rho, delta: float) -> float:
+    """Smallest eps the improved RDP->DP conversion gives for rho-zCDP, optimised
+    over every real order a > 1 (any single order yields a valid bound, so the
+    optimiser's result is sound whatever its precision)."""
+    _check_rho(rho)
+    _check_delta(delta)
+    rho = float(rho)
+    if delta ** 2 + math.expm1(-rho) > 0:
+        # KL <= rho (the alpha -> 1 end of the curve) and total variation
+        # <= sqrt(1 - exp(-KL)) (Bretagnolle-Huber), so (0, delta)-DP holds.
+        return 0.0
+    # The optimum lies near 1 + sqrt(log(1/delta)/rho); search log(a - 1) around it.
+    guess = math.log(math.sqrt(math.log(1 / delta) / rho))
+    f = lambda u: _tight_at(1 + math.exp(u), rho, delta)
+    lo, hi = max(guess - 8, math.log(0.01)), guess + 8
+    grid = np.linspace(lo, hi, 161)
+    vals = [f(u) for u in grid]
+    i = int(np.argmin(vals))
+    a, b = grid[max(i - 1, 0)], grid[min(i + 1, len(grid) - 1)]
+    res = minimize_scalar(f, bounds=(a, b), method="bounded", options={"xatol": 1e-12})
+    return max(0.0, min(float(res.fun), vals[i]))
+
+
+def zcdp_eps_classic(rho, delta: float) -> float:
+    """eps = rho + 2 sqrt(rho log(1/delta)) (Bun & Steinke 2016, Proposition 1.3):
+    the classic conversion, minimised over orders in closed form."""
+    _check_rho(rho)
+    _check_delta(delta)
+    rho = float(rho)
+    return rho + 2 * math.sqrt(rho * math.log(1 / delta))
+
+
+def rho_from_eps_delta(eps: float, delta: float) -> Fraction:
+    """The largest rho (to ~1e-12 relative, always on the safe side) whose tight
+    conversion at `delta` is <= eps: an (eps, delta) budget as a zCDP budget."""
+    _check_delta(delta)
+    if not (isinstance(eps, (int, float)) and eps > 0 and math.isfinite(eps)):
+        raise ParameterError(f"epsilon must be a positive finite number, got {eps!r}")
+    lo, hi = 0.0, eps  # rho <= eps always, since eps >= rho for any delta < 1
+    while zcdp_eps_tight(hi, delta) <= eps:
+        lo, hi = hi, hi * 2
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        if mid in (lo, hi):
+            break
+        if zcdp_eps_tight(mid, delta) <= eps:
+            lo = mid
+        else:
+            hi = mid
+    if lo == 0:
+        raise ParameterError(f"(epsilon={eps}, delta={delta}) admits no positive rho")
+    return Fraction(lo)
+
+
+def rho_from_rdp_budget(budget: float, order: float) -> Fraction:
+    """An RDP budget B at order a (the prototype's form) as zCDP: the curve a*rho
+    must stay under B at that order, so rho = B / a (Bun & Steinke 2016, Def. 1.1)."""
+    if not (isinstance(budget, (int, float)) and budget > 0 and math.isfinite(budget)):
+        raise ParameterError(f"RDP budget must be a positive finite number, got {budget!r}")
+    if not (isinstance(order, (int, float)) and order > 1 and math.isfinite(order)):
+        raise ParameterError(f"RDP order must be > 1, got {order!r}")
+    return Fraction(budget) / Fraction(order)
