@@ -1,0 +1,199 @@
+"""The aggregator: filter -> backend -> charges -> ledger -> release.
+
+One `Aggregator` serves one consortium policy over one ledger. For each query it
+decides every source's weight from public data (the budget filter), lets the
+backend validate, tally and release, computes each participant's charges from
+public data (weights, parameters, answered bit), records them durably, and only
+then returns the release.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+
+from .accounting.charges import GNMAX, THRESHOLD, Charge
+from .backends import Backend, PlaintextBackend
+from .errors import DuplicateQueryError, ParameterError, VoteError
+from .filter import ACTIVE, EXCLUDED_BUDGET, BudgetFilter
+from .fixedpoint import gamma_to_fixed
+from .ledger import Ledger, LedgerRecord
+from .noise import NoiseSource, PrivateNoise
+from .policy import ConsortiumPolicy
+
+INVALID = "excluded:invalid"
+ABSENT = "absent"
+
+
+@dataclass(frozen=True)
+class Participation:
+    """One source's part in one query."""
+
+    source_id: str
+    gamma: float                  # weight used (0 if it did not take part)
+    status: str                   # active | shrunk | excluded:budget | excluded:invalid | absent
+    reason: str | None            # why an invalid vote was rejected
+    charges: tuple[Charge, ...]
+    rho: Fraction                 # this query's charge
+    spent: Fraction               # cumulative spend after this query
+
+    def to_dict(self) -> dict:
+        return {"source_id": self.source_id, "gamma": self.gamma, "status": self.status, "reason": self.reason,
+                "charges": [c.to_dict() for c in self.charges],
+                "rho": f"{self.rho.numerator}/{self.rho.denominator}",
+                "spent": f"{self.spent.numerator}/{self.spent.denominator}"}
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    seq: int
+    query_id: str
+    answered: bool
+    label: int | None
+    noise_mode: str
+    private: bool
+    backend: str
+    mechanism: dict
+    participants: tuple[Participation, ...]
+
+    def to_dict(self) -> dict:
+        return {"seq": self.seq, "query_id": self.query_id, "answered": self.answered, "label": self.label,
+                "noise_mode": self.noise_mode, "private": self.private, "backend": self.backend,
+                "mechanism": self.mechanism, "participants": [p.to_dict() for p in self.participants]}
+
+    def participant(self, source_id: str) -> Participation:
+        for p in self.participants:
+            if p.source_id == source_id:
+                return p
+        raise KeyError(source_id)
+
+
+class Aggregator:
+    def __init__(self, policy: ConsortiumPolicy, ledger: Ledger, *, backend: Backend | None = None,
+                 noise: NoiseSource | None = None, weights: Mapping[str, float] | None = None,
+                 on_committed: Callable[[list[int]], None] | None = None):
+        if ledger.policy.digest() != policy.digest():
+            raise ParameterError("the ledger was opened for a different policy")
+        self.policy = policy
+        self.ledger = ledger
+        self.backend = backend or PlaintextBackend()
+        self.noise = noise or PrivateNoise()
+        self.filter = BudgetFilter(policy.mechanism)
+        self._budgets = ledger.budgets()
+        self._kinds = [s.votes for s in policy.sources]
+        self.weights: dict[str, float] = {s.id: s.grid_max for s in policy.sources}
+        if weights:
+            self.set_weights(weights)
+        # Test and fault-injection hook: called after the ledger commit, before returning.
+        self._on_committed = on_committed
+
+    def set_weights(self, weights: Mapping[str, float]) -> None:
+        """Desired weights (e.g. from calibration); each must lie on the grid inside its band."""
+        for sid, g in weights.items():
+            src = self.policy.source(sid)
+            gamma_to_fixed(g)
+            if not src.grid_min <= g <= src.grid_max:
+                raise ParameterError(f"source {sid!r}: weight {g} is outside its band "
+                                     f"[{src.grid_min}, {src.grid_max}] on the 2**-16 grid")
+            self.weights[sid] = float(g)
+
+    def spent(self) -> dict[str, Fraction]:
+        return self.ledger.spent()
+
+    # ---- votes ---------------------------------------------------------------
+    def _align(self, votes) -> list:
+        """Votes as a list in policy order: accepts a mapping id -> vote (missing = absent)
+        or a sequence/array with one entry per source."""
+        ids = self.policy.ids
+        if isinstance(votes, Mapping):
+            unknown = set(votes) - set(ids)
+            if unknown:
+                raise VoteError(f"votes from unknown source(s): {', '.join(sorted(map(str, unknown)))}")
+            return [votes.get(i) for i in ids]
+        if isinstance(votes, (str, bytes)):
+            raise VoteError("votes must be a mapping source id -> vote, or one vote per source")
+        try:
+            n = len(votes)
+        except TypeError:
+            raise VoteError(f"votes must be a mapping or a sequence, got {type(votes).__name__}") from None
+        if n != len(ids):
+            raise VoteError(f"expected one vote per source ({len(ids)}), got {n}")
+        return list(votes)
+
+    # ---- queries -------------------------------------------------------------
+    def query(self, query_id: str, votes, num_classes: int) -> QueryResult:
+        return self.query_batch([(query_id, votes)], num_classes)[0]
+
+    def query_batch(self, items: Sequence[tuple[str, object]], num_classes: int) -> list[QueryResult]:
+        if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 2:
+            raise ParameterError(f"num_classes must be an integer >= 2, got {num_classes!r}")
+        num_classes = int(num_classes)
+        ids = [qid for qid, _ in items]
+        for qid in ids:
+            if not isinstance(qid, str) or not qid:
+                raise ParameterError(f"query ids must be non-empty strings, got {qid!r}")
+        if len(set(ids)) != len(ids):
+            raise DuplicateQueryError("duplicate query ids within one batch")
+        for qid in ids:
+            if self.ledger.has_query(qid):
+                raise DuplicateQueryError(f"query id {qid!r} was already answered and charged")
+        submissions = [self._align(v) for _, v in items]
+
+        # 1. Weights from public data only, reserving each earlier query's worst case.
+        spent = self.ledger.spent()
+        provisional = dict(spent)
+        decisions = []
+        for _ in items:
+            row = []
+            for src in self.policy.sources:
+                d = self.filter.decide(src, self.weights[src.id], provisional[src.id], self._budgets[src.id])
+                if d.gamma:
+                    provisional[src.id] += self.filter.worst_case(d.gamma)
+                row.append(d)
+            decisions.append(row)
+        gammas = np.array([[gamma_to_fixed(d.gamma) for d in row] for row in decisions], dtype=np.int64)
+        gammas = gammas.reshape(len(items), len(self.policy.sources))
+
+        # 2. The backend validates, tallies and releases.
+        outputs = self.backend.evaluate(gammas, submissions, self._kinds, num_classes, self.policy.mechanism,
+                                        self.noise)
+
+        # 3. Charges from public data: weights, parameters, answered bit.
+        mech = self.policy.mechanism
+        records, pending = [], []
+        running = dict(spent)
+        for (qid, _), row, out in zip(items, decisions, outputs):
+            parts, charges = [], []
+            for src, d, problem in zip(self.policy.sources, row, out.problems):
+                if d.status == EXCLUDED_BUDGET:
+                    status, gamma, reason = EXCLUDED_BUDGET, 0.0, None
+                elif problem is not None:
+                    status = ABSENT if problem == "absent" else INVALID
+                    gamma, reason = 0.0, (None if problem == "absent" else problem)
+                else:
+                    status, gamma, reason = d.status, d.gamma, None
+                mine: list[Charge] = []
+                if gamma:
+                    if mech.confident:
+                        mine.append(Charge(THRESHOLD, mech.sigma1, gamma, True))
+                    mine.append(Charge(GNMAX, mech.sigma2, gamma, out.release.answered))
+                rho = sum((c.rho for c in mine), Fraction(0))
+                running[src.id] += rho
+                charges.extend((src.id, c) for c in mine)
+                parts.append(Participation(src.id, gamma, status, reason, tuple(mine), rho, running[src.id]))
+            pending.append((qid, out, tuple(parts)))
+            body = {"answered": out.release.answered, "label": out.release.label,
+                    "noise_mode": self.noise.mode, "backend": self.backend.name,
+                    "mechanism": mech.to_dict(), "num_classes": num_classes,
+                    "participants": [p.to_dict() for p in parts]}
+            records.append(LedgerRecord(qid, "query", body, tuple(charges)))
+
+        # 4. Durable before released.
+        seqs = self.ledger.commit(records)
+        if self._on_committed is not None:
+            self._on_committed(seqs)
+        return [QueryResult(seq, qid, out.release.answered, out.release.label, self.noise.mode,
+                            self.noise.private, self.backend.name, mech.to_dict(), parts)
+                for seq, (qid, out, parts) in zip(seqs, pending)]

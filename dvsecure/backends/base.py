@@ -1,0 +1,30 @@
+"""The backend interface."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from ..mechanism import Release
+from ..noise import NoiseSource
+from ..policy import MechanismPolicy
+
+
+@dataclass(frozen=True)
+class BackendOutput:
+    """What a backend reveals for one query: the release, and per source whether
+    its vote passed validation (None) or why it was excluded (a reason string)."""
+
+    release: Release
+    problems: tuple[str | None, ...]
+
+
+class Backend:
+    name = "abstract"
+
+    def evaluate(self, gammas_fixed: np.ndarray, submissions: Sequence[Sequence], kinds: Sequence[str],
+                 num_classes: int, mechanism: MechanismPolicy, noise: NoiseSource) -> list[BackendOutput]:
+        """gammas_fixed: int64[Q, S] public weights (0 = not taking part);
+        submissions[q][s]: source s's vote for query q (None if absent)."""
+        raise NotImplementedError

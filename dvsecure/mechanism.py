@@ -1,0 +1,48 @@
+"""The release mechanism on the integer tally grid: GNMax and Confident-GNMax.
+
+Pure functions of (tally, parameters, noise). Every backend's release must equal
+this one's for the same tally and the same noise draws, drawn in this order:
+one threshold sample per query (Confident-GNMax), then C GNMax samples for each
+answered query, in query order.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .fixedpoint import sigma_on_tally_grid, threshold_to_tally
+from .noise import NoiseSource
+from .policy import MechanismPolicy
+
+
+@dataclass(frozen=True)
+class Release:
+    answered: bool
+    label: int | None
+
+
+def tally(gammas_fixed: np.ndarray, votes_fixed: np.ndarray) -> np.ndarray:
+    """v_j = sum_s gamma[s] * p_s[j], exact, at scale 2**32.
+    gammas_fixed: int64[..., S]; votes_fixed: int64[..., S, C] -> int64[..., C]."""
+    return np.einsum("...s,...sc->...c", gammas_fixed.astype(np.int64), votes_fixed.astype(np.int64))
+
+
+def release_batch(tallies: np.ndarray, mechanism: MechanismPolicy, noise: NoiseSource) -> list[Release]:
+    """Release the noisy argmax (or a refusal) for each row of int64[Q, C] tallies.
+    Ties break to the lowest index (np.argmax returns the first maximum)."""
+    tallies = np.asarray(tallies, dtype=np.int64)
+    q, c = tallies.shape
+    if mechanism.confident:
+        z = tallies.max(axis=1) + noise.sample(sigma_on_tally_grid(mechanism.sigma1), q)
+        answered = z >= threshold_to_tally(mechanism.threshold)
+    else:
+        answered = np.ones(q, dtype=bool)
+    idx = np.flatnonzero(answered)
+    out = [Release(False, None)] * q
+    if len(idx):
+        noisy = tallies[idx] + noise.sample(sigma_on_tally_grid(mechanism.sigma2), len(idx) * c).reshape(len(idx), c)
+        labels = np.argmax(noisy, axis=1)
+        for k, i in enumerate(idx):
+            out[i] = Release(True, int(labels[k]))
+    return out

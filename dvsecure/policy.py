@@ -1,0 +1,370 @@
+"""The consortium policy: what every source agreed to, and how it is written down.
+
+A policy is immutable once built. `ConsortiumPolicy.from_toml` / `to_toml` give
+the file format; `digest()` is the SHA-256 of a canonical encoding, so a ledger
+or log can be bound to exactly one policy.
+
+File format (every key checked; unknown keys are errors):
+
+    [consortium]
+    name = "demo"
+    collusion_tolerance = 1          # t, used by the MPC backend
+
+    [mechanism]
+    kind = "confident_gnmax"         # or "gnmax"
+    sigma1 = 1.0                     # threshold noise   (confident_gnmax only)
+    threshold = 0.9                  # T, in weight units (confident_gnmax only)
+    sigma2 = 1.0                     # GNMax noise
+
+    [calibration]                    # optional
+    budget_fraction = 0.1            # share of each budget calibration may spend
+
+    [[sources]]
+    id = "alpha"
+    gamma_min = 0.10
+    gamma_max = 0.60
+    budget = { rdp = 100.0, order = 2.0 }   # or { rho = 50.0 } or { epsilon = 8.0, delta = 1e-5 }
+    delta = 1e-5                     # reporting delta (defaults to the budget's, else 1e-5)
+    on_exhaustion = "exclude"        # or "shrink"
+    votes = "one-hot"                # or "simplex"
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import tomllib
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Mapping
+
+import tomli_w
+
+from .accounting.conversions import rho_from_eps_delta, rho_from_rdp_budget
+from .errors import PolicyError
+from .fixedpoint import SCALE, ceil_to_grid, floor_to_grid
+
+GNMAX_KIND = "gnmax"
+CONFIDENT_KIND = "confident_gnmax"
+ONE_HOT = "one-hot"
+SIMPLEX = "simplex"
+EXCLUDE = "exclude"
+SHRINK = "shrink"
+DEFAULT_DELTA = 1e-5
+
+
+def _number(where: str, name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise PolicyError(f"{where}: {name} must be a number, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise PolicyError(f"{where}: {name} must be finite, got {value!r}")
+    return value
+
+
+def _positive(where: str, name: str, value: Any) -> float:
+    value = _number(where, name, value)
+    if value <= 0:
+        raise PolicyError(f"{where}: {name} must be > 0, got {value!r}")
+    return value
+
+
+def _no_unknown(where: str, table: Mapping[str, Any], allowed: set[str]) -> None:
+    unknown = sorted(set(table) - allowed)
+    if unknown:
+        raise PolicyError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A budget as the source stated it, and the zCDP rho it amounts to."""
+
+    kind: str                     # "rho" | "eps_delta" | "rdp"
+    value: float                  # rho, epsilon or B
+    delta: float | None = None    # for eps_delta
+    order: float | None = None    # for rdp
+
+    def __post_init__(self) -> None:
+        where = "budget"
+        # Normalise numbers to float so equal policies encode (and hash) equally.
+        for name in ("value", "delta", "order"):
+            v = getattr(self, name)
+            if isinstance(v, int) and not isinstance(v, bool):
+                object.__setattr__(self, name, float(v))
+        if self.kind == "rho":
+            _positive(where, "rho", self.value)
+        elif self.kind == "eps_delta":
+            _positive(where, "epsilon", self.value)
+            if self.delta is None or not 0 < _number(where, "delta", self.delta) < 1:
+                raise PolicyError(f"{where}: delta must be in (0, 1), got {self.delta!r}")
+        elif self.kind == "rdp":
+            _positive(where, "rdp", self.value)
+            if self.order is None or _number(where, "order", self.order) <= 1:
+                raise PolicyError(f"{where}: order must be > 1, got {self.order!r}")
+        else:
+            raise PolicyError(f"{where}: unknown budget kind {self.kind!r}")
+
+    @property
+    def rho(self) -> Fraction:
+        if self.kind == "rho":
+            return Fraction(self.value)
+        if self.kind == "eps_delta":
+            return rho_from_eps_delta(self.value, self.delta)
+        return rho_from_rdp_budget(self.value, self.order)
+
+    def to_dict(self) -> dict:
+        if self.kind == "rho":
+            return {"rho": self.value}
+        if self.kind == "eps_delta":
+            return {"epsilon": self.value, "delta": self.delta}
+        return {"rdp": self.value, "order": self.order}
+
+    @classmethod
+    def from_dict(cls, where: str, d: Any) -> "Budget":
+        if not isinstance(d, Mapping):
+            raise PolicyError(f"{where}: budget must be a table like {{ rho = 1.0 }}, got {d!r}")
+        keys = set(d)
+        if keys == {"rho"}:
+            return cls("rho", _positive(where, "budget.rho", d["rho"]))
+        if keys == {"epsilon", "delta"}:
+            return cls("eps_delta", _positive(where, "budget.epsilon", d["epsilon"]),
+                       delta=_number(where, "budget.delta", d["delta"]))
+        if keys == {"rdp", "order"}:
+            return cls("rdp", _positive(where, "budget.rdp", d["rdp"]),
+                       order=_number(where, "budget.order", d["order"]))
+        raise PolicyError(f"{where}: budget must have exactly one of the forms "
+                          f"{{rho}}, {{epsilon, delta}}, {{rdp, order}}; got keys {sorted(keys)}")
+
+
+@dataclass(frozen=True)
+class SourcePolicy:
+    id: str
+    gamma_min: float
+    gamma_max: float
+    budget: Budget
+    delta: float = DEFAULT_DELTA
+    on_exhaustion: str = EXCLUDE
+    votes: str = ONE_HOT
+
+    def __post_init__(self) -> None:
+        where = f"source {self.id!r}"
+        for name in ("gamma_min", "gamma_max", "delta"):
+            v = getattr(self, name)
+            if isinstance(v, int) and not isinstance(v, bool):
+                object.__setattr__(self, name, float(v))
+        if not isinstance(self.id, str) or not self.id or not self.id.isprintable() or len(self.id) > 128:
+            raise PolicyError(f"source id must be a non-empty printable string of at most 128 characters, got {self.id!r}")
+        lo = _number(where, "gamma_min", self.gamma_min)
+        hi = _number(where, "gamma_max", self.gamma_max)
+        if not 0 <= lo <= 1:
+            raise PolicyError(f"{where}: gamma_min must be in [0, 1], got {lo}")
+        if not 0 < hi <= 1:
+            raise PolicyError(f"{where}: gamma_max must be in (0, 1], got {hi}")
+        if lo > hi:
+            raise PolicyError(f"{where}: gamma_min ({lo}) > gamma_max ({hi})")
+        if self.grid_min > self.grid_max:
+            raise PolicyError(f"{where}: the band [{lo}, {hi}] holds no multiple of 2**-16")
+        if not isinstance(self.budget, Budget):
+            raise PolicyError(f"{where}: budget must be a Budget")
+        if not 0 < _number(where, "delta", self.delta) < 1:
+            raise PolicyError(f"{where}: delta must be in (0, 1), got {self.delta}")
+        if self.on_exhaustion not in (EXCLUDE, SHRINK):
+            raise PolicyError(f"{where}: on_exhaustion must be {EXCLUDE!r} or {SHRINK!r}, got {self.on_exhaustion!r}")
+        if self.votes not in (ONE_HOT, SIMPLEX):
+            raise PolicyError(f"{where}: votes must be {ONE_HOT!r} or {SIMPLEX!r}, got {self.votes!r}")
+
+    # The band actually used: the multiples of 2**-16 inside the agreed band.
+    @property
+    def grid_min(self) -> float:
+        g = ceil_to_grid(self.gamma_min)
+        return g if g > 0 else 1 / SCALE  # a participating weight is never 0
+
+    @property
+    def grid_max(self) -> float:
+        return floor_to_grid(self.gamma_max)
+
+    @property
+    def budget_rho(self) -> Fraction:
+        return self.budget.rho
+
+    def to_dict(self) -> dict:
+        return {"id": self.id, "gamma_min": self.gamma_min, "gamma_max": self.gamma_max,
+                "budget": self.budget.to_dict(), "delta": self.delta,
+                "on_exhaustion": self.on_exhaustion, "votes": self.votes}
+
+    @classmethod
+    def from_dict(cls, d: Any, index: int = 0) -> "SourcePolicy":
+        if not isinstance(d, Mapping):
+            raise PolicyError(f"sources[{index}] must be a table")
+        where = f"source {d.get('id', f'#{index}')!r}"
+        _no_unknown(where, d, {"id", "gamma_min", "gamma_max", "budget", "delta", "on_exhaustion", "votes"})
+        for key in ("id", "gamma_min", "gamma_max", "budget"):
+            if key not in d:
+                raise PolicyError(f"{where}: missing required key {key!r}")
+        budget = Budget.from_dict(where, d["budget"])
+        delta = d.get("delta", budget.delta if budget.kind == "eps_delta" else DEFAULT_DELTA)
+        return cls(id=d["id"], gamma_min=d["gamma_min"], gamma_max=d["gamma_max"], budget=budget,
+                   delta=delta, on_exhaustion=d.get("on_exhaustion", EXCLUDE),
+                   votes=d.get("votes", ONE_HOT))
+
+
+@dataclass(frozen=True)
+class MechanismPolicy:
+    """GNMax (sigma2) or Confident-GNMax (sigma1, threshold, sigma2); weight units."""
+
+    kind: str
+    sigma2: float
+    sigma1: float | None = None
+    threshold: float | None = None
+
+    def __post_init__(self) -> None:
+        where = "mechanism"
+        for name in ("sigma1", "sigma2", "threshold"):
+            v = getattr(self, name)
+            if isinstance(v, int) and not isinstance(v, bool):
+                object.__setattr__(self, name, float(v))
+        _positive(where, "sigma2", self.sigma2)
+        if self.kind == CONFIDENT_KIND:
+            if self.sigma1 is None or self.threshold is None:
+                raise PolicyError(f"{where}: confident_gnmax needs sigma1 and threshold")
+            _positive(where, "sigma1", self.sigma1)
+            _number(where, "threshold", self.threshold)
+        elif self.kind == GNMAX_KIND:
+            if self.sigma1 is not None or self.threshold is not None:
+                raise PolicyError(f"{where}: gnmax takes no sigma1/threshold (use kind = \"confident_gnmax\")")
+        else:
+            raise PolicyError(f"{where}: kind must be {GNMAX_KIND!r} or {CONFIDENT_KIND!r}, got {self.kind!r}")
+
+    @property
+    def confident(self) -> bool:
+        return self.kind == CONFIDENT_KIND
+
+    def to_dict(self) -> dict:
+        d: dict[str, Any] = {"kind": self.kind, "sigma2": self.sigma2}
+        if self.confident:
+            d.update(sigma1=self.sigma1, threshold=self.threshold)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Any) -> "MechanismPolicy":
+        if not isinstance(d, Mapping):
+            raise PolicyError("mechanism must be a table")
+        _no_unknown("mechanism", d, {"kind", "sigma1", "sigma2", "threshold"})
+        if "kind" not in d or "sigma2" not in d:
+            raise PolicyError("mechanism: 'kind' and 'sigma2' are required")
+        return cls(kind=d["kind"], sigma2=d["sigma2"], sigma1=d.get("sigma1"), threshold=d.get("threshold"))
+
+
+@dataclass(frozen=True)
+class CalibrationPolicy:
+    """How much of each source's budget private calibration may spend."""
+
+    budget_fraction: float = 0.1
+
+    def __post_init__(self) -> None:
+        f = _number("calibration", "budget_fraction", self.budget_fraction)
+        if not 0 < f < 1:
+            raise PolicyError(f"calibration: budget_fraction must be in (0, 1), got {f}")
+
+    def to_dict(self) -> dict:
+        return {"budget_fraction": self.budget_fraction}
+
+    @classmethod
+    def from_dict(cls, d: Any) -> "CalibrationPolicy":
+        if not isinstance(d, Mapping):
+            raise PolicyError("calibration must be a table")
+        _no_unknown("calibration", d, {"budget_fraction"})
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class ConsortiumPolicy:
+    sources: tuple[SourcePolicy, ...]
+    mechanism: MechanismPolicy
+    name: str = "consortium"
+    collusion_tolerance: int = 1
+    calibration: CalibrationPolicy = field(default_factory=CalibrationPolicy)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sources", tuple(self.sources))
+        if not self.sources:
+            raise PolicyError("a policy needs at least one source")
+        seen: set[str] = set()
+        for s in self.sources:
+            if not isinstance(s, SourcePolicy):
+                raise PolicyError(f"sources must be SourcePolicy objects, got {type(s).__name__}")
+            if s.id in seen:
+                raise PolicyError(f"duplicate source id {s.id!r}")
+            seen.add(s.id)
+        if not isinstance(self.mechanism, MechanismPolicy):
+            raise PolicyError("mechanism must be a MechanismPolicy")
+        t = self.collusion_tolerance
+        if isinstance(t, bool) or not isinstance(t, int) or t < 1:
+            raise PolicyError(f"consortium: collusion_tolerance must be an integer >= 1, got {t!r}")
+        if not isinstance(self.name, str) or not self.name:
+            raise PolicyError("consortium: name must be a non-empty string")
+
+    @property
+    def ids(self) -> tuple[str, ...]:
+        return tuple(s.id for s in self.sources)
+
+    def source(self, source_id: str) -> SourcePolicy:
+        for s in self.sources:
+            if s.id == source_id:
+                return s
+        raise PolicyError(f"unknown source id {source_id!r}")
+
+    def to_dict(self) -> dict:
+        return {"consortium": {"name": self.name, "collusion_tolerance": self.collusion_tolerance},
+                "mechanism": self.mechanism.to_dict(),
+                "calibration": self.calibration.to_dict(),
+                "sources": [s.to_dict() for s in self.sources]}
+
+    def canonical_json(self) -> bytes:
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":")).encode()
+
+    def digest(self) -> str:
+        return hashlib.sha256(self.canonical_json()).hexdigest()
+
+    @classmethod
+    def from_dict(cls, d: Any) -> "ConsortiumPolicy":
+        if not isinstance(d, Mapping):
+            raise PolicyError("a policy must be a table")
+        _no_unknown("policy", d, {"consortium", "mechanism", "calibration", "sources"})
+        if "mechanism" not in d:
+            raise PolicyError("policy: missing [mechanism] table")
+        if "sources" not in d or not isinstance(d["sources"], list):
+            raise PolicyError("policy: missing [[sources]] entries")
+        c = d.get("consortium", {})
+        if not isinstance(c, Mapping):
+            raise PolicyError("consortium must be a table")
+        _no_unknown("consortium", c, {"name", "collusion_tolerance"})
+        return cls(sources=tuple(SourcePolicy.from_dict(s, i) for i, s in enumerate(d["sources"])),
+                   mechanism=MechanismPolicy.from_dict(d["mechanism"]),
+                   name=c.get("name", "consortium"),
+                   collusion_tolerance=c.get("collusion_tolerance", 1),
+                   calibration=CalibrationPolicy.from_dict(d.get("calibration", {})))
+
+    @classmethod
+    def from_toml(cls, text: str) -> "ConsortiumPolicy":
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            raise PolicyError(f"policy file is not valid TOML: {e}") from None
+        return cls.from_dict(data)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "ConsortiumPolicy":
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as e:
+            raise PolicyError(f"cannot read policy file {path}: {e.strerror or e}") from None
+        try:
+            return cls.from_toml(text)
+        except PolicyError as e:
+            raise PolicyError(f"{path}: {e}") from None
+
+    def to_toml(self) -> str:
+        return tomli_w.dumps(self.to_dict())
