@@ -122,6 +122,35 @@ class Aggregator:
             raise VoteError(f"expected one vote per source ({len(ids)}), got {n}")
         return list(votes)
 
+    # ---- steps ---------------------------------------------------------------
+    def _decide(self, spent: Mapping[str, Fraction]):
+        return [self.filter.decide(src, self.weights[src.id], spent[src.id], self._budgets[src.id])
+                for src in self.policy.sources]
+
+    def _evaluate(self, rows, submissions, num_classes):
+        gammas = np.array([[gamma_to_fixed(d.gamma) for d in row] for row in rows], dtype=np.int64)
+        gammas = gammas.reshape(len(rows), len(self.policy.sources))
+        return self.backend.evaluate(gammas, submissions, self._kinds, num_classes, self.policy.mechanism,
+                                     self.noise)
+
+    def _source_charges(self, gamma: float, answered: bool) -> list[Charge]:
+        """A participant pays the threshold check (always, under Confident-GNMax)
+        and the GNMax release (only if answered); a non-participant pays nothing."""
+        if not gamma:
+            return []
+        mech = self.policy.mechanism
+        out = []
+        if mech.confident:
+            out.append(Charge(THRESHOLD, mech.sigma1, gamma, True))
+        out.append(Charge(GNMAX, mech.sigma2, gamma, answered))
+        return out
+
+    def _charges(self, row, out):
+        for src, d, problem in zip(self.policy.sources, row, out.problems):
+            if d.gamma and problem is None:
+                for c in self._source_charges(d.gamma, out.release.answered):
+                    yield src.id, c
+
     # ---- queries -------------------------------------------------------------
     def query(self, query_id: str, votes, num_classes: int) -> QueryResult:
         return self.query_batch([(query_id, votes)], num_classes)[0]
@@ -141,30 +170,36 @@ class Aggregator:
                 raise DuplicateQueryError(f"query id {qid!r} was already answered and charged")
         submissions = [self._align(v) for _, v in items]
 
-        # 1. Weights from public data only, reserving each earlier query's worst case.
+        # Weights come from public data only. A backend that evaluates a whole batch
+        # at once (MPC) needs every weight up front, so each earlier query's worst
+        # case is reserved; a backend that can go query by query (plaintext) sees
+        # each earlier query's actual charge, which depends only on its public
+        # answered bit. Either way nothing is released before the commit below.
         spent = self.ledger.spent()
-        provisional = dict(spent)
-        decisions = []
-        for _ in items:
-            row = []
-            for src in self.policy.sources:
-                d = self.filter.decide(src, self.weights[src.id], provisional[src.id], self._budgets[src.id])
-                if d.gamma:
-                    provisional[src.id] += self.filter.worst_case(d.gamma)
-                row.append(d)
-            decisions.append(row)
-        gammas = np.array([[gamma_to_fixed(d.gamma) for d in row] for row in decisions], dtype=np.int64)
-        gammas = gammas.reshape(len(items), len(self.policy.sources))
-
-        # 2. The backend validates, tallies and releases.
-        outputs = self.backend.evaluate(gammas, submissions, self._kinds, num_classes, self.policy.mechanism,
-                                        self.noise)
-
-        # 3. Charges from public data: weights, parameters, answered bit.
-        mech = self.policy.mechanism
-        records, pending = [], []
         running = dict(spent)
-        for (qid, _), row, out in zip(items, decisions, outputs):
+        mech = self.policy.mechanism
+        if self.backend.evaluates_whole_batch:
+            provisional = dict(spent)
+            rows = []
+            for _ in items:
+                row = self._decide(provisional)
+                for src, d in zip(self.policy.sources, row):
+                    provisional[src.id] += self.filter.worst_case(d.gamma) if d.gamma else 0
+                rows.append(row)
+            outputs = self._evaluate(rows, submissions, num_classes)
+            steps = list(zip(items, rows, outputs))
+        else:
+            steps = []
+            for item, subs in zip(items, submissions):
+                row = self._decide(running)
+                out = self._evaluate([row], [subs], num_classes)[0]
+                steps.append((item, row, out))
+                for sid, c in self._charges(row, out):
+                    running[sid] += c.rho
+            running = dict(spent)
+
+        records, pending = [], []
+        for (qid, _), row, out in steps:
             parts, charges = [], []
             for src, d, problem in zip(self.policy.sources, row, out.problems):
                 if d.status == EXCLUDED_BUDGET:
@@ -174,11 +209,7 @@ class Aggregator:
                     gamma, reason = 0.0, (None if problem == "absent" else problem)
                 else:
                     status, gamma, reason = d.status, d.gamma, None
-                mine: list[Charge] = []
-                if gamma:
-                    if mech.confident:
-                        mine.append(Charge(THRESHOLD, mech.sigma1, gamma, True))
-                    mine.append(Charge(GNMAX, mech.sigma2, gamma, out.release.answered))
+                mine = self._source_charges(gamma, out.release.answered)
                 rho = sum((c.rho for c in mine), Fraction(0))
                 running[src.id] += rho
                 charges.extend((src.id, c) for c in mine)

@@ -22,6 +22,9 @@ class BackendOutput:
 
 class Backend:
     name = "abstract"
+    # True if the backend must receive a whole batch at once (so the filter has to
+    # reserve each query's worst case in advance); False if it can go query by query.
+    evaluates_whole_batch = False
 
     def evaluate(self, gammas_fixed: np.ndarray, submissions: Sequence[Sequence], kinds: Sequence[str],
                  num_classes: int, mechanism: MechanismPolicy, noise: NoiseSource) -> list[BackendOutput]:

@@ -1,0 +1,166 @@
+"""The embedded demo: a default consortium and synthetic voters.
+
+Five sources with heterogeneous bands and budgets, after the prototype's
+"Individual Budget Demonstration" table (budgets as RDP B at order 2), voting
+on synthetic queries with different accuracies. The first third of the queries
+are labelled and used for private calibration; the rest are answered.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .accounting.conversions import zcdp_eps_tight
+from .aggregator import Aggregator
+from .backends import PlaintextBackend
+from .calibration import PrivateCalibration, hedge_baseline, stored_weights
+from .errors import ParameterError
+from .filter import BudgetFilter
+from .ledger import Ledger
+from .noise import NoiseSource
+from .policy import Budget, CalibrationPolicy, ConsortiumPolicy, MechanismPolicy, SourcePolicy
+
+# (gamma_min, gamma_max, RDP budget at order 2, voter accuracy)
+_TABLE = [
+    (0.10, 0.60, 100.0, 0.90),
+    (0.08, 0.40, 40.0, 0.85),
+    (0.05, 0.35, 30.0, 0.80),
+    (0.03, 0.20, 10.0, 0.70),
+    (0.02, 0.15, 5.0, 0.60),
+]
+
+
+def default_policy(num_sources: int = 5) -> ConsortiumPolicy:
+    if num_sources < 1:
+        raise ParameterError(f"--sources must be >= 1, got {num_sources}")
+    sources = []
+    for i in range(num_sources):
+        lo, hi, b, _ = _TABLE[i % len(_TABLE)]
+        sources.append(SourcePolicy(id=f"inst-{i + 1}", gamma_min=lo, gamma_max=hi,
+                                    budget=Budget("rdp", b, order=2.0), delta=1e-5,
+                                    on_exhaustion="shrink" if i % 2 else "exclude"))
+    return ConsortiumPolicy(sources=tuple(sources), name="demo-consortium",
+                            mechanism=MechanismPolicy("confident_gnmax", sigma2=0.5, sigma1=0.5, threshold=0.8),
+                            calibration=CalibrationPolicy(budget_fraction=0.1))
+
+
+def synthetic_votes(num_queries: int, num_sources: int, num_classes: int, seed: int,
+                    accuracies=None) -> tuple[np.ndarray, np.ndarray]:
+    """labels int[Q]; votes int[Q, S] (class indices): source s is right with
+    probability accuracy[s], otherwise uniform over the wrong classes."""
+    rng = np.random.default_rng(seed)
+    acc = np.array(accuracies if accuracies is not None else
+                   [_TABLE[i % len(_TABLE)][3] for i in range(num_sources)])
+    labels = rng.integers(0, num_classes, size=num_queries)
+    right = rng.random((num_queries, num_sources)) < acc
+    wrong = (labels[:, None] + rng.integers(1, num_classes, size=(num_queries, num_sources))) % num_classes
+    votes = np.where(right, labels[:, None], wrong)
+    return labels, votes
+
+
+@dataclass
+class DemoReport:
+    data: dict
+
+    def to_json(self) -> str:
+        return json.dumps(self.data, indent=2, sort_keys=False)
+
+    def to_text(self) -> str:
+        d = self.data
+        lines = []
+        if not d["private"]:
+            lines.append(f"!!! NOT PRIVATE: noise mode {d['noise_mode']!r} — for testing only !!!")
+        lines.append(f"dvsecure demo — backend {d['backend']}, mechanism {d['mechanism']['kind']}, "
+                     f"noise {d['noise_mode']}")
+        lines.append(f"queries: {d['answered'] + d['refused']} released ({d['answered']} answered, "
+                     f"{d['refused']} refused); accuracy on answered: "
+                     + (f"{d['accuracy']:.3f}" if d['accuracy'] is not None else "n/a"))
+        if d.get("hedge_baseline_accuracy") is not None:
+            lines.append(f"non-private Hedge baseline (NOT private, comparison only): "
+                         f"{d['hedge_baseline_accuracy']:.3f}")
+        lines.append("")
+        hdr = f"{'source':<10} {'band':>13} {'gamma used':>17} {'spent rho':>10} {'budget rho':>10} " \
+              f"{'eps@delta':>16} {'answered':>8}  status"
+        lines.append(hdr)
+        lines.append("-" * len(hdr))
+        for s in d["sources"]:
+            used = "-" if s["gamma_used_min"] is None else f"{s['gamma_used_min']:.3f}..{s['gamma_used_max']:.3f}"
+            lines.append(f"{s['id']:<10} {s['gamma_min']:>6.3f}..{s['gamma_max']:<5.3f} {used:>17} "
+                         f"{s['spent_rho']:>10.4f} {s['budget_rho']:>10.4f} "
+                         f"{s['epsilon']:>7.3f}@{s['delta']:<8.0e} {s['queries_answered']:>8}  {s['status']}")
+        lines.append("")
+        lines.append(f"published directory: {d['out']}   private state: {d['state']}")
+        return "\n".join(lines)
+
+
+def run_demo(*, out: Path, state: Path, num_sources: int = 5, num_queries: int = 300, num_classes: int = 10,
+             seed: int = 0, noise: NoiseSource, policy: ConsortiumPolicy | None = None,
+             backend=None) -> DemoReport:
+    if num_queries < 2:
+        raise ParameterError(f"--queries must be >= 2, got {num_queries}")
+    if num_classes < 2:
+        raise ParameterError(f"--classes must be >= 2, got {num_classes}")
+    policy = policy or default_policy(num_sources)
+    num_sources = len(policy.sources)
+    out.mkdir(parents=True, exist_ok=True)
+    state.mkdir(parents=True, exist_ok=True)
+    os.chmod(state, 0o700)
+    (out / "policy.toml").write_text(policy.to_toml())
+
+    ledger = Ledger(state / "ledger.sqlite", policy)
+    try:
+        # Each run continues the ledger: query ids continue where the last run stopped.
+        start = ledger.next_seq()
+        labels, votes = synthetic_votes(num_queries, num_sources, num_classes, seed + start)
+        n_cal = num_queries // 3
+        weights = stored_weights(ledger)
+        if weights is None:
+            cal = PrivateCalibration(policy, ledger, noise).run(
+                f"calibration-{start:06d}", votes[:n_cal].tolist(), labels[:n_cal], num_classes)
+            weights = cal.weights
+        hedge = hedge_baseline(np.eye(num_classes)[votes[n_cal:]], labels[n_cal:], policy.ids)
+        agg = Aggregator(policy, ledger, backend=backend or PlaintextBackend(), noise=noise, weights=weights)
+        items = [(f"run{start:06d}-q{i:05d}", votes[i].tolist()) for i in range(n_cal, num_queries)]
+        results = []
+        for i in range(0, len(items), 50):
+            results.extend(agg.query_batch(items[i:i + 50], num_classes))
+
+        released = [r.label for r in results]
+        answered = sum(r.answered for r in results)
+        correct = sum(1 for r, y in zip(results, labels[n_cal:]) if r.answered and r.label == int(y))
+        spent = ledger.spent()
+        budgets = ledger.budgets()
+        flt = BudgetFilter(policy.mechanism)
+        sources = []
+        for src in policy.sources:
+            used = [p.gamma for r in results for p in r.participants if p.source_id == src.id and p.gamma > 0]
+            took_part = sum(1 for r in results for p in r.participants
+                            if p.source_id == src.id and p.gamma > 0 and r.answered)
+            can_continue = flt.decide(src, weights[src.id], spent[src.id], budgets[src.id]).gamma > 0
+            sources.append({
+                "id": src.id, "gamma_min": src.gamma_min, "gamma_max": src.gamma_max,
+                "gamma_calibrated": weights[src.id],
+                "gamma_used_min": min(used) if used else None, "gamma_used_max": max(used) if used else None,
+                "budget_rho": float(budgets[src.id]), "spent_rho": float(spent[src.id]),
+                "epsilon": zcdp_eps_tight(spent[src.id], src.delta), "delta": src.delta,
+                "queries_answered": took_part,
+                "status": "active" if can_continue else "exhausted",
+            })
+        data = {
+            "backend": agg.backend.name, "noise_mode": noise.mode, "private": noise.private,
+            "mechanism": policy.mechanism.to_dict(), "policy_digest": policy.digest(),
+            "calibration_queries": n_cal, "answered": answered, "refused": len(results) - answered,
+            "accuracy": (correct / answered) if answered else None,
+            "hedge_baseline_accuracy": hedge.accuracy, "hedge_baseline_private": False,
+            "labels": released, "sources": sources, "out": str(out), "state": str(state),
+        }
+        # Published material only: released labels and per-source spends (public data).
+        public = {k: v for k, v in data.items() if k not in ("out", "state")}
+        (out / "summary.json").write_text(json.dumps(public, indent=2))
+        return DemoReport(data)
+    finally:
+        ledger.close()
