@@ -88,6 +88,7 @@ class Aggregator:
             self.set_weights(weights)
         # Test and fault-injection hook: called after the ledger commit, before returning.
         self._on_committed = on_committed
+        self._charge_cache: dict[tuple[float, bool], tuple[tuple[Charge, ...], Fraction]] = {}
 
     def set_weights(self, weights: Mapping[str, float]) -> None:
         """Desired weights (e.g. from calibration); each must lie on the grid inside its band."""
@@ -128,28 +129,47 @@ class Aggregator:
                 for src in self.policy.sources]
 
     def _evaluate(self, rows, submissions, num_classes):
-        gammas = np.array([[gamma_to_fixed(d.gamma) for d in row] for row in rows], dtype=np.int64)
+        # Decisions are on the 2**-16 grid, so scaling by 2**16 is exact.
+        gammas = np.array([[d.gamma * 65536 for d in row] for row in rows], dtype=np.float64).astype(np.int64)
         gammas = gammas.reshape(len(rows), len(self.policy.sources))
         return self.backend.evaluate(gammas, submissions, self._kinds, num_classes, self.policy.mechanism,
                                      self.noise)
 
-    def _source_charges(self, gamma: float, answered: bool) -> list[Charge]:
+    def _source_charges(self, gamma: float, answered: bool) -> tuple[tuple[Charge, ...], Fraction]:
         """A participant pays the threshold check (always, under Confident-GNMax)
-        and the GNMax release (only if answered); a non-participant pays nothing."""
-        if not gamma:
-            return []
-        mech = self.policy.mechanism
-        out = []
-        if mech.confident:
-            out.append(Charge(THRESHOLD, mech.sigma1, gamma, True))
-        out.append(Charge(GNMAX, mech.sigma2, gamma, answered))
-        return out
+        and the GNMax release (only if answered); a non-participant pays nothing.
+        Returns the charges and their total (memoised: records are immutable)."""
+        key = (gamma, answered)
+        hit = self._charge_cache.get(key)
+        if hit is None:
+            mech = self.policy.mechanism
+            out: list[Charge] = []
+            if gamma:
+                if mech.confident:
+                    out.append(Charge(THRESHOLD, mech.sigma1, gamma, True))
+                out.append(Charge(GNMAX, mech.sigma2, gamma, answered))
+            hit = (tuple(out), sum((c.rho for c in out), Fraction(0)))
+            self._charge_cache[key] = hit
+        return hit
 
-    def _charges(self, row, out):
+    def _account(self, row, out, running: dict[str, Fraction]):
+        """Participation and charges of every source for one evaluated query;
+        updates `running` (cumulative spends) in place."""
+        parts, charges = [], []
         for src, d, problem in zip(self.policy.sources, row, out.problems):
-            if d.gamma and problem is None:
-                for c in self._source_charges(d.gamma, out.release.answered):
-                    yield src.id, c
+            if d.status == EXCLUDED_BUDGET:
+                status, gamma, reason = EXCLUDED_BUDGET, 0.0, None
+            elif problem is not None:
+                status = ABSENT if problem == "absent" else INVALID
+                gamma, reason = 0.0, (None if problem == "absent" else problem)
+            else:
+                status, gamma, reason = d.status, d.gamma, None
+            mine, rho = self._source_charges(gamma, out.release.answered)
+            if rho:
+                running[src.id] += rho
+            charges.extend((src.id, c) for c in mine)
+            parts.append(Participation(src.id, gamma, status, reason, mine, rho, running[src.id]))
+        return tuple(parts), tuple(charges)
 
     # ---- queries -------------------------------------------------------------
     def query(self, query_id: str, votes, num_classes: int) -> QueryResult:
@@ -177,49 +197,34 @@ class Aggregator:
         # answered bit. Either way nothing is released before the commit below.
         spent = self.ledger.spent()
         running = dict(spent)
-        mech = self.policy.mechanism
+        steps = []
         if self.backend.evaluates_whole_batch:
             provisional = dict(spent)
             rows = []
             for _ in items:
                 row = self._decide(provisional)
                 for src, d in zip(self.policy.sources, row):
-                    provisional[src.id] += self.filter.worst_case(d.gamma) if d.gamma else 0
+                    if d.gamma:
+                        provisional[src.id] += self.filter.worst_case(d.gamma)
                 rows.append(row)
             outputs = self._evaluate(rows, submissions, num_classes)
-            steps = list(zip(items, rows, outputs))
+            for item, row, out in zip(items, rows, outputs):
+                steps.append((item, out, *self._account(row, out, running)))
         else:
-            steps = []
             for item, subs in zip(items, submissions):
                 row = self._decide(running)
                 out = self._evaluate([row], [subs], num_classes)[0]
-                steps.append((item, row, out))
-                for sid, c in self._charges(row, out):
-                    running[sid] += c.rho
-            running = dict(spent)
+                steps.append((item, out, *self._account(row, out, running)))
 
+        mech = self.policy.mechanism
         records, pending = [], []
-        for (qid, _), row, out in steps:
-            parts, charges = [], []
-            for src, d, problem in zip(self.policy.sources, row, out.problems):
-                if d.status == EXCLUDED_BUDGET:
-                    status, gamma, reason = EXCLUDED_BUDGET, 0.0, None
-                elif problem is not None:
-                    status = ABSENT if problem == "absent" else INVALID
-                    gamma, reason = 0.0, (None if problem == "absent" else problem)
-                else:
-                    status, gamma, reason = d.status, d.gamma, None
-                mine = self._source_charges(gamma, out.release.answered)
-                rho = sum((c.rho for c in mine), Fraction(0))
-                running[src.id] += rho
-                charges.extend((src.id, c) for c in mine)
-                parts.append(Participation(src.id, gamma, status, reason, tuple(mine), rho, running[src.id]))
-            pending.append((qid, out, tuple(parts)))
+        for (qid, _), out, parts, charges in steps:
+            pending.append((qid, out, parts))
             body = {"answered": out.release.answered, "label": out.release.label,
                     "noise_mode": self.noise.mode, "backend": self.backend.name,
                     "mechanism": mech.to_dict(), "num_classes": num_classes,
                     "participants": [p.to_dict() for p in parts]}
-            records.append(LedgerRecord(qid, "query", body, tuple(charges)))
+            records.append(LedgerRecord(qid, "query", body, charges))
 
         # 4. Durable before released.
         seqs = self.ledger.commit(records)

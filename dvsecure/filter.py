@@ -54,10 +54,11 @@ class BudgetFilter:
         if not source.grid_min <= desired <= source.grid_max:
             raise ParameterError(f"source {source.id!r}: weight {desired} is outside its band "
                                  f"[{source.grid_min}, {source.grid_max}] on the 2**-16 grid")
-        remaining = budget - spent
-        # Fast accept in floats with a wide margin; exact rationals decide the rest.
-        if self._unit_f * desired * desired < float(remaining) * (1 - 1e-9) - 1e-300:
+        # Fast accept in floats with a margin far wider than their rounding error;
+        # exact rationals decide everything near the boundary.
+        if float(spent) + self._unit_f * desired * desired < float(budget) * (1 - 1e-7):
             return Decision(desired, ACTIVE)
+        remaining = budget - spent
         if self.worst_case(desired) <= remaining:
             return Decision(desired, ACTIVE)
         if source.on_exhaustion == SHRINK and remaining > 0:

@@ -149,29 +149,36 @@ class Ledger:
             spent = self.spent()
             budgets = self.budgets()
             seq = self.next_seq()
+            changed: set[str] = set()
             for rec in records:
                 if self.has_query(rec.query_id):
                     raise DuplicateQueryError(f"query id {rec.query_id!r} is already in the ledger")
                 body = dict(rec.body, seq=seq, query_id=rec.query_id, kind=rec.kind)
                 self._db.execute("INSERT INTO records VALUES (?, ?, ?, ?)",
                                  (seq, rec.query_id, rec.kind, json.dumps(body, sort_keys=True, separators=(",", ":"))))
+                per_source: dict[str, Fraction] = {}
+                rows = []
                 for sid, ch in rec.charges:
                     if sid not in spent:
                         raise LedgerError(f"charge for unknown source {sid!r}")
                     rho = ch.rho
+                    if rho:
+                        prev = per_source.get(sid)
+                        per_source[sid] = rho if prev is None else prev + rho
+                    rows.append((seq, sid, ch.mechanism, ch.sigma, ch.gamma, int(ch.answered),
+                                 f"{rho.numerator}/{rho.denominator}"))
+                for sid, rho in per_source.items():
                     spent[sid] += rho
+                    changed.add(sid)
                     if spent[sid] > budgets[sid]:
                         raise BudgetExceededError(
                             f"query {rec.query_id!r} would take source {sid!r} to rho={float(spent[sid]):.6g} "
                             f"over its budget {float(budgets[sid]):.6g}; nothing was recorded")
-                    self._db.execute("INSERT INTO charges VALUES (?, ?, ?, ?, ?, ?, ?)",
-                                     (seq, sid, ch.mechanism, ch.sigma, ch.gamma, int(ch.answered),
-                                      f"{rho.numerator}/{rho.denominator}"))
+                self._db.executemany("INSERT INTO charges VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
                 seqs.append(seq)
                 seq += 1
-            for sid, value in spent.items():
-                self._db.execute("UPDATE spend SET spent=? WHERE source_id=?",
-                                 (f"{value.numerator}/{value.denominator}", sid))
+            self._db.executemany("UPDATE spend SET spent=? WHERE source_id=?",
+                                 [(f"{spent[sid].numerator}/{spent[sid].denominator}", sid) for sid in changed])
         return seqs
 
     def verify(self) -> None:

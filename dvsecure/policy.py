@@ -35,6 +35,7 @@ import json
 import math
 import tomllib
 from dataclasses import dataclass, field
+from functools import cached_property
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, Mapping
@@ -175,16 +176,16 @@ class SourcePolicy:
             raise PolicyError(f"{where}: votes must be {ONE_HOT!r} or {SIMPLEX!r}, got {self.votes!r}")
 
     # The band actually used: the multiples of 2**-16 inside the agreed band.
-    @property
+    @cached_property
     def grid_min(self) -> float:
         g = ceil_to_grid(self.gamma_min)
         return g if g > 0 else 1 / SCALE  # a participating weight is never 0
 
-    @property
+    @cached_property
     def grid_max(self) -> float:
         return floor_to_grid(self.gamma_max)
 
-    @property
+    @cached_property
     def budget_rho(self) -> Fraction:
         return self.budget.rho
 

@@ -16,6 +16,7 @@ gamma is a multiple of 2**-16 and vote entries are multiples of 2**-16.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from fractions import Fraction
 from typing import Iterable
 
@@ -71,16 +72,7 @@ class Charge:
     @property
     def rho(self) -> Fraction:
         """Exact zCDP cost of this step to this source."""
-        if not self.answered or self.gamma == 0:
-            return Fraction(0)
-        g, s = Fraction(self.gamma), Fraction(self.sigma)
-        if self.mechanism == GNMAX:
-            # L2 sensitivity sqrt(2)*gamma: rho = 2 gamma^2 / (2 sigma^2).
-            return discrete_gaussian_rho(2 * g * g, s)
-        # THRESHOLD: the max tally moves by at most gamma.
-        # CALIBRATION: a source's mean accuracy in [0,1], weighted by gamma (=1),
-        # moves by at most gamma.  Both: rho = gamma^2 / (2 sigma^2).
-        return discrete_gaussian_rho(g * g, s)
+        return _rho(self.mechanism, self.sigma, self.gamma, self.answered)
 
     def to_dict(self) -> dict:
         return {"mechanism": self.mechanism, "sigma": self.sigma,
@@ -90,6 +82,21 @@ class Charge:
     def from_dict(cls, d: dict) -> "Charge":
         return cls(mechanism=d["mechanism"], sigma=float(d["sigma"]),
                    gamma=float(d["gamma"]), answered=bool(d["answered"]))
+
+
+@lru_cache(maxsize=65536)
+def _rho(mechanism: str, sigma: float, gamma: float, answered: bool) -> Fraction:
+    # Cached: a run repeats the same few (mechanism, sigma, gamma) triples.
+    if not answered or gamma == 0:
+        return Fraction(0)
+    g, s = Fraction(gamma), Fraction(sigma)
+    if mechanism == GNMAX:
+        # L2 sensitivity sqrt(2)*gamma: rho = 2 gamma^2 / (2 sigma^2).
+        return discrete_gaussian_rho(2 * g * g, s)
+    # THRESHOLD: the max tally moves by at most gamma.
+    # CALIBRATION: a source's mean accuracy in [0,1], weighted by gamma (=1),
+    # moves by at most gamma.  Both: rho = gamma^2 / (2 sigma^2).
+    return discrete_gaussian_rho(g * g, s)
 
 
 def total_rho(charges: Iterable[Charge]) -> Fraction:

@@ -1,0 +1,31 @@
+# Set-up for a fresh machine: `make demo` runs the demo, `make test` runs the tests.
+# Both install first (into .venv/ here) when needed; a second install is a no-op.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: install demo test bench clean
+
+install: $(STAMP)
+
+# torch is pinned to the CPU build that lies on disk (any other spec pulls a
+# multi-GB CUDA build) and installed before the extras so nothing replaces it.
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check torch==2.13.0
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[mpc,test]'
+	touch $(STAMP)
+
+demo: install
+	rm -rf demo-out demo-out.state
+	$(VENV)/bin/dvsecure demo --out demo-out
+
+test: install
+	$(PY) -m pytest -q
+
+bench: install
+	$(PY) benchmarks/bench_plaintext.py
+
+clean:
+	rm -rf $(VENV) demo-out demo-out.state .pytest_cache .hypothesis
