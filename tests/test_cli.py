@@ -1,0 +1,100 @@
+"""The demo command: JSON contract, published vs private directories, continuation."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dvsecure.cli import main
+from dvsecure.demo import default_policy
+from dvsecure.ledger import Ledger
+
+REQUIRED_SOURCE_KEYS = {"id", "gamma_min", "gamma_max", "gamma_used_min", "gamma_used_max", "budget_rho",
+                        "spent_rho", "epsilon", "delta", "status"}
+
+
+def run_json(capsys, *args) -> dict:
+    assert main(["demo", "--json", *args]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_demo_json_contract(tmp_path, capsys):
+    out = tmp_path / "pub"
+    data = run_json(capsys, "--out", str(out), "--queries", "90", "--seed", "3")
+    assert data["backend"] == "plaintext"
+    assert data["noise_mode"] == "private" and data["private"] is True
+    assert data["answered"] + data["refused"] == 60 == len(data["labels"])  # first third calibrates
+    assert sum(label is not None for label in data["labels"]) == data["answered"]
+    assert all(label is None or 0 <= label < 10 for label in data["labels"])
+    assert len(data["sources"]) == 5
+    for s in data["sources"]:
+        assert REQUIRED_SOURCE_KEYS <= set(s)
+        assert s["spent_rho"] <= s["budget_rho"]
+        if s["gamma_used_min"] is not None:
+            assert s["gamma_min"] <= s["gamma_used_min"] <= s["gamma_used_max"] <= s["gamma_max"]
+        assert s["status"] in ("active", "exhausted")
+    # the JSON's spends are the ledger's
+    with Ledger(Path(str(out) + ".state") / "ledger.sqlite", default_policy()) as ledger:
+        spent = ledger.spent()
+    assert {s["id"]: s["spent_rho"] for s in data["sources"]} == {k: float(v) for k, v in spent.items()}
+
+
+def test_published_directory_holds_no_private_state(tmp_path, capsys):
+    out, state = tmp_path / "pub", tmp_path / "secret"
+    run_json(capsys, "--out", str(out), "--state", str(state), "--queries", "30")
+    assert sorted(p.name for p in out.iterdir()) == ["policy.toml", "summary.json"]
+    assert (state / "ledger.sqlite").exists()
+    assert not any(p.suffix.startswith(".sqlite") for p in out.iterdir())
+
+
+def test_second_run_continues_from_state(tmp_path, capsys):
+    out = tmp_path / "pub"
+    first = run_json(capsys, "--out", str(out), "--queries", "60")
+    second = run_json(capsys, "--out", str(out), "--queries", "60")
+    for a, b in zip(first["sources"], second["sources"]):
+        assert b["spent_rho"] >= a["spent_rho"]
+        assert b["spent_rho"] <= b["budget_rho"]
+    assert sum(b["spent_rho"] for b in second["sources"]) > sum(a["spent_rho"] for a in first["sources"])
+    with Ledger(Path(str(out) + ".state") / "ledger.sqlite", default_policy()) as ledger:
+        kinds = [r["kind"] for r in ledger.records()]
+        ledger.verify()
+    assert kinds.count("calibration") == 1          # calibrated once, reused afterwards
+    assert kinds.count("query") == 2 * 40
+
+
+def test_no_noise_is_marked_non_private(tmp_path, capsys):
+    data = run_json(capsys, "--out", str(tmp_path / "o"), "--no-noise", "--queries", "30")
+    assert data["noise_mode"] == "no_noise" and data["private"] is False
+    assert main(["demo", "--out", str(tmp_path / "o2"), "--no-noise", "--queries", "30"]) == 0
+    assert "NOT PRIVATE" in capsys.readouterr().out
+
+
+def test_policy_file_and_mismatched_state(tmp_path, capsys):
+    pol = tmp_path / "p.toml"
+    pol.write_text(default_policy(3).to_toml())
+    data = run_json(capsys, "--out", str(tmp_path / "o"), "--policy", str(pol), "--queries", "30")
+    assert [s["id"] for s in data["sources"]] == ["inst-1", "inst-2", "inst-3"]
+    # the same state with a different policy is refused, not silently mixed
+    assert main(["demo", "--out", str(tmp_path / "o"), "--queries", "30"]) == 2
+    assert "another policy" in capsys.readouterr().err
+
+
+def test_bad_arguments_give_clear_errors(tmp_path, capsys):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[mechanism]\nkind = 'gnmax'\nsigma2 = -1\n[[sources]]\nid='a'\ngamma_min=0.1\n"
+                   "gamma_max=0.2\nbudget={rho=1}\n")
+    assert main(["demo", "--out", str(tmp_path / "o"), "--policy", str(bad)]) == 2
+    assert "sigma2 must be > 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["demo", "--queries", "0"])
+    assert "expected an integer >= 1" in capsys.readouterr().err
+
+
+def test_console_script_runs(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "dvsecure.cli", "demo", "--out", str(tmp_path / "o"),
+                           "--queries", "30"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "inst-1" in proc.stdout and "spent rho" in proc.stdout
