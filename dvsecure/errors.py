@@ -29,3 +29,16 @@ class LedgerError(DvsecureError):
 
 class DuplicateQueryError(LedgerError):
     """A query id that the ledger has already charged."""
+
+
+class ProofError(DvsecureError):
+    """A Merkle inclusion or consistency proof does not verify (RFC 9162 §2.1)."""
+
+
+class NoteError(DvsecureError):
+    """A signed note or checkpoint is malformed, unsigned by a required key, or
+    carries a signature that does not verify."""
+
+
+class LogError(DvsecureError):
+    """The transparency log directory is malformed or inconsistent with the ledger."""
