@@ -126,14 +126,19 @@ class Budget:
         if not isinstance(d, Mapping):
             raise PolicyError(f"{where}: budget must be a table like {{ rho = 1.0 }}, got {d!r}")
         keys = set(d)
-        if keys == {"rho"}:
-            return cls("rho", _positive(where, "budget.rho", d["rho"]))
-        if keys == {"epsilon", "delta"}:
-            return cls("eps_delta", _positive(where, "budget.epsilon", d["epsilon"]),
-                       delta=_number(where, "budget.delta", d["delta"]))
-        if keys == {"rdp", "order"}:
-            return cls("rdp", _positive(where, "budget.rdp", d["rdp"]),
-                       order=_number(where, "budget.order", d["order"]))
+        try:
+            if keys == {"rho"}:
+                return cls("rho", _positive(where, "budget.rho", d["rho"]))
+            if keys == {"epsilon", "delta"}:
+                return cls("eps_delta", _positive(where, "budget.epsilon", d["epsilon"]),
+                           delta=_number(where, "budget.delta", d["delta"]))
+            if keys == {"rdp", "order"}:
+                return cls("rdp", _positive(where, "budget.rdp", d["rdp"]),
+                           order=_number(where, "budget.order", d["order"]))
+        except PolicyError as e:
+            # __post_init__ does not know the source: say which one it was.
+            msg = str(e)
+            raise PolicyError(msg if msg.startswith(where) else f"{where}: {msg}") from None
         raise PolicyError(f"{where}: budget must have exactly one of the forms "
                           f"{{rho}}, {{epsilon, delta}}, {{rdp, order}}; got keys {sorted(keys)}")
 

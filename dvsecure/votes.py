@@ -11,10 +11,12 @@ source's own protocol compliance, not its data, and it is public.
 """
 from __future__ import annotations
 
+import decimal
 import numbers
 
 import numpy as np
 
+from .errors import VoteError
 from .fixedpoint import SCALE
 from .policy import ONE_HOT, SIMPLEX
 
@@ -35,10 +37,7 @@ def encode_vote(vote, num_classes: int, kind: str = ONE_HOT) -> np.ndarray:
         out = np.zeros(num_classes, dtype=np.int64)
         out[int(vote)] = SCALE
         return out
-    try:
-        arr = np.asarray(vote, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise InvalidVote(f"not a numeric vector: {type(vote).__name__}") from None
+    arr = _real_vector(vote)
     if arr.shape != (num_classes,):
         raise InvalidVote(f"shape {arr.shape} != ({num_classes},)")
     if not np.all(np.isfinite(arr)):
@@ -55,6 +54,33 @@ def encode_vote(vote, num_classes: int, kind: str = ONE_HOT) -> np.ndarray:
     if abs(total - 1.0) > SIMPLEX_TOLERANCE:
         raise InvalidVote(f"entries sum to {total!r}, not 1")
     return _quantize_simplex(arr / total)
+
+
+def _is_real_scalar(x) -> bool:
+    return isinstance(x, (numbers.Real, decimal.Decimal)) and not isinstance(x, (bool, np.bool_))
+
+
+def _real_vector(vote) -> np.ndarray:
+    """The vote as float64, refusing anything whose entries are not real numbers.
+
+    A plain float64 conversion would parse strings ("1" -> 1.0), read booleans as
+    0/1 and drop imaginary parts, accepting submissions that are not numeric votes."""
+    try:
+        raw = np.asarray(vote)
+    except (TypeError, ValueError):
+        raise InvalidVote(f"not a numeric vector: {type(vote).__name__}") from None
+    kind = raw.dtype.kind
+    if kind == "O":
+        if not all(_is_real_scalar(x) for x in raw.flat):
+            raise InvalidVote(f"not a numeric vector: {type(vote).__name__} with non-numeric entries")
+    elif kind not in "iuf":
+        raise InvalidVote(f"not a numeric vector: {type(vote).__name__} of dtype {raw.dtype}")
+    try:
+        return raw.astype(np.float64)
+    except OverflowError:
+        raise InvalidVote("entry outside [0, 1]") from None
+    except (TypeError, ValueError):
+        raise InvalidVote(f"not a numeric vector: {type(vote).__name__}") from None
 
 
 def _quantize_simplex(p: np.ndarray) -> np.ndarray:
@@ -74,6 +100,10 @@ def encode_votes(votes, kinds, num_classes: int):
 
     Returns (int64[S, C] fixed votes, list of None | reason string per source:
     "absent" or "invalid: ...")."""
+    votes, kinds = list(votes), list(kinds)
+    if len(votes) != len(kinds):
+        # zip() would silently drop votes or leave sources without a verdict.
+        raise VoteError(f"expected one vote per source ({len(kinds)}), got {len(votes)}")
     fixed = np.zeros((len(kinds), num_classes), dtype=np.int64)
     problems: list[str | None] = []
     for i, (vote, kind) in enumerate(zip(votes, kinds)):

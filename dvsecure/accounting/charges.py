@@ -62,8 +62,13 @@ class Charge:
     def __post_init__(self) -> None:
         if self.mechanism not in MECHANISMS:
             raise ParameterError(f"unknown mechanism {self.mechanism!r}; expected one of {MECHANISMS}")
-        if not (isinstance(self.sigma, (int, float)) and self.sigma > 0 and self.sigma != float("inf")):
+        if isinstance(self.sigma, bool) or not isinstance(self.sigma, (int, float)) \
+                or not (0 < self.sigma < float("inf")):
             raise ParameterError(f"sigma must be a positive finite number, got {self.sigma!r}")
+        if isinstance(self.gamma, bool) or not isinstance(self.gamma, (int, float)):
+            raise ParameterError(f"gamma must be a number, got {self.gamma!r}")
+        if not isinstance(self.answered, bool):
+            raise ParameterError(f"answered must be a bool, got {self.answered!r}")
         if not 0 <= self.gamma <= 1:
             raise ParameterError(f"gamma must be in [0, 1], got {self.gamma!r}")
         if (Fraction(self.gamma) * 65536).denominator != 1:

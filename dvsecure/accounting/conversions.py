@@ -5,6 +5,7 @@ All functions are pure; none of them touches a ledger.
 from __future__ import annotations
 
 import math
+import numbers
 from fractions import Fraction
 from typing import Sequence
 
@@ -19,13 +20,20 @@ DEFAULT_ORDERS: tuple[float, ...] = tuple(
 )
 
 
+def _is_number(x) -> bool:
+    """A real number that is not a bool (True is not a privacy parameter)."""
+    return isinstance(x, numbers.Real) and not isinstance(x, (bool, np.bool_))
+
+
 def _check_delta(delta: float) -> None:
-    if not (isinstance(delta, (int, float)) and 0 < delta < 1):
+    if not (_is_number(delta) and 0 < delta < 1):
         raise ParameterError(f"delta must be in (0, 1), got {delta!r}")
 
 
 def _check_rho(rho) -> None:
-    if rho < 0 or not math.isfinite(float(rho)):
+    # Checked as a number first: a string or None must be a ParameterError, not a
+    # TypeError from the comparison.
+    if not _is_number(rho) or rho < 0 or not math.isfinite(float(rho)):
         raise ParameterError(f"rho must be a finite number >= 0, got {rho!r}")
 
 
@@ -97,7 +105,11 @@ def zcdp_eps_tight(rho, delta: float) -> float:
     # The optimum lies near 1 + sqrt(log(1/delta)/rho); search log(a - 1) around it.
     guess = math.log(math.sqrt(math.log(1 / delta) / rho))
     f = lambda u: _tight_at(1 + math.exp(u), rho, delta)
-    lo, hi = max(guess - 8, math.log(0.01)), guess + 8
+    # Orders below 1.01 are not used (dp_accounting's convention). When the
+    # optimum lies below that (huge rho), the bracket must still be non-empty:
+    # the minimum is then at its lower end, a = 1.01.
+    lo = max(guess - 8, math.log(0.01))
+    hi = max(guess + 8, lo + 1)
     grid = np.linspace(lo, hi, 161)
     vals = [f(u) for u in grid]
     i = int(np.argmin(vals))
@@ -119,8 +131,9 @@ def rho_from_eps_delta(eps: float, delta: float) -> Fraction:
     """The largest rho (to ~1e-12 relative, always on the safe side) whose tight
     conversion at `delta` is <= eps: an (eps, delta) budget as a zCDP budget."""
     _check_delta(delta)
-    if not (isinstance(eps, (int, float)) and eps > 0 and math.isfinite(eps)):
+    if not (_is_number(eps) and eps > 0 and math.isfinite(eps)):
         raise ParameterError(f"epsilon must be a positive finite number, got {eps!r}")
+    eps = float(eps)
     lo, hi = 0.0, eps  # rho <= eps always, since eps >= rho for any delta < 1
     while zcdp_eps_tight(hi, delta) <= eps:
         lo, hi = hi, hi * 2
@@ -140,8 +153,11 @@ def rho_from_eps_delta(eps: float, delta: float) -> Fraction:
 def rho_from_rdp_budget(budget: float, order: float) -> Fraction:
     """An RDP budget B at order a (the prototype's form) as zCDP: the curve a*rho
     must stay under B at that order, so rho = B / a (Bun & Steinke 2016, Def. 1.1)."""
-    if not (isinstance(budget, (int, float)) and budget > 0 and math.isfinite(budget)):
+    if not (_is_number(budget) and budget > 0 and math.isfinite(budget)):
         raise ParameterError(f"RDP budget must be a positive finite number, got {budget!r}")
-    if not (isinstance(order, (int, float)) and order > 1 and math.isfinite(order)):
+    if not (_is_number(order) and order > 1 and math.isfinite(order)):
         raise ParameterError(f"RDP order must be > 1, got {order!r}")
-    return Fraction(budget) / Fraction(order)
+    # float() first: Fraction() refuses numpy scalars such as np.float32.
+    b = budget if isinstance(budget, numbers.Rational) else float(budget)
+    a = order if isinstance(order, numbers.Rational) else float(order)
+    return Fraction(b) / Fraction(a)
