@@ -44,7 +44,10 @@ class BudgetFilter:
     def __init__(self, mechanism: MechanismPolicy):
         self.mechanism = mechanism
         self.unit = worst_case_unit(mechanism)
-        self._unit_f = float(self.unit)
+        try:
+            self._unit_f = float(self.unit)
+        except OverflowError:   # a sigma so small no float holds 1/sigma^2: exact path only
+            self._unit_f = math.inf
 
     def worst_case(self, gamma: float) -> Fraction:
         g = Fraction(gamma_to_fixed(gamma), SCALE)
