@@ -14,14 +14,16 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
+from . import entry
 from .accounting.charges import GNMAX, THRESHOLD, Charge
 from .backends import Backend, PlaintextBackend
 from .errors import DuplicateQueryError, ParameterError, VoteError
-from .filter import ACTIVE, EXCLUDED_BUDGET, BudgetFilter
+from .filter import EXCLUDED_BUDGET, BudgetFilter
 from .fixedpoint import gamma_to_fixed
 from .ledger import Ledger, LedgerRecord
 from .noise import NoiseSource, PrivateNoise
 from .policy import ConsortiumPolicy
+from .submission import Submission
 
 INVALID = "excluded:invalid"
 ABSENT = "absent"
@@ -73,7 +75,7 @@ class QueryResult:
 class Aggregator:
     def __init__(self, policy: ConsortiumPolicy, ledger: Ledger, *, backend: Backend | None = None,
                  noise: NoiseSource | None = None, weights: Mapping[str, float] | None = None,
-                 on_committed: Callable[[list[int]], None] | None = None):
+                 log=None, on_committed: Callable[[list[int]], None] | None = None):
         if ledger.policy.digest() != policy.digest():
             raise ParameterError("the ledger was opened for a different policy")
         self.policy = policy
@@ -86,8 +88,13 @@ class Aggregator:
         self.weights: dict[str, float] = {s.id: s.grid_max for s in policy.sources}
         if weights:
             self.set_weights(weights)
-        # Test and fault-injection hook: called after the ledger commit, before returning.
+        # The published log (a translog.LogWriter), appended after each commit.
+        self.log = log
+        # Test and fault-injection hook: called after the ledger commit, before the log append.
         self._on_committed = on_committed
+        mech = policy.mechanism
+        self._mechanism_entry = entry.Mechanism(kind=mech.kind, sigma2=mech.sigma2, sigma1=mech.sigma1,
+                                                threshold=mech.threshold)
         self._charge_cache: dict[tuple[float, bool], tuple[tuple[Charge, ...], Fraction]] = {}
 
     def set_weights(self, weights: Mapping[str, float]) -> None:
@@ -122,6 +129,22 @@ class Aggregator:
         if n != len(ids):
             raise VoteError(f"expected one vote per source ({len(ids)}), got {n}")
         return list(votes)
+
+    def _open(self, query_id: str, subs: list) -> tuple[list, bytes]:
+        """The votes to tally and the packed commitments to each submission. A bare
+        vote is wrapped with a nonce chosen here; a source that wants to check its
+        commitment sends a `Submission` carrying its own nonce."""
+        votes, commitments = [], []
+        for sid, sub in zip(self.policy.ids, subs):
+            if sub is None:
+                votes.append(None)
+                commitments.append(entry.ABSENT_COMMITMENT)
+                continue
+            if not isinstance(sub, Submission):
+                sub = Submission.new(sub)
+            votes.append(sub.vote)
+            commitments.append(sub.commitment(query_id, sid))
+        return votes, b"".join(commitments)
 
     # ---- steps ---------------------------------------------------------------
     def _decide(self, spent: Mapping[str, Fraction]):
@@ -171,6 +194,23 @@ class Aggregator:
             parts.append(Participation(src.id, gamma, status, reason, mine, rho, running[src.id]))
         return tuple(parts), tuple(charges)
 
+    def _renderer(self, query_id, release, parts, commitments: bytes, num_classes: int):
+        ids = self.policy.ids
+        gamma = entry.pack_u32([int(p.gamma * 65536) for p in parts])   # on the grid: exact
+        status = "".join(entry.STATUS_CODES[p.status] for p in parts)
+        invalid = {p.source_id: p.reason for p in parts if p.reason}
+        label = None if release.label is None else int(release.label)
+        packed = entry.pack_commitments(commitments)
+
+        def render(seq, spent, charged) -> bytes:
+            spent_col, charged_col = entry.columns(ids, spent, charged)
+            return entry.encode(entry.Query(
+                v=entry.VERSION, seq=seq, query_id=query_id, noise=self.noise.mode, backend=self.backend.name,
+                mechanism=self._mechanism_entry, num_classes=num_classes, answered=bool(release.answered),
+                label=label, gamma=gamma, status=status, spent=spent_col, charged=charged_col,
+                commitments=packed, invalid=invalid))
+        return render
+
     # ---- queries -------------------------------------------------------------
     def query(self, query_id: str, votes, num_classes: int) -> QueryResult:
         return self.query_batch([(query_id, votes)], num_classes)[0]
@@ -188,7 +228,8 @@ class Aggregator:
         for qid in ids:
             if self.ledger.has_query(qid):
                 raise DuplicateQueryError(f"query id {qid!r} was already answered and charged")
-        submissions = [self._align(v) for _, v in items]
+        opened = [self._open(qid, self._align(v)) for qid, v in items]
+        submissions = [votes for votes, _ in opened]
 
         # Weights come from public data only. A backend that evaluates a whole batch
         # at once (MPC) needs every weight up front, so each earlier query's worst
@@ -218,18 +259,17 @@ class Aggregator:
 
         mech = self.policy.mechanism
         records, pending = [], []
-        for (qid, _), out, parts, charges in steps:
+        for ((qid, _), out, parts, charges), (_, commitments) in zip(steps, opened):
             pending.append((qid, out, parts))
-            body = {"answered": out.release.answered, "label": out.release.label,
-                    "noise_mode": self.noise.mode, "backend": self.backend.name,
-                    "mechanism": mech.to_dict(), "num_classes": num_classes,
-                    "participants": [p.to_dict() for p in parts]}
-            records.append(LedgerRecord(qid, "query", body, charges))
+            records.append(LedgerRecord(qid, entry.QUERY, charges,
+                                        self._renderer(qid, out.release, parts, commitments, num_classes)))
 
-        # 4. Durable before released.
+        # Durable before released; logged before released.
         seqs = self.ledger.commit(records)
         if self._on_committed is not None:
             self._on_committed(seqs)
+        if self.log is not None:
+            self.log.sync()
         return [QueryResult(seq, qid, out.release.answered, out.release.label, self.noise.mode,
                             self.noise.private, self.backend.name, mech.to_dict(), parts)
                 for seq, (qid, out, parts) in zip(seqs, pending)]

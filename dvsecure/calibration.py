@@ -24,6 +24,7 @@ from fractions import Fraction
 
 import numpy as np
 
+from . import entry
 from .accounting.charges import CALIBRATION, Charge
 from .errors import ParameterError, VoteError
 from .fixedpoint import SCALE, floor_to_grid
@@ -136,11 +137,21 @@ class PrivateCalibration:
             score = min(1.0, max(0.0, (acc - chance) / (1 - chance)))
             g = floor_to_grid(src.gamma_min + (src.gamma_max - src.gamma_min) * score)
             weights[src.id] = min(src.grid_max, max(src.grid_min, g))
-        body = {"noise_mode": self.noise.mode, "num_queries": t_count,
-                "noisy_accuracy": released, "weights": weights, "skipped": skipped,
-                "charges": {k: c.to_dict() for k, c in charges.items()}}
-        self.ledger.commit([LedgerRecord(query_id, "calibration", body,
-                                         tuple((sid, c) for sid, c in charges.items()))])
+        ids = self.policy.ids
+        gamma_col = entry.pack_u32([int(weights[s] * SCALE) for s in ids])   # on the grid: exact
+        status = "".join(entry.CALIBRATION_SKIPPED if s in skipped else entry.CALIBRATED for s in ids)
+        sigmas = [charges[s].sigma if s in charges else None for s in ids]
+        accuracy = [released[s] for s in ids]
+
+        def render(seq, spent, charged) -> bytes:
+            spent_col, charged_col = entry.columns(ids, spent, charged)
+            return entry.encode(entry.Calibration(
+                v=entry.VERSION, seq=seq, query_id=query_id, noise=self.noise.mode, num_queries=t_count,
+                num_classes=num_classes, sigma=sigmas, accuracy=accuracy, gamma=gamma_col, status=status,
+                spent=spent_col, charged=charged_col))
+
+        self.ledger.commit([LedgerRecord(query_id, entry.CALIBRATION,
+                                         tuple((sid, c) for sid, c in charges.items()), render)])
         return CalibrationResult(weights, released, charges, skipped, self.noise.mode)
 
 
@@ -148,6 +159,9 @@ def stored_weights(ledger: Ledger) -> dict[str, float] | None:
     """The weights of the latest calibration in the ledger (they were committed
     atomically with its charges), or None if it holds none."""
     latest = None
-    for rec in ledger.records(kind="calibration"):
-        latest = rec["weights"]
-    return latest
+    for rec in ledger.records(kind=entry.CALIBRATION):
+        latest = rec
+    if latest is None:
+        return None
+    units = entry.unpack(latest.gamma, "<u4", len(ledger.policy.sources))
+    return {sid: int(g) / SCALE for sid, g in zip(ledger.policy.ids, units)}

@@ -11,31 +11,32 @@ published directory).
 """
 from __future__ import annotations
 
-import json
 import sqlite3
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Mapping
 
+from . import entry
 from .accounting.charges import Charge
 from .errors import BudgetExceededError, DuplicateQueryError, LedgerError
 from .policy import ConsortiumPolicy
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS spend (
     source_id TEXT PRIMARY KEY,
     spent TEXT NOT NULL,          -- exact rational rho, "num/den"
-    budget TEXT NOT NULL
+    budget TEXT NOT NULL,
+    charged INTEGER NOT NULL      -- number of records that charged the source
 );
 CREATE TABLE IF NOT EXISTS records (
     seq INTEGER PRIMARY KEY,
     query_id TEXT NOT NULL UNIQUE,
-    kind TEXT NOT NULL,           -- "query" or "calibration"
-    body TEXT NOT NULL            -- canonical JSON of the whole record
+    kind TEXT NOT NULL,           -- genesis | signers | calibration | query
+    body BLOB NOT NULL            -- the exact bytes of log entry seq (dvsecure.entry)
 );
 CREATE TABLE IF NOT EXISTS charges (
     seq INTEGER NOT NULL REFERENCES records(seq),
@@ -54,14 +55,21 @@ def _frac(text: str) -> Fraction:
     return Fraction(text)
 
 
+# render(seq, spent_after, charged_after) -> the record's log entry bytes, given the
+# sequence number the ledger assigns and every source's cumulative spend and
+# charged count once this record's charges are added.
+Render = Callable[[int, Mapping[str, Fraction], Mapping[str, int]], bytes]
+
+
 @dataclass(frozen=True)
 class LedgerRecord:
-    """What the ledger stores per query: an opaque JSON body plus its charges."""
+    """One record: its charges, and how to render its log entry once the ledger
+    has assigned its sequence number and added its charges."""
 
     query_id: str
     kind: str
-    body: dict
     charges: tuple[tuple[str, Charge], ...]   # (source_id, charge)
+    render: Render
 
 
 class Ledger:
@@ -88,7 +96,12 @@ class Ledger:
                 self._db.execute("INSERT INTO meta VALUES ('policy', ?)", (self.policy.canonical_json().decode(),))
                 for s in self.policy.sources:
                     b = s.budget_rho
-                    self._db.execute("INSERT INTO spend VALUES (?, '0', ?)", (s.id, f"{b.numerator}/{b.denominator}"))
+                    self._db.execute("INSERT INTO spend VALUES (?, '0', ?, 0)",
+                                     (s.id, f"{b.numerator}/{b.denominator}"))
+                # Record 0 (the log's genesis entry) binds the log to this policy.
+                genesis = entry.genesis(entry.log_origin(self.policy), digest, self.policy.to_toml().encode(),
+                                        self.policy.ids)
+                self._db.execute("INSERT INTO records VALUES (0, 'genesis', 'genesis', ?)", (genesis,))
         elif row[0] != digest:
             raise LedgerError(f"ledger {self.path} belongs to another policy (digest {row[0][:16]}..., "
                               f"this policy {digest[:16]}...); use a fresh state directory")
@@ -114,6 +127,9 @@ class Ledger:
     def budgets(self) -> dict[str, Fraction]:
         return {sid: _frac(b) for sid, b in self._db.execute("SELECT source_id, budget FROM spend")}
 
+    def charged_counts(self) -> dict[str, int]:
+        return dict(self._db.execute("SELECT source_id, charged FROM spend"))
+
     def next_seq(self) -> int:
         row = self._db.execute("SELECT MAX(seq) FROM records").fetchone()
         return 0 if row[0] is None else row[0] + 1
@@ -121,10 +137,19 @@ class Ledger:
     def has_query(self, query_id: str) -> bool:
         return self._db.execute("SELECT 1 FROM records WHERE query_id=?", (query_id,)).fetchone() is not None
 
-    def records(self, kind: str | None = None) -> Iterator[dict]:
+    def records(self, kind: str | None = None) -> Iterator[entry.Entry]:
+        """Decoded entries, in sequence order (optionally of one kind)."""
         sql = "SELECT body FROM records" + (" WHERE kind=?" if kind else "") + " ORDER BY seq"
         for (body,) in self._db.execute(sql, (kind,) if kind else ()):
-            yield json.loads(body)
+            yield entry.decode(body)
+
+    def record_bytes(self, start: int, stop: int | None = None) -> list[bytes]:
+        """The exact entry bytes of records start..stop-1 (to the end if stop is None)."""
+        if stop is None:
+            rows = self._db.execute("SELECT body FROM records WHERE seq>=? ORDER BY seq", (start,))
+        else:
+            rows = self._db.execute("SELECT body FROM records WHERE seq>=? AND seq<? ORDER BY seq", (start, stop))
+        return [bytes(b) for (b,) in rows]
 
     def charges(self, source_id: str) -> list[Charge]:
         rows = self._db.execute("SELECT mechanism, sigma, gamma, answered FROM charges WHERE source_id=? ORDER BY seq",
@@ -148,14 +173,12 @@ class Ledger:
         with self._tx():
             spent = self.spent()
             budgets = self.budgets()
+            counts = self.charged_counts()
             seq = self.next_seq()
             changed: set[str] = set()
             for rec in records:
                 if self.has_query(rec.query_id):
                     raise DuplicateQueryError(f"query id {rec.query_id!r} is already in the ledger")
-                body = dict(rec.body, seq=seq, query_id=rec.query_id, kind=rec.kind)
-                self._db.execute("INSERT INTO records VALUES (?, ?, ?, ?)",
-                                 (seq, rec.query_id, rec.kind, json.dumps(body, sort_keys=True, separators=(",", ":"))))
                 per_source: dict[str, Fraction] = {}
                 rows = []
                 for sid, ch in rec.charges:
@@ -169,16 +192,22 @@ class Ledger:
                                  f"{rho.numerator}/{rho.denominator}"))
                 for sid, rho in per_source.items():
                     spent[sid] += rho
+                    counts[sid] += 1
                     changed.add(sid)
                     if spent[sid] > budgets[sid]:
                         raise BudgetExceededError(
                             f"query {rec.query_id!r} would take source {sid!r} to rho={float(spent[sid]):.6g} "
                             f"over its budget {float(budgets[sid]):.6g}; nothing was recorded")
+                body = rec.render(seq, spent, counts)
+                if b"\n" in body:
+                    raise LedgerError(f"record {rec.query_id!r}: a log entry may not contain a newline")
+                self._db.execute("INSERT INTO records VALUES (?, ?, ?, ?)", (seq, rec.query_id, rec.kind, body))
                 self._db.executemany("INSERT INTO charges VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
                 seqs.append(seq)
                 seq += 1
-            self._db.executemany("UPDATE spend SET spent=? WHERE source_id=?",
-                                 [(f"{spent[sid].numerator}/{spent[sid].denominator}", sid) for sid in changed])
+            self._db.executemany("UPDATE spend SET spent=?, charged=? WHERE source_id=?",
+                                 [(f"{spent[sid].numerator}/{spent[sid].denominator}", counts[sid], sid)
+                                  for sid in changed])
         return seqs
 
     def verify(self) -> None:
