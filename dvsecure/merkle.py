@@ -45,6 +45,7 @@ __all__ = [
     "node_hash",
     "root_from_leaf_hashes",
     "CompactRange",
+    "MerkleTree",
     "inclusion_proof",
     "consistency_proof",
     "verify_inclusion",
@@ -241,12 +242,13 @@ class _Levels:
             last >>= 1
         return proof
 
-    def consistency_path(self, start: int, end: int) -> list[bytes]:
+    def consistency_path(self, start: int, end: int, size: int | None = None) -> list[bytes]:
         """SUBPROOF of RFC 9162 §2.1.4.1, generalised to a subtree
-        [start, end) (draft-davidben-tls-merkle-tree-certs §4.4); iterative,
-        outermost step first, reversed at the end."""
+        [start, end) (draft-davidben-tls-merkle-tree-certs §4.4), in the tree of
+        the first `size` leaves (default all); iterative, outermost step first,
+        reversed at the end."""
         out: list[bytes] = []
-        ts, te = 0, self.size
+        ts, te = 0, self.size if size is None else size
         known = True  # the verifier already holds the hash of [start, end)
         while not (start == ts and end == te):
             k = 1 << ((te - ts - 1).bit_length() - 1)  # largest power of 2 < n
@@ -265,6 +267,47 @@ class _Levels:
             out.append(self.subtree_hash(ts, te))
         out.reverse()
         return out
+
+
+class MerkleTree:
+    """Many proofs from one tree and its prefixes, its levels built once (the
+    one-shot functions below rebuild them per call: O(n) each)."""
+
+    __slots__ = ("_lv",)
+
+    def __init__(self, leaf_hashes: Sequence[bytes]) -> None:
+        self._lv = _Levels(leaf_hashes)
+
+    @property
+    def size(self) -> int:
+        return self._lv.size
+
+    def _prefix(self, size: int | None) -> int:
+        n = self._lv.size if size is None else size
+        _check_uint("size", n, ParameterError)
+        if n > self._lv.size:
+            raise ParameterError(f"size {n} exceeds the tree's {self._lv.size} leaves")
+        return n
+
+    def root(self, size: int | None = None) -> bytes:
+        n = self._prefix(size)
+        return _sha256(b"").digest() if n == 0 else self._lv.subtree_hash(0, n)
+
+    def inclusion_proof(self, index: int, size: int | None = None) -> list[bytes]:
+        n = self._prefix(size)
+        _check_uint("index", index, ParameterError)
+        if index >= n:
+            raise ParameterError(f"leaf index {index} out of range for tree size {n}")
+        return self._lv.inclusion_path(index, 0, n)
+
+    def consistency_proof(self, old_size: int, size: int | None = None) -> list[bytes]:
+        n = self._prefix(size)
+        _check_uint("old_size", old_size, ParameterError)
+        if old_size > n:
+            raise ParameterError(f"old size {old_size} exceeds tree size {n}")
+        if old_size in (0, n):
+            return []
+        return self._lv.consistency_path(0, old_size, n)
 
 
 def inclusion_proof(leaf_hashes: Sequence[bytes], index: int) -> list[bytes]:

@@ -503,3 +503,31 @@ def test_is_valid_subtree():
     assert not m.is_valid_subtree(1, (1 << 63) + 2)
 
 
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5, 8, 13, 64, 100, 257])
+def test_merkle_tree_prefix_proofs_equal_the_one_shot_ones(n):
+    """MerkleTree builds levels once and serves every prefix; its roots and
+    proofs must equal the one-shot functions' on the prefix, and verify."""
+    rng = random.Random(n)
+    leaves = [m.leaf_hash(rng.randbytes(rng.randrange(1, 40))) for _ in range(n)]
+    tree = m.MerkleTree(leaves)
+    assert tree.size == n and tree.root(0) == m.EMPTY_ROOT
+    for size in sorted({1, n // 2 or 1, n - 1 or 1, n}):
+        root = m.root_from_leaf_hashes(leaves[:size])
+        assert tree.root(size) == root
+        for i in range(size):
+            proof = tree.inclusion_proof(i, size)
+            assert proof == m.inclusion_proof(leaves[:size], i)
+            m.verify_inclusion(i, size, leaves[i], proof, root)
+        for old in range(0, size + 1):
+            proof = tree.consistency_proof(old, size)
+            assert proof == m.consistency_proof(leaves[:size], old)
+            if old:
+                m.verify_consistency(old, size, proof, tree.root(old), root)
+    with pytest.raises(ParameterError):
+        tree.root(n + 1)
+    with pytest.raises(ParameterError):
+        tree.inclusion_proof(n, n)
+    with pytest.raises(ParameterError):
+        tree.consistency_proof(n, n - 1)

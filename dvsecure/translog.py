@@ -1,0 +1,174 @@
+"""The published, append-only transparency log directory, and its writer.
+
+Layout of a log directory (public material only; every byte is covered by a
+hash or a signature, and the auditor reports any file it does not expect):
+
+    policy.toml                the agreed policy; its SHA-256 is in entry 0
+    entries.jsonl              one entry per line; line i (without its "\\n") is
+                               leaf i of the RFC 9162 Merkle tree
+    checkpoints/<size>.note    C2SP signed checkpoints (origin, size, root)
+    keys/<name>.vkey           verifier keys, each one recorded in a signers entry
+
+The ledger (private) is the source of truth: entry i is exactly the bytes of
+ledger record i, so the log can always be caught up after a crash. Appends are
+fsynced before a checkpoint covering them is signed; a torn last line (a crash
+mid-append) is cut off when the writer reopens and is reported by the auditor
+until then, so a broken log never audits clean.
+"""
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+from . import entry
+from .errors import LogError
+from .ledger import Ledger, LedgerRecord
+from .merkle import CompactRange, leaf_hash
+from .note import Checkpoint, Signer, generate_signer, sign_checkpoint
+
+ENTRIES = "entries.jsonl"
+CHECKPOINTS = "checkpoints"
+KEYS = "keys"
+POLICY = "policy.toml"
+OPERATOR_KEY = "operator.key"
+CHECKPOINT_SUFFIX = ".note"
+KEY_SUFFIX = ".vkey"
+
+
+def checkpoint_name(size: int) -> str:
+    return f"{size:012d}{CHECKPOINT_SUFFIX}"
+
+
+def key_file_name(signer_name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in signer_name) + KEY_SUFFIX
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write a whole file or nothing: temp file, fsync, rename, fsync the directory."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def operator_signer(state_dir: Path, policy) -> Signer:
+    """The operator's checkpoint key, created on first use in the private state
+    directory (mode 0600), never in the published directory."""
+    path = Path(state_dir) / OPERATOR_KEY
+    if path.exists():
+        return Signer.from_key_string(path.read_text().strip())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    skey, _ = generate_signer(f"{entry.log_origin(policy)}/operator")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, stat.S_IRUSR | stat.S_IWUSR)
+    with os.fdopen(fd, "w") as f:
+        f.write(skey + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    return Signer.from_key_string(skey)
+
+
+class LogWriter:
+    """Mirrors a ledger into a log directory and signs a checkpoint after each sync.
+
+    On open it records the signer set in the ledger (a signers entry) unless the
+    latest one already names exactly these keys, so every checkpoint it signs is
+    covered by a signers entry inside the tree it commits to.
+    """
+
+    def __init__(self, log_dir: str | Path, ledger: Ledger, signers: list[Signer], role: str = "operator",
+                 attestations: dict[str, str] | None = None):
+        if not signers:
+            raise LogError("a log needs at least one checkpoint signer")
+        self.dir = Path(log_dir)
+        self.ledger = ledger
+        self.signers = list(signers)
+        self.origin = entry.log_origin(ledger.policy)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / CHECKPOINTS).mkdir(exist_ok=True)
+        (self.dir / KEYS).mkdir(exist_ok=True)
+        for stale in [*self.dir.glob("*.tmp"), *self.dir.glob("*/*.tmp")]:
+            stale.unlink()      # a crash inside write_atomic: the rename never happened
+        policy_bytes = ledger.policy.to_toml().encode()
+        if (self.dir / POLICY).exists():
+            if (self.dir / POLICY).read_bytes() != policy_bytes:
+                raise LogError(f"{self.dir / POLICY} differs from the policy this ledger was created with")
+        else:
+            write_atomic(self.dir / POLICY, policy_bytes)
+        self._record_signers(role, attestations or {})
+        for s in self.signers:
+            path = self.dir / KEYS / key_file_name(s.name)
+            want = (s.verifier_key_string + "\n").encode()
+            if not path.exists():
+                write_atomic(path, want)
+            elif path.read_bytes() != want:
+                raise LogError(f"{path} holds a different key for signer {s.name!r}")
+        self._tree = CompactRange()
+        self._load()
+
+    def _record_signers(self, role: str, attestations: dict[str, str]) -> None:
+        keys = [entry.SignerKey(name=s.name, vkey=s.verifier_key_string, role=role,
+                                attestation=attestations.get(s.name)) for s in self.signers]
+        latest = None
+        for rec in self.ledger.records(kind=entry.SIGNERS):
+            latest = rec
+        if latest is not None and latest.keys == keys:
+            return
+        seq = self.ledger.next_seq()
+
+        def render(seq, spent, charged) -> bytes:
+            return entry.encode(entry.Signers(v=entry.VERSION, seq=seq, query_id=f"signers-{seq}", keys=keys))
+        self.ledger.commit([LedgerRecord(f"signers-{seq}", entry.SIGNERS, (), render)])
+
+    def _load(self) -> None:
+        """Read the existing entries, cut a torn tail, and check every entry is the
+        ledger's record of the same sequence number."""
+        path = self.dir / ENTRIES
+        if not path.exists():
+            path.touch()
+            fsync_dir(self.dir)
+        data = path.read_bytes()
+        complete = data.rfind(b"\n") + 1
+        if complete != len(data):
+            with open(path, "r+b") as f:   # a crash mid-append: drop the partial line
+                f.truncate(complete)
+                os.fsync(f.fileno())
+            data = data[:complete]
+        lines = data.split(b"\n")[:-1] if data else []
+        bodies = self.ledger.record_bytes(0, len(lines))
+        if len(bodies) < len(lines):
+            raise LogError(f"the log holds {len(lines)} entries but the ledger only {len(bodies)}")
+        for i, (line, body) in enumerate(zip(lines, bodies)):
+            if line != body:
+                raise LogError(f"log entry {i} differs from the ledger's record {i}")
+        self._tree.extend(leaf_hash(line) for line in lines)
+
+    @property
+    def size(self) -> int:
+        return self._tree.size
+
+    def sync(self) -> Checkpoint:
+        """Append every ledger record not yet in the log, then sign a checkpoint."""
+        new = self.ledger.record_bytes(self.size, None)
+        if new:
+            with open(self.dir / ENTRIES, "ab") as f:
+                f.write(b"".join(b + b"\n" for b in new))
+                f.flush()
+                os.fsync(f.fileno())
+            self._tree.extend(leaf_hash(b) for b in new)
+        cp = Checkpoint(self.origin, self.size, self._tree.root())
+        path = self.dir / CHECKPOINTS / checkpoint_name(cp.size)
+        if not path.exists():
+            write_atomic(path, sign_checkpoint(cp, self.signers))
+        return cp
