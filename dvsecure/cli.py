@@ -1,13 +1,12 @@
-"""Command line: `dvsecure demo ...`."""
+"""Command line: `dvsecure demo | audit | receipt export`."""
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
 from .errors import DvsecureError
-from .noise import make_noise, NO_NOISE, PRIVATE, SEEDED
-from .policy import ConsortiumPolicy
 
 
 def _positive_int(text: str) -> int:
@@ -39,14 +38,58 @@ def build_parser() -> argparse.ArgumentParser:
     noise.add_argument("--noise-seed", type=int,
                        help="RESEARCH ONLY: seeded exact sampler, reproducible and not private")
     d.add_argument("--json", action="store_true", help="print one JSON object")
+
+    a = sub.add_parser("audit", help="verify a log directory or an exported receipt; exit 0 iff all holds")
+    a.add_argument("path", type=Path, help="log directory or receipt directory")
+    a.add_argument("--source", help="report only this source (a receipt is always its own source's)")
+    a.add_argument("--policy", type=Path, help="the policy you agreed to; the log must have used exactly it")
+    a.add_argument("--witness", type=Path,
+                   help="witness state file: checkpoints seen before are checked for consistency "
+                        "(a fork is caught), and the latest is remembered after a clean audit")
+    a.add_argument("--trust-key", action="append", default=[], metavar="VKEY",
+                   help="pin a signer's verifier key (the string, or a file holding it); repeatable")
+    a.add_argument("--allow-nonprivate", action="store_true",
+                   help="do not fail on no-noise or seeded entries (they are still reported)")
+    a.add_argument("--json", action="store_true", help="print one JSON object")
+
+    r = sub.add_parser("receipt", help="receipts for sources")
+    rsub = r.add_subparsers(dest="receipt_command", required=True)
+    e = rsub.add_parser("export", help="write what one source needs to check its own history")
+    e.add_argument("log", type=Path, help="log directory")
+    e.add_argument("--source", required=True, help="source id")
+    e.add_argument("--out", type=Path, help="receipt directory (default: receipt-SOURCE)")
     return p
+
+
+def _key_arg(text: str) -> str:
+    path = Path(text)
+    return path.read_text().strip() if path.is_file() else text
+
+
+def _audit(args) -> int:
+    from .audit import audit
+
+    report = audit(args.path, source=args.source, policy=args.policy, witness=args.witness,
+                   trusted_keys=[_key_arg(k) for k in args.trust_key], allow_nonprivate=args.allow_nonprivate)
+    print(json.dumps(report.to_dict(), indent=2) if args.json else report.to_text())
+    return 0 if report.ok else 1
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "audit":
+            return _audit(args)
+        if args.command == "receipt":
+            from .receipt import export_receipt
+
+            out = export_receipt(args.log, args.source, args.out or Path(f"receipt-{args.source}"))
+            print(f"receipt for {args.source} written to {out}")
+            return 0
         if args.command == "demo":
             from .demo import run_demo
+            from .noise import NO_NOISE, PRIVATE, SEEDED, make_noise
+            from .policy import ConsortiumPolicy
 
             if args.no_noise:
                 noise = make_noise(NO_NOISE)

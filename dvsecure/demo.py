@@ -16,11 +16,13 @@ import numpy as np
 
 from .accounting.conversions import zcdp_eps_tight
 from .aggregator import Aggregator
+from .audit import audit
 from .backends import PlaintextBackend
 from .calibration import PrivateCalibration, hedge_baseline, stored_weights
 from .errors import ParameterError
 from .filter import BudgetFilter
 from .ledger import Ledger
+from .translog import LogWriter, operator_signer
 from .noise import NoiseSource
 from .policy import Budget, CalibrationPolicy, ConsortiumPolicy, MechanismPolicy, SourcePolicy
 
@@ -93,7 +95,12 @@ class DemoReport:
                          f"{s['spent_rho']:>10.4f} {s['budget_rho']:>10.4f} "
                          f"{s['epsilon']:>7.3f}@{s['delta']:<8.0e} {s['queries_answered']:>8}  {s['status']}")
         lines.append("")
-        lines.append(f"published directory: {d['out']}   private state: {d['state']}")
+        a = d["audit"]
+        lines.append("audit of the published log: " + ("OK" if a["ok"] else "FAILED") +
+                     f" ({a['entries']} entries, {a['checkpoints']} signed checkpoints; "
+                     f"dvsecure audit {d['out']})")
+        lines += [f"  {f}" for f in a["findings"]]
+        lines.append(f"published log: {d['out']}   private state (ledger, operator key): {d['state']}")
         return "\n".join(lines)
 
 
@@ -106,13 +113,14 @@ def run_demo(*, out: Path, state: Path, num_sources: int = 5, num_queries: int =
         raise ParameterError(f"--classes must be >= 2, got {num_classes}")
     policy = policy or default_policy(num_sources)
     num_sources = len(policy.sources)
-    out.mkdir(parents=True, exist_ok=True)
     state.mkdir(parents=True, exist_ok=True)
     os.chmod(state, 0o700)
-    (out / "policy.toml").write_text(policy.to_toml())
 
     ledger = Ledger(state / "ledger.sqlite", policy)
     try:
+        # The published directory is the log: policy, entries, checkpoints, keys.
+        log = LogWriter(out, ledger, [operator_signer(state, policy)])
+        log.sync()      # catches up whatever a crash left unlogged
         # Each run continues the ledger: query ids continue where the last run stopped.
         start = ledger.next_seq()
         labels, votes = synthetic_votes(num_queries, num_sources, num_classes, seed + start)
@@ -122,8 +130,10 @@ def run_demo(*, out: Path, state: Path, num_sources: int = 5, num_queries: int =
             cal = PrivateCalibration(policy, ledger, noise).run(
                 f"calibration-{start:06d}", votes[:n_cal].tolist(), labels[:n_cal], num_classes)
             weights = cal.weights
+            log.sync()
         hedge = hedge_baseline(np.eye(num_classes)[votes[n_cal:]], labels[n_cal:], policy.ids)
-        agg = Aggregator(policy, ledger, backend=backend or PlaintextBackend(), noise=noise, weights=weights)
+        agg = Aggregator(policy, ledger, backend=backend or PlaintextBackend(), noise=noise, weights=weights,
+                         log=log)
         items = [(f"run{start:06d}-q{i:05d}", votes[i].tolist()) for i in range(n_cal, num_queries)]
         results = []
         for i in range(0, len(items), 50):
@@ -158,9 +168,10 @@ def run_demo(*, out: Path, state: Path, num_sources: int = 5, num_queries: int =
             "hedge_baseline_accuracy": hedge.accuracy, "hedge_baseline_private": False,
             "labels": released, "sources": sources, "out": str(out), "state": str(state),
         }
-        # Published material only: released labels and per-source spends (public data).
-        public = {k: v for k, v in data.items() if k not in ("out", "state")}
-        (out / "summary.json").write_text(json.dumps(public, indent=2))
+        # The sources' view: audit the published log from signed data alone.
+        audited = audit(out, allow_nonprivate=not noise.private)
+        data["audit"] = {"ok": audited.ok, "entries": audited.entries, "checkpoints": audited.checkpoints,
+                         "findings": [str(f) for f in audited.findings]}
         return DemoReport(data)
     finally:
         ledger.close()
