@@ -26,6 +26,7 @@ test: install
 
 bench: install
 	$(PY) benchmarks/bench_plaintext.py
+	$(PY) benchmarks/bench_audit.py
 
 clean:
 	rm -rf $(VENV) demo-out demo-out.state .pytest_cache .hypothesis
