@@ -42,3 +42,8 @@ class NoteError(DvsecureError):
 
 class LogError(DvsecureError):
     """The transparency log directory is malformed or inconsistent with the ledger."""
+
+
+class SubmissionError(DvsecureError):
+    """A source's submission is malformed, unsigned or wrongly signed, from an
+    unknown source, meant for another party or query, or does not decrypt."""

@@ -1,0 +1,187 @@
+"""Client-side secret sharing of votes for the MPC backend, and the signed, sealed
+submission envelope.
+
+A source encodes each vote in fixed point (2**16, CrypTen's precision), splits
+it into n additive shares modulo 2**64 with the operating system's CSPRNG
+(n - 1 uniform shares, the last fixing the sum), seals share i to party i's
+X25519 key (NaCl sealed box: only party i can open it, and it learns nothing
+about the sender from the box), and signs each party's submission with its
+Ed25519 key, binding the source id, the query ids, the number of classes and
+the party index — so a party cannot pass its share off as another party's, and
+a submission cannot be replayed for other queries.
+
+Any n - 1 shares are uniformly distributed whatever the vote, so no party (or
+any n - 1 of them) learns anything from what it receives.
+
+Wire format: `Signed(source_id, body, signature)` where `body` is the exact
+bytes of a `ShareSubmission`; the signature is checked on those bytes, with the
+key of the named source, before they are decoded (never re-encoded).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import msgspec
+import numpy as np
+from nacl.exceptions import BadSignatureError, CryptoError
+from nacl.public import PrivateKey, PublicKey, SealedBox
+from nacl.signing import SigningKey, VerifyKey
+
+from .errors import SubmissionError, VoteError
+from .policy import ONE_HOT
+from .votes import InvalidVote, encode_vote
+
+VERSION = 1
+RING_BITS = 64
+_DOMAIN = b"dvsecure/share-submission/v1\x00"
+
+
+class ShareSubmission(msgspec.Struct, forbid_unknown_fields=True):
+    v: int
+    source_id: str
+    query_ids: list[str]
+    num_classes: int
+    party_index: int
+    num_parties: int
+    sealed: bytes            # SealedBox(party key) of uint64 LE shares [Q, C]
+
+
+class Signed(msgspec.Struct, forbid_unknown_fields=True):
+    source_id: str           # whose key to verify with (the body repeats it, signed)
+    body: bytes              # the exact bytes that were signed
+    signature: bytes
+
+
+_body_decoder = msgspec.msgpack.Decoder(ShareSubmission)
+_signed_decoder = msgspec.msgpack.Decoder(Signed)
+
+
+# ---- shares ------------------------------------------------------------------------
+
+
+def share(values: np.ndarray, num_parties: int) -> np.ndarray:
+    """Additive shares of int64 `values` modulo 2**64: uint64[num_parties, *shape].
+    Randomness from os.urandom (the OS CSPRNG), never from a seeded PRNG."""
+    if num_parties < 2:
+        raise VoteError(f"need at least 2 parties to share a vote, got {num_parties}")
+    values = np.asarray(values)
+    if values.dtype.kind not in "iu":
+        raise VoteError(f"shares are of integer fixed-point values, got dtype {values.dtype}")
+    flat = values.astype(np.int64).view(np.uint64)
+    count = flat.size
+    random = np.frombuffer(os.urandom(8 * count * (num_parties - 1)), dtype="<u8")
+    out = np.empty((num_parties,) + values.shape, dtype=np.uint64)
+    out[:-1] = random.reshape((num_parties - 1,) + values.shape)
+    with np.errstate(over="ignore"):
+        out[-1] = flat.reshape(values.shape) - out[:-1].sum(axis=0, dtype=np.uint64)
+    return out
+
+
+def reconstruct(shares: np.ndarray) -> np.ndarray:
+    """The int64 values whose shares these are (sum modulo 2**64)."""
+    with np.errstate(over="ignore"):
+        return np.asarray(shares, dtype=np.uint64).sum(axis=0, dtype=np.uint64).view(np.int64)
+
+
+def encode_batch(votes: Sequence, num_classes: int, kind: str = ONE_HOT) -> np.ndarray:
+    """An honest source's votes, validated and encoded: int64[Q, C] at 2**16.
+    A vote that is not valid for its kind is refused here, before anything is sent."""
+    try:
+        return np.stack([encode_vote(v, num_classes, kind) for v in votes]) if len(votes) else \
+            np.zeros((0, num_classes), np.int64)
+    except InvalidVote as e:
+        raise VoteError(f"refusing to submit an invalid vote: {e}") from None
+
+
+# ---- keys ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PartyKeys:
+    """A computing party's X25519 key pair for receiving sealed shares."""
+
+    private: PrivateKey
+
+    @classmethod
+    def generate(cls) -> "PartyKeys":
+        return cls(PrivateKey.generate())
+
+    @property
+    def public(self) -> PublicKey:
+        return self.private.public_key
+
+
+# ---- submissions ---------------------------------------------------------------------------
+
+
+def seal_submissions(source_id: str, signing_key: SigningKey, query_ids: Sequence[str],
+                     encoded: np.ndarray, party_keys: Sequence[PublicKey]) -> list[bytes]:
+    """One signed, sealed message per party for a batch of queries.
+    `encoded`: int64[Q, C] fixed-point votes (`encode_batch`), or any int64 array of
+    that shape (a test of a malicious source)."""
+    encoded = np.asarray(encoded)
+    if encoded.ndim != 2 or encoded.shape[0] != len(query_ids):
+        raise VoteError(f"expected votes of shape [{len(query_ids)}, C], got {encoded.shape}")
+    if len(set(query_ids)) != len(query_ids) or not all(isinstance(q, str) and q for q in query_ids):
+        raise VoteError("query ids must be distinct non-empty strings")
+    n = len(party_keys)
+    shares = share(encoded, n)
+    out = []
+    for i, pk in enumerate(party_keys):
+        sealed = SealedBox(pk).encrypt(shares[i].astype("<u8").tobytes())
+        body = msgspec.msgpack.encode(ShareSubmission(
+            v=VERSION, source_id=source_id, query_ids=list(query_ids), num_classes=int(encoded.shape[1]),
+            party_index=i, num_parties=n, sealed=bytes(sealed)))
+        signature = signing_key.sign(_DOMAIN + body).signature
+        out.append(msgspec.msgpack.encode(Signed(source_id=source_id, body=body, signature=signature)))
+    return out
+
+
+@dataclass(frozen=True)
+class OpenedShare:
+    source_id: str
+    query_ids: tuple[str, ...]
+    num_classes: int
+    shares: np.ndarray        # uint64[Q, C], this party's share of each vote
+    body: bytes               # the exact signed bytes (what the log commits to)
+
+
+def open_submission(message: bytes, party_index: int, num_parties: int, party_key: PrivateKey,
+                    source_keys: Mapping[str, VerifyKey]) -> OpenedShare:
+    """Verify and open one message at party `party_index`. Raises SubmissionError
+    naming the problem: malformed, unknown source, bad signature, meant for another
+    party or another party count, undecryptable, or of the wrong size."""
+    try:
+        signed = _signed_decoder.decode(message)
+    except (msgspec.DecodeError, msgspec.ValidationError) as e:
+        raise SubmissionError(f"malformed submission: {e}") from None
+    key = source_keys.get(signed.source_id)
+    if key is None:
+        raise SubmissionError(f"submission from unknown source {signed.source_id!r}")
+    try:
+        key.verify(_DOMAIN + signed.body, signed.signature)
+    except (BadSignatureError, ValueError):
+        raise SubmissionError(f"bad signature on the submission of source {signed.source_id!r}") from None
+    try:
+        sub = _body_decoder.decode(signed.body)
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as e:
+        raise SubmissionError(f"malformed submission body from {signed.source_id!r}: {e}") from None
+    if sub.source_id != signed.source_id:
+        raise SubmissionError(f"submission signed by {signed.source_id!r} names source {sub.source_id!r}")
+    if sub.v != VERSION:
+        raise SubmissionError(f"submission version {sub.v} is not {VERSION}")
+    if sub.party_index != party_index or sub.num_parties != num_parties:
+        raise SubmissionError(f"submission of {sub.source_id!r} is for party {sub.party_index} of "
+                              f"{sub.num_parties}, not party {party_index} of {num_parties}")
+    try:
+        raw = SealedBox(party_key).decrypt(sub.sealed)
+    except CryptoError:
+        raise SubmissionError(f"the share of {sub.source_id!r} does not decrypt with this party's key") from None
+    q, c = len(sub.query_ids), sub.num_classes
+    if c < 2 or len(raw) != 8 * q * c:
+        raise SubmissionError(f"share of {sub.source_id!r} holds {len(raw)} bytes, expected {8 * q * c} "
+                              f"({q} queries x {c} classes)")
+    shares = np.frombuffer(raw, dtype="<u8").reshape(q, c).astype(np.uint64)
+    return OpenedShare(sub.source_id, tuple(sub.query_ids), c, shares, bytes(signed.body))
