@@ -194,6 +194,7 @@ class _Audit:
         self.source, self.policy_file, self.witness = source, policy_file, witness
         self.trusted = set(trusted_keys)
         self.allow_nonprivate = allow_nonprivate
+        self.signer_keys: list[str] = []
 
     # ---- files ----------------------------------------------------------------
     def files(self, receipt: bool) -> None:
@@ -352,7 +353,8 @@ class _Audit:
         if self.witness is None or not self.r.ok:
             return
         state = load_witness(self.witness)
-        state["logs"][cp.origin] = {"size": cp.size, "root": base64.b64encode(cp.root_hash).decode()}
+        state["logs"][cp.origin] = {"size": cp.size, "root": base64.b64encode(cp.root_hash).decode(),
+                                    "keys": self.signer_keys}
         save_witness(self.witness, state)
 
 
@@ -418,7 +420,11 @@ def audit(path: str | Path, *, source: str | None = None, policy: str | Path | N
             if q in first:
                 r.add("sequence", f"query id {q!r} already appeared in entry {first[q]}", seq=seq)
             first.setdefault(q, seq)
+    if a.witness is not None and r.origin is not None:
+        # Keys pinned on first use: a log seen before must still be signed by the same keys.
+        a.trusted |= set(load_witness(a.witness)["logs"].get(r.origin, {}).get("keys", []))
     sets = a.signer_sets(specials, seqs)
+    a.signer_keys = sorted({k.vkey for _, keys in sets for k in keys})
 
     if is_receipt:
         size = receipt.size
