@@ -189,3 +189,22 @@ def log_origin(policy) -> str:
 def columns(source_ids, spent, charged) -> tuple[bytes, bytes]:
     """The packed cumulative-spend and charged-count columns, in policy order."""
     return (pack_f64([float(spent[s]) for s in source_ids]), pack_u32([charged[s] for s in source_ids]))
+
+
+def per_source(e: Query | Calibration, source_ids) -> list[dict]:
+    """The per-source columns of a query or calibration entry as one dict per
+    source (for display, receipts and tests; the auditor works on whole columns)."""
+    count = len(source_ids)
+    gamma = unpack(e.gamma, "<u4", count)
+    spent = unpack(e.spent, "<f8", count)
+    charged = unpack(e.charged, "<u4", count)
+    names = STATUS_NAMES if isinstance(e, Query) else {CALIBRATED: "calibrated", CALIBRATION_SKIPPED: "skipped"}
+    out = []
+    for j, sid in enumerate(source_ids):
+        out.append({"source_id": sid, "gamma": int(gamma[j]) / 65536, "status": names.get(e.status[j], e.status[j]),
+                    "spent": float(spent[j]), "charged": int(charged[j]),
+                    "reason": e.invalid.get(sid) if isinstance(e, Query) else None})
+    if isinstance(e, Query):
+        for row, c in zip(out, unpack_commitments(e.commitments, count)):
+            row["commitment"] = c
+    return out

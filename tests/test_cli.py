@@ -45,9 +45,19 @@ def test_demo_json_contract(tmp_path, capsys):
 def test_published_directory_holds_no_private_state(tmp_path, capsys):
     out, state = tmp_path / "pub", tmp_path / "secret"
     run_json(capsys, "--out", str(out), "--state", str(state), "--queries", "30")
-    assert sorted(p.name for p in out.iterdir()) == ["policy.toml", "summary.json"]
-    assert (state / "ledger.sqlite").exists()
-    assert not any(p.suffix.startswith(".sqlite") for p in out.iterdir())
+    published = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    # Only the log: the policy, the entries, signed checkpoints and public keys.
+    assert published[:2] == ["checkpoints/000000000002.note", "checkpoints/000000000003.note"]
+    assert [p for p in published if not p.startswith("checkpoints/")] == [
+        "entries.jsonl", "keys/dvsecure_demo-consortium_" + default_policy().digest()[:16] + "_operator.vkey",
+        "policy.toml"]
+    assert (state / "ledger.sqlite").exists() and (state / "operator.key").exists()
+    assert oct((state / "operator.key").stat().st_mode & 0o777) == "0o600"
+    secret = (state / "operator.key").read_text().strip().rsplit("+", 1)[1]
+    for p in out.rglob("*"):
+        if p.is_file():
+            assert secret.encode() not in p.read_bytes()
+            assert not p.name.endswith((".sqlite", ".key"))
 
 
 def test_second_run_continues_from_state(tmp_path, capsys):
@@ -59,10 +69,16 @@ def test_second_run_continues_from_state(tmp_path, capsys):
         assert b["spent_rho"] <= b["budget_rho"]
     assert sum(b["spent_rho"] for b in second["sources"]) > sum(a["spent_rho"] for a in first["sources"])
     with Ledger(Path(str(out) + ".state") / "ledger.sqlite", default_policy()) as ledger:
-        kinds = [r["kind"] for r in ledger.records()]
+        kinds = [type(r).__name__.lower() for r in ledger.records()]
         ledger.verify()
+    assert kinds[:2] == ["genesis", "signers"]      # one log, one signer set across runs
     assert kinds.count("calibration") == 1          # calibrated once, reused afterwards
     assert kinds.count("query") == 2 * 40
+    assert data_audits_clean(second)
+
+
+def data_audits_clean(data) -> bool:
+    return data["audit"]["ok"] and not data["audit"]["findings"]
 
 
 def test_no_noise_is_marked_non_private(tmp_path, capsys):

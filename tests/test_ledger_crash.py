@@ -21,6 +21,9 @@ from fractions import Fraction
 
 import pytest
 
+import msgspec
+
+from dvsecure import entry
 from dvsecure.accounting.charges import GNMAX, THRESHOLD, Charge
 from dvsecure.aggregator import Aggregator
 from dvsecure.errors import BudgetExceededError, DuplicateQueryError, LedgerError, ParameterError
@@ -74,7 +77,7 @@ ledger_path, kill_seq, batch_size = sys.argv[2], int(sys.argv[3]), int(sys.argv[
 votes = json.load(open(sys.argv[5]))
 
 def on_committed(seqs):
-    if kill_seq in seqs:
+    if kill_seq + 1 in seqs:            # query k is record k + 1: record 0 is the genesis
         os.kill(os.getpid(), signal.SIGKILL)
 
 agg = Aggregator(policy, Ledger(ledger_path, policy), noise=make_noise("no_noise"), on_committed=on_committed)
@@ -88,39 +91,50 @@ print("finished", flush=True)
 """
 
 
-def body_charges(records, source_id) -> Counter:
-    """The charges each record's body says a source paid, as a multiset."""
-    out = Counter()
-    for rec in records:
-        for p in rec["participants"]:
-            if p["source_id"] == source_id:
-                for c in p["charges"]:
-                    out[Charge.from_dict(c)] += 1
+def entry_charges(e: entry.Query, policy: ConsortiumPolicy) -> dict[str, list[Charge]]:
+    """The charges a query entry implies, recomputed from its own public data
+    (mechanism, weights, statuses, answered bit): what an auditor would charge."""
+    m = e.mechanism
+    out = {}
+    for col in entry.per_source(e, policy.ids):
+        charges = []
+        if col["status"] in ("active", "shrunk"):
+            if m.kind == "confident_gnmax":
+                charges.append(Charge(THRESHOLD, m.sigma1, col["gamma"], True))
+            charges.append(Charge(GNMAX, m.sigma2, col["gamma"], e.answered))
+        out[col["source_id"]] = charges
     return out
 
 
-def check_consistent(ledger: Ledger, policy: ConsortiumPolicy) -> list[dict]:
-    """verify(); contiguous sequence numbers; every record's charges are in the
-    charges table and in the spend; cumulative spends chain without gaps."""
+def strip(e):
+    """An entry without its commitments (fresh nonces per submission differ between runs)."""
+    return msgspec.structs.replace(e, commitments="") if isinstance(e, entry.Query) else e
+
+
+def check_consistent(ledger: Ledger, policy: ConsortiumPolicy) -> list[entry.Query]:
+    """verify(); contiguous sequence numbers from the genesis record; every query
+    entry's recomputed charges are the charges table's and the spend's; the stated
+    cumulative spends and charge counts chain without gaps. Returns the query entries."""
     ledger.verify()
     records = list(ledger.records())
-    assert [r["seq"] for r in records] == list(range(len(records)))
-    assert ledger.next_seq() == len(records)
+    assert [r.seq for r in records] == list(range(len(records)))
+    assert isinstance(records[0], entry.Genesis) and ledger.next_seq() == len(records)
+    queries = [r for r in records if isinstance(r, entry.Query)]
+    implied = [entry_charges(e, policy) for e in queries]
     spent, budgets = ledger.spent(), ledger.budgets()
-    for src in policy.sources:
+    for j, src in enumerate(policy.sources):
         stored = ledger.charges(src.id)
-        assert Counter(stored) == body_charges(records, src.id)
+        assert Counter(stored) == Counter(c for charges in implied for c in charges[src.id])
         assert sum((c.rho for c in stored), Fraction(0)) == spent[src.id] <= budgets[src.id]
-        running = Fraction(0)
-        for rec in records:
-            for p in rec["participants"]:
-                if p["source_id"] == src.id:
-                    rho = Fraction(p["rho"])
-                    assert rho == sum((Charge.from_dict(c).rho for c in p["charges"]), Fraction(0))
-                    running += rho
-                    assert Fraction(p["spent"]) == running
+        running, count = Fraction(0), 0
+        for e, charges in zip(queries, implied):
+            rho = sum((c.rho for c in charges[src.id]), Fraction(0))
+            running += rho
+            count += rho > 0
+            col = entry.per_source(e, policy.ids)[j]
+            assert col["spent"] == float(running) and col["charged"] == count
         assert running == spent[src.id]
-    return records
+    return queries
 
 
 def reference_run(policy, path, votes, batch_size=1):
@@ -148,30 +162,32 @@ def test_sigkill_right_after_commit_keeps_the_charge(tmp_path, setup, kill_seq, 
     # The batch holding query kill_seq was committed but never returned.
     batch_end = (kill_seq // batch_size + 1) * batch_size          # first seq after that batch
     released = [json.loads(line) for line in proc.stdout.splitlines()]
-    assert [r["seq"] for r in released] == list(range(batch_end - batch_size))
+    assert [r["seq"] for r in released] == list(range(1, batch_end - batch_size + 1))
     assert "finished" not in proc.stdout
 
     ledger = Ledger(path, policy)
     records = check_consistent(ledger, policy)
     assert ledger.has_query(f"q{kill_seq}")
-    assert [r["query_id"] for r in records] == [f"q{i}" for i in range(batch_end)]
+    assert [r.query_id for r in records] == [f"q{i}" for i in range(batch_end)]
 
     # Exactly what an uninterrupted run records for the same queries: query k's
     # charges (and its whole batch's) are all there.
     ref_ledger, ref_agg, ref_results = reference_run(policy, tmp_path / "ref.sqlite", votes[:batch_end + 1],
                                                      batch_size=1)
-    ref_records = list(ref_ledger.records())
-    assert records == ref_records[:batch_end]
+    ref_records = [r for r in ref_ledger.records() if isinstance(r, entry.Query)]
+    assert [strip(r) for r in records] == [strip(r) for r in ref_records[:batch_end]]
     killed = ref_results[kill_seq]
     assert any(p.rho > 0 for p in killed.participants)     # query k did charge someone
-    assert ref_records[kill_seq]["participants"] == [p.to_dict() for p in killed.participants]
+    assert [(c["source_id"], c["gamma"], c["status"], c["spent"])
+            for c in entry.per_source(records[kill_seq], policy.ids)] == \
+        [(p.source_id, p.gamma, p.status, float(p.spent)) for p in killed.participants]
 
     # A new Aggregator on the same ledger carries on from the recorded spend.
     before = ledger.spent()
     assert before == {p.source_id: p.spent for p in ref_results[batch_end - 1].participants}
     agg = Aggregator(policy, ledger, noise=make_noise("no_noise"))
     nxt = agg.query(f"q{batch_end}", votes[batch_end], NUM_CLASSES)
-    assert nxt.seq == batch_end
+    assert nxt.seq == batch_end + 1
     assert nxt.to_dict() == ref_results[batch_end].to_dict()
     after = ledger.spent()
     for p in nxt.participants:
@@ -248,7 +264,7 @@ def test_sigkill_at_random_moments_leaves_a_consistent_ledger(tmp_path):
         ledger = Ledger(path, policy)
         try:
             records = check_consistent(ledger, policy)
-            ids = [r["query_id"] for r in records]
+            ids = [r.query_id for r in records]
             # Durable before released: everything the child printed is in the ledger ...
             it = iter(ids)
             assert all(qid in it for qid in released), "a released query is missing or out of order"
@@ -264,7 +280,7 @@ def test_sigkill_at_random_moments_leaves_a_consistent_ledger(tmp_path):
         records = check_consistent(ledger, policy)
         agg = Aggregator(policy, ledger, noise=make_noise("private"))
         r = agg.query("after-crashes", {"alpha": 0, "beta": [1.0, 0.0, 0.0], "gamma": 2}, NUM_CLASSES)
-        assert r.seq == len(records)
+        assert r.seq == len(records) + 1           # after the genesis and every query record
         for p in r.participants:
             assert ledger.spent()[p.source_id] == before[p.source_id] + p.rho == p.spent
         check_consistent(ledger, policy)
@@ -307,7 +323,17 @@ def test_ledger_refuses_a_different_policy(tmp_path):
 
 
 def _record(qid, *charges):
-    return LedgerRecord(qid, "query", {"note": qid}, tuple(charges))
+    """A hand-made record (no aggregator): its entry is rendered with the spends and
+    counts the ledger hands over, so a refused commit must leave no trace of it."""
+    def render(seq, spent, charged):
+        ids = sorted(spent)
+        sp, ch = entry.columns(ids, spent, charged)
+        return entry.encode(entry.Query(
+            v=entry.VERSION, seq=seq, query_id=qid, noise="no_noise", backend="test",
+            mechanism=entry.Mechanism(kind="gnmax", sigma2=1.0), num_classes=2, answered=True, label=0,
+            gamma=entry.pack_u32([0] * len(ids)), status="X" * len(ids), spent=sp, charged=ch,
+            commitments=entry.pack_commitments(entry.ABSENT_COMMITMENT * len(ids))))
+    return LedgerRecord(qid, "query", tuple(charges), render)
 
 
 def _state(ledger: Ledger, policy):
@@ -323,9 +349,11 @@ def test_over_budget_commit_records_nothing(tmp_path):
     quarter = Charge(GNMAX, 1.0, 0.5)                   # rho = 2 * 0.25 / 2 = 1/4
     assert quarter.rho == Fraction(1, 4)
     with Ledger(path, policy) as ledger:
-        assert ledger.commit([_record("x0", ("a", quarter), ("b", quarter))]) == [0]
+        assert ledger.commit([_record("x0", ("a", quarter), ("b", quarter))]) == [1]
         # Filling the budget exactly is allowed: the test is spent <= budget, in rationals.
-        assert ledger.commit([_record("x1", ("a", quarter))]) == [1]
+        assert ledger.commit([_record("x1", ("a", quarter))]) == [2]
+        rendered = entry.per_source(list(ledger.records())[-1], ["a", "b"])
+        assert [(c["spent"], c["charged"]) for c in rendered] == [(0.5, 2), (0.25, 1)]
         assert ledger.spent()["a"] == Fraction(1, 2) == ledger.budgets()["a"]
         full = _state(ledger, policy)
 
@@ -349,7 +377,7 @@ def test_over_budget_commit_records_nothing(tmp_path):
         assert _state(ledger, policy) == full
         ledger.verify()
         # Still usable afterwards; a zero charge (a refused query's GNMax step) fits an exhausted source.
-        assert ledger.commit([_record("z2", ("a", Charge(GNMAX, 1.0, 0.5, answered=False)), ("b", quarter))]) == [2]
+        assert ledger.commit([_record("z2", ("a", Charge(GNMAX, 1.0, 0.5, answered=False)), ("b", quarter))]) == [3]
         assert ledger.spent() == {"a": Fraction(1, 2), "b": Fraction(1, 2)}
         ledger.verify()
         final = _state(ledger, policy)

@@ -8,7 +8,6 @@ leaned on it. (Slow: it installs numpy, scipy, OpenDP... into the new venv.)
 from __future__ import annotations
 
 import subprocess
-import sys
 import venv
 from pathlib import Path
 

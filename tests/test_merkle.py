@@ -19,7 +19,6 @@ import base64
 import hashlib
 import json
 import random
-import time
 from pathlib import Path
 
 import pytest

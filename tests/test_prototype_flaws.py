@@ -288,7 +288,10 @@ def test_flaw4_calibration_charges_what_it_releases(tmp_path, fraction):
             assert src.grid_min <= w <= src.grid_max and (Fraction(w) * SCALE).denominator == 1
         ledger.verify()
         rec = list(ledger.records(kind="calibration"))
-        assert len(rec) == 1 and rec[0]["query_id"] == "calib"
+        assert len(rec) == 1 and rec[0].query_id == "calib"
+        # The log entry states the charged sigma per source: the auditor recomputes from it.
+        assert rec[0].sigma == [res.charges[s.id].sigma if s.id in res.charges else None
+                                for s in policy.sources]
         assert stored_weights(ledger) == res.weights
 
 
