@@ -36,7 +36,7 @@ from .merkle import MerkleTree, verify_consistency, verify_inclusion
 from .recompute import Context, check_entries
 from .note import Checkpoint, Verifier, open_note
 from .policy import ConsortiumPolicy
-from .translog import CHECKPOINT_SUFFIX, CHECKPOINTS, ENTRIES, KEY_SUFFIX, KEYS, POLICY, key_file_name
+from .translog import CHECKPOINT_SUFFIX, CHECKPOINTS, ENTRIES, KEY_SUFFIX, KEYS, POLICY, PREVIOUS, key_file_name
 
 RECEIPT = "receipt.json"
 _CHECKPOINT_RE = re.compile(r"^[0-9]{12}\.note$")
@@ -332,6 +332,15 @@ class _Audit:
         self.r.checkpoints = len(out)
         if not out:
             self.r.add("checkpoint", "no valid checkpoint: nothing in this directory is signed")
+        # Each checkpoint names its predecessor: the chain down to 0 must be whole.
+        for size, cp in out.items():
+            prev = [e[len(PREVIOUS):] for e in cp.extensions if e.startswith(PREVIOUS)]
+            if len(prev) != 1 or not prev[0].isdigit() or int(prev[0]) >= size:
+                self.r.add("checkpoint", "no valid previous-checkpoint extension",
+                           file=f"{CHECKPOINTS}/{size:012d}{CHECKPOINT_SUFFIX}")
+            elif int(prev[0]) and int(prev[0]) not in out:
+                self.r.add("checkpoint", f"its previous checkpoint (size {prev[0]}) is missing or invalid",
+                           file=f"{CHECKPOINTS}/{size:012d}{CHECKPOINT_SUFFIX}")
         return out
 
     def witness_check(self, root_at) -> None:

@@ -6,7 +6,9 @@ hash or a signature, and the auditor reports any file it does not expect):
     policy.toml                the agreed policy; its SHA-256 is in entry 0
     entries.jsonl              one entry per line; line i (without its "\\n") is
                                leaf i of the RFC 9162 Merkle tree
-    checkpoints/<size>.note    C2SP signed checkpoints (origin, size, root)
+    checkpoints/<size>.note    C2SP signed checkpoints (origin, size, root, and an
+                               extension line naming the previous checkpoint's
+                               size, so a deleted checkpoint breaks the chain)
     keys/<name>.vkey           verifier keys, each one recorded in a signers entry
 
 The ledger (private) is the source of truth: entry i is exactly the bytes of
@@ -25,7 +27,7 @@ from . import entry
 from .errors import LogError
 from .ledger import Ledger, LedgerRecord
 from .merkle import CompactRange, leaf_hash
-from .note import Checkpoint, Signer, generate_signer, sign_checkpoint
+from .note import Checkpoint, Signer, generate_signer, parse_note, sign_checkpoint
 
 ENTRIES = "entries.jsonl"
 CHECKPOINTS = "checkpoints"
@@ -34,6 +36,7 @@ POLICY = "policy.toml"
 OPERATOR_KEY = "operator.key"
 CHECKPOINT_SUFFIX = ".note"
 KEY_SUFFIX = ".vkey"
+PREVIOUS = "dvsecure-previous-checkpoint "     # checkpoint extension: "<prefix><size>"
 
 
 def checkpoint_name(size: int) -> str:
@@ -116,6 +119,10 @@ class LogWriter:
                 raise LogError(f"{path} holds a different key for signer {s.name!r}")
         self._tree = CompactRange()
         self._load()
+        sizes = [int(p.name[:12]) for p in (self.dir / CHECKPOINTS).glob(f"*{CHECKPOINT_SUFFIX}")]
+        self._previous = max(sizes, default=0)
+        if self._previous > self.size:
+            raise LogError(f"a checkpoint of size {self._previous} exists but the log holds {self.size} entries")
 
     def _record_signers(self, role: str, attestations: dict[str, str]) -> None:
         keys = [entry.SignerKey(name=s.name, vkey=s.verifier_key_string, role=role,
@@ -167,8 +174,10 @@ class LogWriter:
                 f.flush()
                 os.fsync(f.fileno())
             self._tree.extend(leaf_hash(b) for b in new)
-        cp = Checkpoint(self.origin, self.size, self._tree.root())
-        path = self.dir / CHECKPOINTS / checkpoint_name(cp.size)
-        if not path.exists():
-            write_atomic(path, sign_checkpoint(cp, self.signers))
+        path = self.dir / CHECKPOINTS / checkpoint_name(self.size)
+        if path.exists():
+            return Checkpoint.parse(parse_note(path.read_bytes())[0])
+        cp = Checkpoint(self.origin, self.size, self._tree.root(), (f"{PREVIOUS}{self._previous}",))
+        write_atomic(path, sign_checkpoint(cp, self.signers))
+        self._previous = cp.size
         return cp
