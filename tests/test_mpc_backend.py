@@ -1,0 +1,163 @@
+"""The MPC backend (issue 4, partial): with no noise it releases exactly what the
+plaintext backend releases and charges exactly the same; a malicious vote is
+rejected by the parties' secure validation and cannot move the tally; a party
+that dies makes the batch fail with nothing recorded; TFP needs an explicit flag.
+
+Parties are real processes (3 CrypTen parties + a TTP dealer over gloo on
+loopback), started once per module and always stopped.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dvsecure.aggregator import Aggregator
+from dvsecure.backends.mpc import REJECTED, MPCBackend
+from dvsecure.backends.plaintext import PlaintextBackend
+from dvsecure.errors import ParameterError
+from dvsecure.ledger import Ledger
+from dvsecure.mpc.parties import PartyError
+from dvsecure.noise import make_noise
+from dvsecure.policy import Budget, ConsortiumPolicy, MechanismPolicy, SourcePolicy
+
+pytestmark = pytest.mark.slow
+NUM_CLASSES = 4
+
+
+class WholeBatchPlaintext(PlaintextBackend):
+    """The reference, given whole batches as the MPC backend is (same reservations)."""
+    evaluates_whole_batch = True
+
+
+@pytest.fixture(scope="module")
+def mpc():
+    backend = MPCBackend(num_parties=3, timeout=120)
+    yield backend
+    backend.close()
+
+
+def random_policy(rng) -> ConsortiumPolicy:
+    sources = []
+    for i in range(4):
+        hi = float(rng.uniform(0.2, 0.6))
+        sources.append(SourcePolicy(f"src{i}", float(rng.uniform(0.0, hi / 2)), hi,
+                                    Budget("rho", float(rng.uniform(0.5, 4.0))),
+                                    on_exhaustion=("shrink", "exclude")[i % 2],
+                                    votes=("one-hot", "simplex")[i == 3]))
+    if rng.random() < 0.3:
+        mech = MechanismPolicy("gnmax", float(rng.uniform(0.5, 2)))
+    else:
+        mech = MechanismPolicy("confident_gnmax", float(rng.uniform(0.5, 2)), sigma1=float(rng.uniform(0.5, 2)),
+                               threshold=float(rng.uniform(0.1, 0.9)))
+    return ConsortiumPolicy(sources=tuple(sources), mechanism=mech, name="mpc-eq")
+
+
+MALICIOUS = [[2.0, -1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0], [0.5, 0.5, 0.0, 0.0], [1.0, 1.0, 0.0, 0.0],
+             [1e6, 0.0, 0.0, 0.0], [-1.0, 1.0, 1.0, 0.0]]
+
+
+def random_stream(rng, count: int) -> list:
+    items = []
+    for q in range(count):
+        votes = {}
+        for i in range(4):
+            r = rng.random()
+            if r < 0.1:
+                votes[f"src{i}"] = None                                 # absent
+            elif r < 0.2:
+                votes[f"src{i}"] = MALICIOUS[rng.integers(len(MALICIOUS))]
+            elif i == 3:
+                p = rng.dirichlet(np.ones(NUM_CLASSES))
+                votes[f"src{i}"] = p.tolist() if rng.random() < 0.5 else int(rng.integers(NUM_CLASSES))
+            else:
+                votes[f"src{i}"] = int(rng.integers(2)) if rng.random() < 0.5 else int(rng.integers(NUM_CLASSES))
+        items.append((f"q{q}", votes))
+    return items
+
+
+def run(policy, items, backend, path, batch=8):
+    with Ledger(path, policy) as ledger:
+        agg = Aggregator(policy, ledger, backend=backend, noise=make_noise("no_noise"))
+        results = []
+        for i in range(0, len(items), batch):
+            results += agg.query_batch(items[i:i + batch], NUM_CLASSES)
+        return results, ledger.spent(), [ledger.charges(s.id) for s in policy.sources]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_no_noise_mpc_equals_plaintext(mpc, tmp_path, seed):
+    rng = np.random.default_rng(seed)
+    policy = random_policy(rng)
+    items = random_stream(rng, 24)
+    ref, ref_spent, ref_charges = run(policy, items, WholeBatchPlaintext(), tmp_path / "p.sqlite")
+    got, spent, charges = run(policy, items, mpc, tmp_path / "m.sqlite")
+    assert [(r.answered, r.label) for r in got] == [(r.answered, r.label) for r in ref]
+    assert [[(p.gamma, p.status) for p in r.participants] for r in got] == \
+        [[(p.gamma, p.status) for p in r.participants] for r in ref]
+    assert spent == ref_spent and charges == ref_charges
+    statuses = {p.status for r in got for p in r.participants}
+    assert "excluded:invalid" in statuses and "absent" in statuses
+    assert all(r.backend == "mpc" and not r.private for r in got)
+
+
+def test_ties_break_to_the_lowest_index(mpc, tmp_path):
+    policy = ConsortiumPolicy(sources=tuple(SourcePolicy(f"src{i}", 0.25, 0.25, Budget("rho", 100.0))
+                                            for i in range(4)),
+                              mechanism=MechanismPolicy("gnmax", 1.0), name="ties")
+    items = [("t0", {"src0": 3, "src1": 1, "src2": 1, "src3": 3}),           # tie 1 vs 3 -> 1
+             ("t1", {"src0": 2, "src1": 0, "src2": None, "src3": None}),     # tie 0 vs 2 -> 0
+             ("t2", {"src0": 3, "src1": 2, "src2": 1, "src3": 0})]           # four-way -> 0
+    got, _, _ = run(policy, items, mpc, tmp_path / "t.sqlite")
+    assert [r.label for r in got] == [1, 0, 0]
+
+
+def test_malicious_vote_cannot_move_the_tally(mpc, tmp_path):
+    policy = ConsortiumPolicy(sources=tuple(SourcePolicy(f"src{i}", 0.3125, 0.3125, Budget("rho", 100.0))
+                                            for i in range(4)),
+                              mechanism=MechanismPolicy("confident_gnmax", 1.0, sigma1=1.0, threshold=0.5),
+                              name="malice")
+    honest = {"src0": 1, "src1": 1, "src2": 2}
+    items = [(f"m{k}", dict(honest, src3=bad)) for k, bad in enumerate(MALICIOUS)]
+    items.append(("clean", dict(honest, src3=None)))
+    got, _, _ = run(policy, items, mpc, tmp_path / "m.sqlite", batch=len(items))
+    clean = got[-1]
+    assert clean.answered and clean.label == 1
+    for r in got[:-1]:
+        p = r.participant("src3")
+        assert p.status == "excluded:invalid" and p.gamma == 0 and p.rho == 0
+        assert (r.answered, r.label) == (clean.answered, clean.label)
+    assert got[0].participant("src3").reason == REJECTED
+
+
+def test_noise_modes_and_tfp_are_refused_explicitly(tmp_path):
+    with pytest.raises(ParameterError, match="TFP"):
+        MPCBackend(provider="TFP")
+    backend = MPCBackend()
+    policy = ConsortiumPolicy(sources=(SourcePolicy("src0", 0.1, 0.2, Budget("rho", 1.0)),),
+                              mechanism=MechanismPolicy("gnmax", 1.0))
+    with Ledger(tmp_path / "l.sqlite", policy) as ledger:
+        agg = Aggregator(policy, ledger, backend=backend, noise=make_noise("private"))
+        with pytest.raises(ParameterError, match="noise"):
+            agg.query("q", {"src0": 1}, 2)
+        assert ledger.next_seq() == 1 and ledger.spent()["src0"] == 0
+    backend.close()
+
+
+def test_a_killed_party_fails_the_batch_and_records_nothing(tmp_path):
+    policy = ConsortiumPolicy(sources=tuple(SourcePolicy(f"src{i}", 0.25, 0.25, Budget("rho", 10.0))
+                                            for i in range(2)),
+                              mechanism=MechanismPolicy("gnmax", 1.0), name="kill")
+    backend = MPCBackend(timeout=30)
+    try:
+        with Ledger(tmp_path / "k.sqlite", policy) as ledger:
+            agg = Aggregator(policy, ledger, backend=backend, noise=make_noise("no_noise"))
+            first = agg.query("ok", {"src0": 1, "src1": 1}, 2)
+            assert first.answered and first.label == 1
+            before = (ledger.spent(), ledger.next_seq())
+            backend._parties._procs[1].kill()                     # party 1 dies between batches
+            with pytest.raises(PartyError):
+                agg.query_batch([("lost-1", {"src0": 0, "src1": 0}), ("lost-2", {"src0": 1, "src1": 0})], 2)
+            assert (ledger.spent(), ledger.next_seq()) == before
+            assert not ledger.has_query("lost-1")
+    finally:
+        backend.close()
