@@ -28,6 +28,7 @@ test: install
 bench: install
 	$(PY) benchmarks/bench_plaintext.py
 	$(PY) benchmarks/bench_audit.py
+	$(VENV)/bin/dvsecure bench --backend mpc --queries 200 --classes 10 --sources 50 --parties 3
 
 clean:
 	rm -rf $(VENV) demo-out demo-out.state .pytest_cache .hypothesis

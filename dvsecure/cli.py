@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from .errors import DvsecureError
+from .errors import DvsecureError, ParameterError
 
 
 def _positive_int(text: str) -> int:
@@ -52,6 +52,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="do not fail on no-noise or seeded entries (they are still reported)")
     a.add_argument("--json", action="store_true", help="print one JSON object")
 
+    b = sub.add_parser("bench", help="measure the MPC secure pipeline against CrypTen's own argmax")
+    b.add_argument("--backend", choices=["mpc"], default="mpc")
+    b.add_argument("--queries", type=_positive_int, default=10000)
+    b.add_argument("--classes", type=_positive_int, default=10)
+    b.add_argument("--sources", type=_positive_int, default=50)
+    b.add_argument("--parties", type=_positive_int, default=3)
+    b.add_argument("--json", type=Path, metavar="FILE", help="also write the result to FILE")
+
     r = sub.add_parser("receipt", help="receipts for sources")
     rsub = r.add_subparsers(dest="receipt_command", required=True)
     e = rsub.add_parser("export", help="write what one source needs to check its own history")
@@ -80,6 +88,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "audit":
             return _audit(args)
+        if args.command == "bench":
+            from .mpc.bench import run_bench
+
+            if args.parties < 2 or args.classes < 2:
+                raise ParameterError("--parties and --classes must be at least 2")
+            result = json.dumps(run_bench(args.queries, args.classes, args.sources, args.parties), indent=2)
+            if args.json:
+                args.json.write_text(result + "\n")
+            print(result)
+            return 0
         if args.command == "receipt":
             from .receipt import export_receipt
 
