@@ -23,7 +23,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dvsecure", description="Verifiable private aggregation of votes.")
     sub = p.add_subparsers(dest="command", required=True)
     d = sub.add_parser("demo", help="run the embedded demo consortium on synthetic voters")
-    d.add_argument("--backend", choices=["plaintext"], default="plaintext")
+    d.add_argument("--backend", choices=["plaintext", "mpc"], default="plaintext",
+                   help="plaintext reference, or mpc: 3 local CrypTen parties + a TTP dealer "
+                        "(for now only with --no-noise)")
+    d.add_argument("--parties", type=_positive_int, default=3, help="computing parties for --backend mpc")
     d.add_argument("--sources", type=_positive_int, default=5, help="number of sources (default 5)")
     d.add_argument("--queries", type=_positive_int, default=300,
                    help="queries, the first third labelled for calibration (default 300)")
@@ -117,8 +120,21 @@ def main(argv: list[str] | None = None) -> int:
                 noise = make_noise(PRIVATE)
             policy = ConsortiumPolicy.load(args.policy) if args.policy else None
             state = args.state or args.out.with_name(args.out.name + ".state")
-            report = run_demo(out=args.out, state=state, num_sources=args.sources, num_queries=args.queries,
-                              num_classes=args.classes, seed=args.seed, noise=noise, policy=policy)
+            backend = None
+            if args.backend == "mpc":
+                if not args.no_noise:
+                    raise ParameterError("the MPC backend does not add its noise shares yet, so it runs only "
+                                         "with the test-only --no-noise (its releases are marked non-private)")
+                from .backends.mpc import MPCBackend
+
+                backend = MPCBackend(num_parties=args.parties)
+            try:
+                report = run_demo(out=args.out, state=state, num_sources=args.sources, num_queries=args.queries,
+                                  num_classes=args.classes, seed=args.seed, noise=noise, policy=policy,
+                                  backend=backend)
+            finally:
+                if backend is not None:
+                    backend.close()
             print(report.to_json() if args.json else report.to_text())
             return 0
     except DvsecureError as e:

@@ -161,3 +161,17 @@ def test_a_killed_party_fails_the_batch_and_records_nothing(tmp_path):
             assert not ledger.has_query("lost-1")
     finally:
         backend.close()
+
+
+def test_demo_on_the_mpc_backend(tmp_path, capsys):
+    from dvsecure.cli import main
+    import json
+
+    assert main(["demo", "--backend", "mpc", "--no-noise", "--out", str(tmp_path / "log"), "--queries", "30",
+                 "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["backend"] == "mpc" and data["private"] is False and data["audit"]["ok"]
+    assert data["answered"] + data["refused"] == 30 and len(data["labels"]) == 30
+    # Without --no-noise the MPC demo refuses to run rather than release with a wrong charge.
+    assert main(["demo", "--backend", "mpc", "--out", str(tmp_path / "log2")]) == 2
+    assert "noise" in capsys.readouterr().err
