@@ -124,9 +124,9 @@ def run_demo(*, out: Path, state: Path, num_sources: int = 5, num_queries: int =
         # Each run continues the ledger: query ids continue where the last run stopped.
         start = ledger.next_seq()
         labels, votes = synthetic_votes(num_queries, num_sources, num_classes, seed + start)
-        n_cal = num_queries // 3
         weights = stored_weights(ledger)
         secure = backend is not None and backend.name != "plaintext"
+        n_cal = 0 if secure else num_queries // 3
         if secure and weights is None:
             # Calibration reads votes where it runs; under MPC it would have to run inside
             # the parties, which is not built yet, so the sources keep their ceilings.
@@ -168,7 +168,7 @@ def run_demo(*, out: Path, state: Path, num_sources: int = 5, num_queries: int =
         data = {
             "backend": agg.backend.name, "noise_mode": noise.mode, "private": noise.private,
             "mechanism": policy.mechanism.to_dict(), "policy_digest": policy.digest(),
-            "calibration_queries": 0 if secure else n_cal, "answered": answered, "refused": len(results) - answered,
+            "calibration_queries": n_cal, "answered": answered, "refused": len(results) - answered,
             "accuracy": (correct / answered) if answered else None,
             "hedge_baseline_accuracy": hedge.accuracy, "hedge_baseline_private": False,
             "labels": released, "sources": sources, "out": str(out), "state": str(state),
