@@ -24,8 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     d = sub.add_parser("demo", help="run the embedded demo consortium on synthetic voters")
     d.add_argument("--backend", choices=["plaintext", "mpc"], default="plaintext",
-                   help="plaintext reference, or mpc: 3 local CrypTen parties + a TTP dealer "
-                        "(for now only with --no-noise)")
+                   help="plaintext reference, or mpc: local CrypTen parties + a TTP dealer")
     d.add_argument("--parties", type=_positive_int, default=3, help="computing parties for --backend mpc")
     d.add_argument("--sources", type=_positive_int, default=5, help="number of sources (default 5)")
     d.add_argument("--queries", type=_positive_int, default=300,
@@ -122,9 +121,6 @@ def main(argv: list[str] | None = None) -> int:
             state = args.state or args.out.with_name(args.out.name + ".state")
             backend = None
             if args.backend == "mpc":
-                if not args.no_noise:
-                    raise ParameterError("the MPC backend does not add its noise shares yet, so it runs only "
-                                         "with the test-only --no-noise (its releases are marked non-private)")
                 from .backends.mpc import MPCBackend
 
                 backend = MPCBackend(num_parties=args.parties)

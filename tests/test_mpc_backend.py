@@ -129,18 +129,58 @@ def test_malicious_vote_cannot_move_the_tally(mpc, tmp_path):
     assert got[0].participant("src3").reason == REJECTED
 
 
-def test_noise_modes_and_tfp_are_refused_explicitly(tmp_path):
+def test_tfp_is_refused_without_its_flag():
     with pytest.raises(ParameterError, match="TFP"):
         MPCBackend(provider="TFP")
-    backend = MPCBackend()
-    policy = ConsortiumPolicy(sources=(SourcePolicy("src0", 0.1, 0.2, Budget("rho", 1.0)),),
-                              mechanism=MechanismPolicy("gnmax", 1.0))
-    with Ledger(tmp_path / "l.sqlite", policy) as ledger:
-        agg = Aggregator(policy, ledger, backend=backend, noise=make_noise("private"))
-        with pytest.raises(ParameterError, match="noise"):
-            agg.query("q", {"src0": 1}, 2)
-        assert ledger.next_seq() == 1 and ledger.spent()["src0"] == 0
-    backend.close()
+    with pytest.raises(ParameterError, match="at least 2"):
+        MPCBackend(num_parties=1)
+
+
+@pytest.mark.parametrize("mode", ["private", "seeded"])
+def test_with_noise_the_charges_are_the_plaintext_charges(mpc, tmp_path, mode):
+    """Charges depend only on public data (weights, answered bits): each record is
+    exactly what the plaintext aggregator charges for the same weight and bit."""
+    rng = np.random.default_rng(5)
+    policy = random_policy(rng)
+    items = random_stream(rng, 16)
+    with Ledger(tmp_path / "n.sqlite", policy) as ledger:
+        agg = Aggregator(policy, ledger, backend=mpc, noise=make_noise(mode, 3 if mode == "seeded" else None))
+        results = agg.query_batch(items, NUM_CLASSES)
+        reference = Aggregator(policy, ledger, noise=make_noise("no_noise"))
+        for r in results:
+            assert r.noise_mode == mode and r.private == (mode == "private")
+            for p in r.participants:
+                assert (p.charges, p.rho) == reference._source_charges(p.gamma, r.answered)
+        assert all(ledger.spent()[s.id] <= ledger.budgets()[s.id] for s in policy.sources)
+
+
+def test_noisy_labels_match_the_plaintext_distribution(mpc, tmp_path):
+    """The same tallies, released many times: MPC labels (every party adds a full
+    N_Z(0, sigma^2) share, so the total is the sum of 3) against the plaintext
+    mechanism with variance 3 sigma^2 — a chi-square two-sample test."""
+    from scipy import stats
+
+    from dvsecure.mechanism import release_batch, tally
+
+    sigma = 0.3
+    policy = ConsortiumPolicy(sources=tuple(SourcePolicy(f"src{i}", 0.25, 0.25, Budget("rho", 1e9))
+                                            for i in range(4)),
+                              mechanism=MechanismPolicy("gnmax", sigma), name="freq")
+    votes = {"src0": 0, "src1": 1, "src2": 1, "src3": 2}              # tallies 0.25, 0.5, 0.25, 0
+    items = [(f"f{k}", votes) for k in range(400)]
+    with Ledger(tmp_path / "f.sqlite", policy) as ledger:
+        agg = Aggregator(policy, ledger, backend=mpc, noise=make_noise("seeded", 17))
+        mpc_labels = [r.label for r in agg.query_batch(items, NUM_CLASSES)]
+    g = np.full((4000, 4), 16384, np.int64)
+    v = np.zeros((4000, 4, NUM_CLASSES), np.int64)
+    for j, c in enumerate([0, 1, 1, 2]):
+        v[:, j, c] = 65536
+    wide = MechanismPolicy("gnmax", sigma * 3 ** 0.5)
+    plain_labels = [r.label for r in release_batch(tally(g, v), wide, make_noise("seeded", 99))]
+    a = np.bincount(mpc_labels, minlength=NUM_CLASSES)
+    b = np.bincount(plain_labels, minlength=NUM_CLASSES)
+    assert a[1] > a[3] and b[1] > b[3]                                  # the signal is there
+    assert stats.chi2_contingency(np.stack([a, b]) + 1).pvalue > 1e-3
 
 
 def test_a_killed_party_fails_the_batch_and_records_nothing(tmp_path):
@@ -172,6 +212,8 @@ def test_demo_on_the_mpc_backend(tmp_path, capsys):
     data = json.loads(capsys.readouterr().out)
     assert data["backend"] == "mpc" and data["private"] is False and data["audit"]["ok"]
     assert data["answered"] + data["refused"] == 30 and len(data["labels"]) == 30
-    # Without --no-noise the MPC demo refuses to run rather than release with a wrong charge.
-    assert main(["demo", "--backend", "mpc", "--out", str(tmp_path / "log2")]) == 2
-    assert "noise" in capsys.readouterr().err
+    # With private noise (the default) it runs and its log audits without --allow-nonprivate.
+    assert main(["demo", "--backend", "mpc", "--out", str(tmp_path / "log2"), "--queries", "20", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["private"] is True and data["audit"]["ok"]
+    assert main(["audit", str(tmp_path / "log2")]) == 0

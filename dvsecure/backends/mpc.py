@@ -6,22 +6,28 @@ votes for a batch are encoded, shared, sealed to the parties and signed
 (`dvsecure.sharing`), exactly as a remote source would do; the parties open
 them. Networked sources are issue 5.
 
-Status: the noise shares (each party's own discrete Gaussian, with the
-distributed-discrete-Gaussian charge of Kairouz, Liu & Steinke 2021) are not
-implemented yet, so this backend refuses every noise mode except the test-only
-`no_noise`, rather than release something whose charge would be wrong.
+Noise: every party adds its own exact discrete Gaussian of the full scale
+(sigma1 to the maximum, sigma2 to each tally of an answered query) to its own
+share — no communication. Any single honest party's draw carries the whole
+variance, so the charge is the plaintext charge (data processing) whatever
+coalition of up to n-1 parties colludes; the price is n times the variance of
+the plaintext release. (The distributed discrete Gaussian of Kairouz, Liu &
+Steinke 2021 would need only n/(n-t) times, with a slightly larger charge; not
+implemented.) Modes: "private" (OpenDP, CSPRNG, in each party), "seeded"
+(per-party seeds derived from the run's seed; research only), "no_noise".
 """
 from __future__ import annotations
 
+import hashlib
 import numbers
 
 import numpy as np
 from nacl.signing import SigningKey
 
 from ..errors import ParameterError
-from ..fixedpoint import threshold_to_tally
+from ..fixedpoint import sigma_on_tally_grid, threshold_to_tally
 from ..mechanism import Release
-from ..noise import NO_NOISE
+from ..noise import SEEDED
 from ..policy import ONE_HOT
 from ..sharing import PartyKeys, seal_submissions
 from ..votes import InvalidVote, encode_vote
@@ -88,12 +94,15 @@ class MPCBackend(Backend):
     def __exit__(self, *exc):
         self.close()
 
+    def _party_seed(self, noise, party: int) -> int | None:
+        if noise.mode != SEEDED:
+            return None
+        digest = hashlib.sha256(f"{noise.seed}/{self._batch}/{party}".encode()).digest()
+        return int.from_bytes(digest[:8], "big")
+
     def evaluate(self, gammas_fixed, submissions, kinds, num_classes, mechanism, noise):
         from ..mpc.parties import Job
 
-        if noise.mode != NO_NOISE:
-            raise ParameterError(f"the MPC backend does not yet add noise shares; noise mode {noise.mode!r} "
-                                 f"is refused (only the test-only 'no_noise' runs)")
         gammas = np.asarray(gammas_fixed, dtype=np.int64)
         q_count, s_count = gammas.shape
         if self._parties is None:
@@ -126,8 +135,11 @@ class MPCBackend(Backend):
             for p, m in enumerate(messages):
                 per_party[p].append(m)
         threshold = threshold_to_tally(mechanism.threshold) if mechanism.confident else None
+        sigma1 = sigma_on_tally_grid(mechanism.sigma1) if mechanism.confident else None
+        sigma2 = sigma_on_tally_grid(mechanism.sigma2)
         jobs = [Job(per_party[p], source_ids, query_ids, present, gammas, [k == ONE_HOT for k in kinds],
-                    num_classes, threshold) for p in range(self.num_parties)]
+                    num_classes, threshold, sigma1, sigma2, noise.mode, self._party_seed(noise, p))
+                for p in range(self.num_parties)]
         result = self._parties.run(jobs)
         outputs = []
         for i in range(q_count):

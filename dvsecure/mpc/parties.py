@@ -43,6 +43,10 @@ class Job:
     one_hot: list[bool]               # per source: its policy's vote kind
     num_classes: int
     threshold: int | None             # Confident-GNMax threshold on the 2**32 grid, or None (GNMax)
+    sigma1: object = None             # Fraction: threshold noise scale on the tally grid (Confident only)
+    sigma2: object = None             # Fraction: GNMax noise scale on the tally grid
+    noise_mode: str = "no_noise"
+    noise_seed: int | None = None     # seeded mode: this party's seed for this batch
 
 
 def _party_main(rank: int, world: int, rendezvous: str, provider: str, party_key: bytes,
