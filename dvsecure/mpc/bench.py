@@ -2,10 +2,11 @@
 against CrypTen's built-in argmax on the same shared tally, in the same run.
 
 Each party reports wall time, communication rounds and bytes it sent (CrypTen's
-own counters) for: validation (reveals pass/fail bits), tally (local), the
-threshold and tree argmax (reveals answered bits and labels), and — as the
-baseline — `MPCTensor.argmax` on the same tally. Noise shares are local additions
-(no communication), so their cost is not a phase of its own.
+own counters) for: validation (reveals pass/fail bits), tally (local), and the
+release — its own private noise shares (OpenDP), the threshold check on a tree
+maximum, then a second tree argmax over the noisy tallies of answered queries
+(reveals answered bits and labels) — and, as the baseline, `MPCTensor.argmax`
+on the same tally.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import queue
 import shutil
 import tempfile
 import time
+from fractions import Fraction
 
 import numpy as np
 
@@ -37,7 +39,7 @@ def _phase(comm, fn):
     return out, {"seconds": seconds, "rounds": rounds, "bytes": sent}
 
 
-def _party(rank, world, rendezvous, shares, gammas, threshold, results):
+def _party(rank, world, rendezvous, shares, gammas, threshold, sigmas, results):
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), RENDEZVOUS=rendezvous, DISTRIBUTED_BACKEND="gloo")
     crypten = import_crypten()
     set_provider(crypten, "TTP")
@@ -47,9 +49,12 @@ def _party(rank, world, rendezvous, shares, gammas, threshold, results):
         return
     import torch
 
+    from ..noise import PrivateNoise
     from . import secure
+    from .evaluate import _noise_shares
 
     crypten.init()
+    noise = PrivateNoise()
     comm = crypten.communicator.get()
     x = crypten.mpc.MPCTensor.from_shares(torch.from_numpy(shares[rank].view(np.int64)), precision=0)
     one_hot = [True] * x.size(0)
@@ -59,10 +64,14 @@ def _party(rank, world, rendezvous, shares, gammas, threshold, results):
     tallies, phases["tally"] = _phase(comm, lambda: secure.tally(x, g))
 
     def release():
-        top, index = secure.argmax_tree(tallies)
-        answered = (top - threshold).ge(0).get_plain_text().long().bool()
+        top, _ = secure.argmax_tree(tallies)
+        noisy_top = top + _noise_shares(crypten, noise, sigmas[0], (tallies.size(0),))
+        answered = (noisy_top - threshold).ge(0).get_plain_text().long().bool()
         rows = torch.nonzero(answered).flatten()
-        return index[rows].get_plain_text() if rows.numel() else None
+        if not rows.numel():
+            return None
+        noisy = tallies[rows] + _noise_shares(crypten, noise, sigmas[1], (int(rows.numel()), tallies.size(1)))
+        return secure.argmax_tree(noisy)[1].get_plain_text()
     _, phases["threshold_argmax_reveal"] = _phase(comm, release)
     _, phases["baseline_crypten_argmax"] = _phase(comm, lambda: tallies.argmax(dim=1).get_plain_text())
     crypten.uninit()
@@ -77,12 +86,13 @@ def run_bench(num_queries: int, num_classes: int, num_sources: int, num_parties:
     np.put_along_axis(votes, labels[..., None], 1 << 16, axis=2)
     gammas = rng.integers(1 << 10, 1 << 14, size=(num_queries, num_sources)).astype(np.int64)
     threshold = int(0.3 * num_sources * (1 << 12) * (1 << 16))
+    sigmas = (Fraction(1, 2) * (1 << 32), Fraction(1, 2) * (1 << 32))     # sigma = 0.5 in weight units
     shares = share(votes, num_parties)
     tmp = tempfile.mkdtemp(prefix="dvsecure-bench-")
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
     procs = [ctx.Process(target=_party, daemon=True,
-                         args=(r, num_parties, f"file://{tmp}/rdv", shares, gammas, threshold, results))
+                         args=(r, num_parties, f"file://{tmp}/rdv", shares, gammas, threshold, sigmas, results))
              for r in range(num_parties + 1)]
     for p in procs:
         p.start()
@@ -108,7 +118,7 @@ def run_bench(num_queries: int, num_classes: int, num_sources: int, num_parties:
     return {
         "benchmark": "mpc secure pipeline", "python": platform.python_version(), "machine": platform.machine(),
         "cores": os.cpu_count(), "queries": num_queries, "classes": num_classes, "sources": num_sources,
-        "parties": num_parties, "provider": "TTP", "noise": "none (noise shares are local additions)",
+        "parties": num_parties, "provider": "TTP", "noise": "private (OpenDP shares in every party)",
         "pipeline_s": round(pipeline_s, 4), "rounds": sum(rounds[k] for k in names),
         "bytes_per_query_per_party": round(pipeline_bytes / num_queries, 1),
         "baseline_crypten_argmax_s": round(slowest["baseline_crypten_argmax"], 4),
