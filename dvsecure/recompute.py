@@ -34,6 +34,7 @@ from .fixedpoint import SCALE, gamma_to_fixed
 from .policy import SHRINK, ConsortiumPolicy
 
 _RECOMPUTE_ERRORS = (DvsecureError, TypeError, ValueError, ZeroDivisionError, OverflowError)
+_DECODE_ERRORS = (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError)
 PARALLEL_THRESHOLD = 16 << 20      # bytes of entries; below this one process is faster than forking
 
 
@@ -71,6 +72,12 @@ class Shard:
     lines: int = 0
 
 
+def _int64(v: int) -> int:
+    """A stated integer squeezed into int64 for numpy checks; out-of-range values
+    stay out of every valid range (msgspec admits up to 2**64 - 1)."""
+    return v if -(1 << 62) < v < (1 << 62) else -(1 << 62)
+
+
 def _carry(data: bytes, before: int, S: int):
     """Stated spend and count columns of the last query/calibration entry that ends
     before byte offset `before` of the entries file."""
@@ -95,7 +102,6 @@ def check_shard(data: bytes, begin: int, end: int, start: int, seqs: list[int], 
     the file (line i has sequence number seqs[i])."""
     out = Shard()
     add = out.findings.append
-    h0 = hashlib.sha256(b"\x00")
     # Lines as views into `data`: no copy of the file, which matters when forked
     # workers share it.
     view, lines, pos, find = memoryview(data), [], begin, data.find
@@ -105,24 +111,28 @@ def check_shard(data: bytes, begin: int, end: int, start: int, seqs: list[int], 
         pos = nl + 1
     out.lines = len(lines)
     stop = start + len(lines)
-    decoded = []
-    for line in lines:
-        h = h0.copy()
-        h.update(line)
-        out.leaves.append(h.digest())
-        try:
-            decoded.append(E.decode(line))
-        except (msgspec.DecodeError, msgspec.ValidationError) as e:
-            i = start + len(decoded)
-            add(("entry", f"line {i + 1} is not a valid entry: {e}", seqs[i]))
-            decoded.append(None)
+    sha = hashlib.sha256
+    out.leaves = [sha(b"\x00" + line).digest() for line in lines]
+    try:
+        decoded = list(map(E.decode, lines))                      # the common case: all well-formed
+    except _DECODE_ERRORS:
+        decoded = []
+        for i, line in zip(range(start, stop), lines):
+            try:
+                decoded.append(E.decode(line))
+            except _DECODE_ERRORS as e:
+                add(("entry", f"line {i + 1} is not a valid entry: {e}", seqs[i]))
+                decoded.append(None)
+    expected = np.asarray(seqs[start:stop], dtype=np.int64)
+    big = 1 << 62                                   # stated numbers beyond int64 still compare unequal
+    stated = np.array([-1 if e is None else (e.seq if 0 <= e.seq < big else -2) for e in decoded], np.int64)
+    versions = np.array([E.VERSION if e is None else (e.v if 0 <= e.v < big else -2) for e in decoded], np.int64)
+    for k in np.nonzero((stated != expected) & (stated != -1))[0]:
+        add(("sequence", f"line {start + k + 1} says seq {decoded[k].seq}, expected {expected[k]} (a deleted, "
+             f"reordered or duplicated entry)", int(expected[k])))
+    for k in np.nonzero(versions != E.VERSION)[0]:
+        add(("entry", f"entry format version {decoded[k].v} is not {E.VERSION}", int(expected[k])))
     items = [(seqs[i], e) for i, e in zip(range(start, stop), decoded) if e is not None]
-    for (seq, e), i in zip(items, [i for i, e in zip(range(start, stop), decoded) if e is not None]):
-        if e.seq != seq:
-            add(("sequence", f"line {i + 1} says seq {e.seq}, expected {seq} (a deleted, reordered or "
-                 f"duplicated entry)", seq))
-        if e.v != E.VERSION:
-            add(("entry", f"entry format version {e.v} is not {E.VERSION}", seq))
     out.specials = [(i, e) for i, e in zip(range(start, stop), decoded) if type(e) in (E.Genesis, E.Signers)]
     out.query_ids = [(e.query_id, seq) for seq, e in items]
     policy = ctx.policy
@@ -163,15 +173,16 @@ def check_shard(data: bytes, begin: int, end: int, start: int, seqs: list[int], 
                  f"(32 bytes per source, base64)", seq))
     for _, seq, e in [x for x in queries if x[2].mechanism != policy_mech]:
         add(("charge", "mechanism parameters differ from the agreed policy's", seq))
-    labels = np.array([-1 if e.label is None else e.label for _, _, e in queries], np.int64)
-    classes = np.array([e.num_classes for _, _, e in queries], np.int64)
+    labels = np.array([-1 if e.label is None else _int64(e.label) for _, _, e in queries], np.int64)
+    classes = np.array([_int64(e.num_classes) for _, _, e in queries], np.int64)
     plain = np.array([e.mechanism.kind == "gnmax" for _, _, e in queries], bool)
+    has_label = np.array([e.label is not None for _, _, e in queries], bool)
     ans_q = answered[qk]
-    for i in np.nonzero(ans_q & ((labels < 0) | (labels >= classes)))[0]:
+    for i in np.nonzero(ans_q & (~has_label | (labels < 0) | (labels >= classes)))[0]:
         add(("release", f"answered with label {queries[i][2].label!r} outside [0, {classes[i]})", queries[i][1]))
-    for i in np.nonzero(~ans_q & (labels >= 0))[0]:
+    for i in np.nonzero(~ans_q & has_label)[0]:
         add(("release", "a refused query released a label", queries[i][1]))
-    for i in np.nonzero(~ans_q & (labels < 0) & plain)[0]:
+    for i in np.nonzero(~ans_q & ~has_label & plain)[0]:
         add(("release", "plain GNMax never refuses, but this entry is a refusal", queries[i][1]))
     groups: dict[tuple, list[int]] = {}                # (mechanism key, answered) -> row indices
     for k, _, e in queries:

@@ -382,3 +382,20 @@ def test_cli_exit_codes_and_json(copy, capsys):
     assert main(["audit", str(log)]) == 1
     assert "non-private" in capsys.readouterr().out
     assert main(["audit", str(log / "nope")]) == 2
+
+
+@pytest.mark.parametrize("changes,check", [
+    (dict(label=2 ** 64 - 1), "release"),                 # beyond int64: a finding, not a crash
+    (dict(num_classes=2 ** 64 - 1, label=None, answered=True), "release"),
+    (dict(seq=2 ** 64 - 1), "sequence"),
+    (dict(v=2 ** 63), "entry"),
+    (dict(label=-5, answered=True), "release"),
+])
+def test_dishonest_scalars_are_findings_not_crashes(copy, changes, check):
+    log, state = copy
+    lines = lines_of(log)
+    k = max(i for i, x in enumerate(lines) if isinstance(E.decode(x), E.Query))
+    lines[k] = E.encode(msgspec.structs.replace(E.decode(lines[k]), **changes))
+    _resign(log, state, lines)
+    report = audit(log, allow_nonprivate=True)
+    assert any(f.check == check and f.seq == k for f in report.findings), [str(f) for f in report.findings]
