@@ -184,21 +184,38 @@ def test_noisy_labels_match_the_plaintext_distribution(mpc, tmp_path):
 
 
 def test_a_killed_party_fails_the_batch_and_records_nothing(tmp_path):
+    """Party 1 dies between batches: the next batch fails with PartyError, nothing
+    is released or charged; a restarted backend continues on the same ledger and
+    log, which stay consistent and audit clean."""
+    from dvsecure.audit import audit
+    from dvsecure.translog import LogWriter, operator_signer
+
     policy = ConsortiumPolicy(sources=tuple(SourcePolicy(f"src{i}", 0.25, 0.25, Budget("rho", 10.0))
                                             for i in range(2)),
                               mechanism=MechanismPolicy("gnmax", 1.0), name="kill")
+    state, log_dir = tmp_path / "state", tmp_path / "log"
     backend = MPCBackend(timeout=30)
     try:
-        with Ledger(tmp_path / "k.sqlite", policy) as ledger:
-            agg = Aggregator(policy, ledger, backend=backend, noise=make_noise("no_noise"))
+        with Ledger(state / "k.sqlite", policy) as ledger:
+            log = LogWriter(log_dir, ledger, [operator_signer(state, policy)])
+            agg = Aggregator(policy, ledger, backend=backend, noise=make_noise("no_noise"), log=log)
             first = agg.query("ok", {"src0": 1, "src1": 1}, 2)
             assert first.answered and first.label == 1
-            before = (ledger.spent(), ledger.next_seq())
+            before = (ledger.spent(), ledger.next_seq(), log.size)
             backend._parties._procs[1].kill()                     # party 1 dies between batches
             with pytest.raises(PartyError):
                 agg.query_batch([("lost-1", {"src0": 0, "src1": 0}), ("lost-2", {"src0": 1, "src1": 0})], 2)
-            assert (ledger.spent(), ledger.next_seq()) == before
+            assert (ledger.spent(), ledger.next_seq(), log.size) == before
             assert not ledger.has_query("lost-1")
+            # Restart the parties; the same queries now go through and are charged once.
+            backend.close()
+            backend = MPCBackend(timeout=60)
+            agg = Aggregator(policy, ledger, backend=backend, noise=make_noise("no_noise"), log=log)
+            again = agg.query_batch([("lost-1", {"src0": 0, "src1": 0}), ("lost-2", {"src0": 1, "src1": 0})], 2)
+            assert [r.label for r in again] == [0, 0] and ledger.next_seq() == before[1] + 2
+        report = audit(log_dir, allow_nonprivate=True)
+        assert report.ok, [str(f) for f in report.findings]
+        assert report.entries == before[1] + 2
     finally:
         backend.close()
 
