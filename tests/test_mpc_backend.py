@@ -129,6 +129,31 @@ def test_malicious_vote_cannot_move_the_tally(mpc, tmp_path):
     assert got[0].participant("src3").reason == REJECTED
 
 
+def test_a_submission_one_party_cannot_open_excludes_only_that_source(mpc, tmp_path, monkeypatch):
+    """Garbage for party 1 from src3 (its other parties' messages are fine): every
+    party must open a source's submission for it to count, so src3 is excluded
+    and charged nothing, and the others' query is still answered."""
+    import dvsecure.backends.mpc as backend_module
+    from dvsecure.backends.mpc import UNOPENED
+
+    real = backend_module.seal_submissions
+
+    def tampered(source_id, key, query_ids, encoded, party_keys):
+        messages = real(source_id, key, query_ids, encoded, party_keys)
+        if source_id == "s3":
+            messages[1] = messages[1][:-5] + bytes(5)
+        return messages
+    monkeypatch.setattr(backend_module, "seal_submissions", tampered)
+    policy = ConsortiumPolicy(sources=tuple(SourcePolicy(f"src{i}", 0.3125, 0.3125, Budget("rho", 100.0))
+                                            for i in range(4)),
+                              mechanism=MechanismPolicy("gnmax", 1.0), name="garbage")
+    got, _, _ = run(policy, [("g0", {"src0": 2, "src1": 2, "src2": 1, "src3": 0})], mpc, tmp_path / "g.sqlite")
+    p = got[0].participant("src3")
+    assert p.status == "excluded:invalid" and p.reason == UNOPENED and p.rho == 0
+    assert got[0].answered and got[0].label == 2
+    assert all(got[0].participant(f"src{i}").status == "active" for i in range(3))
+
+
 def test_tfp_is_refused_without_its_flag():
     with pytest.raises(ParameterError, match="TFP"):
         MPCBackend(provider="TFP")

@@ -34,6 +34,7 @@ from ..votes import InvalidVote, encode_vote
 from .base import Backend, BackendOutput
 
 REJECTED = "invalid: rejected by the parties' secure validation"
+UNOPENED = "invalid: a computing party could not open or verify the submission"
 
 
 def _client_encoding(vote, num_classes: int, kind: str) -> np.ndarray | str:
@@ -144,7 +145,9 @@ class MPCBackend(Backend):
         outputs = []
         for i in range(q_count):
             for j in range(s_count):
-                if present[i, j] and not result["valid"][i, j]:
+                if present[i, j] and not result["agreed"][j]:
+                    problems[i][j] = UNOPENED
+                elif present[i, j] and not result["valid"][i, j]:
                     problems[i][j] = REJECTED
             answered = bool(result["answered"][i])
             release = Release(True, int(result["labels"][i])) if answered else Release(False, None)
