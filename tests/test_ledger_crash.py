@@ -10,6 +10,7 @@ receipt nor frees budget that was spent.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import signal
@@ -21,8 +22,6 @@ from fractions import Fraction
 
 import pytest
 
-import msgspec
-
 from dvsecure import entry
 from dvsecure.accounting.charges import GNMAX, THRESHOLD, Charge
 from dvsecure.aggregator import Aggregator
@@ -30,6 +29,7 @@ from dvsecure.errors import BudgetExceededError, DuplicateQueryError, LedgerErro
 from dvsecure.ledger import Ledger, LedgerRecord
 from dvsecure.noise import make_noise
 from dvsecure.policy import Budget, ConsortiumPolicy, MechanismPolicy, SourcePolicy
+from dvsecure.submission import Submission
 
 NUM_CLASSES = 3
 
@@ -65,12 +65,23 @@ def setup(tmp_path):
     return policy, policy_file
 
 
+def fixed_nonce(query_id: str, source_id: str) -> bytes:
+    """A deterministic nonce, so that two runs on the same votes commit identically."""
+    return hashlib.sha256(f"{query_id}/{source_id}".encode()).digest()
+
+
+def submissions(query_id: str, votes: dict) -> dict:
+    """Every present vote as a Submission with its fixed nonce (absent stays None)."""
+    return {sid: None if v is None else Submission(v, fixed_nonce(query_id, sid)) for sid, v in votes.items()}
+
+
 CHILD_STOP_AFTER_COMMIT = r"""
-import json, os, signal, sys
+import hashlib, json, os, signal, sys
 from dvsecure.aggregator import Aggregator
 from dvsecure.ledger import Ledger
 from dvsecure.noise import make_noise
 from dvsecure.policy import ConsortiumPolicy
+from dvsecure.submission import Submission
 
 policy = ConsortiumPolicy.load(sys.argv[1])
 ledger_path, kill_seq, batch_size = sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
@@ -80,8 +91,12 @@ def on_committed(seqs):
     if kill_seq + 1 in seqs:            # query k is record k + 1: record 0 is the genesis
         os.kill(os.getpid(), signal.SIGKILL)
 
+def submissions(qid, v):                # as the test's submissions(): fixed nonces
+    return {sid: None if x is None else Submission(x, hashlib.sha256(f"{qid}/{sid}".encode()).digest())
+            for sid, x in v.items()}
+
 agg = Aggregator(policy, Ledger(ledger_path, policy), noise=make_noise("no_noise"), on_committed=on_committed)
-items = [(f"q{q}", v) for q, v in enumerate(votes)]
+items = [(f"q{q}", submissions(f"q{q}", v)) for q, v in enumerate(votes)]
 for i in range(0, len(items), batch_size):
     chunk = items[i:i + batch_size]
     results = agg.query_batch(chunk, 3) if batch_size > 1 else [agg.query(chunk[0][0], chunk[0][1], 3)]
@@ -93,35 +108,40 @@ print("finished", flush=True)
 
 def entry_charges(e: entry.Query, policy: ConsortiumPolicy) -> dict[str, list[Charge]]:
     """The charges a query entry implies, recomputed from its own public data
-    (mechanism, weights, statuses, answered bit): what an auditor would charge."""
-    m = e.mechanism
+    (weights, statuses, answered bit) and the policy's mechanism, which the entry
+    must state: what an auditor would charge."""
+    m = policy.mechanism
+    assert e.mechanism == entry.Mechanism(kind=m.kind, sigma2=m.sigma2, sigma1=m.sigma1, threshold=m.threshold)
     out = {}
     for col in entry.per_source(e, policy.ids):
         charges = []
         if col["status"] in ("active", "shrunk"):
-            if m.kind == "confident_gnmax":
+            if m.confident:
                 charges.append(Charge(THRESHOLD, m.sigma1, col["gamma"], True))
             charges.append(Charge(GNMAX, m.sigma2, col["gamma"], e.answered))
+        else:
+            assert col["gamma"] == 0, col
         out[col["source_id"]] = charges
     return out
 
 
-def strip(e):
-    """An entry without its commitments (fresh nonces per submission differ between runs)."""
-    return msgspec.structs.replace(e, commitments="") if isinstance(e, entry.Query) else e
-
-
 def check_consistent(ledger: Ledger, policy: ConsortiumPolicy) -> list[entry.Query]:
-    """verify(); contiguous sequence numbers from the genesis record; every query
-    entry's recomputed charges are the charges table's and the spend's; the stated
-    cumulative spends and charge counts chain without gaps. Returns the query entries."""
+    """verify(); contiguous sequence numbers from the genesis record (which names
+    this policy); every query entry's recomputed charges are the charges table's
+    and the spend's; the stated cumulative spends (the float nearest the exact
+    rational) and charge counts (+1 exactly when the source is charged) chain
+    without gaps. Returns the query entries."""
     ledger.verify()
     records = list(ledger.records())
     assert [r.seq for r in records] == list(range(len(records)))
-    assert isinstance(records[0], entry.Genesis) and ledger.next_seq() == len(records)
-    queries = [r for r in records if isinstance(r, entry.Query)]
+    genesis = records[0]
+    assert isinstance(genesis, entry.Genesis) and ledger.next_seq() == len(records)
+    assert genesis.query_id == "genesis" and genesis.policy_digest == policy.digest()
+    assert genesis.sources == list(policy.ids)
+    assert all(isinstance(r, entry.Query) for r in records[1:])     # these tests record only queries
+    queries = records[1:]
     implied = [entry_charges(e, policy) for e in queries]
-    spent, budgets = ledger.spent(), ledger.budgets()
+    spent, budgets, counts = ledger.spent(), ledger.budgets(), ledger.charged_counts()
     for j, src in enumerate(policy.sources):
         stored = ledger.charges(src.id)
         assert Counter(stored) == Counter(c for charges in implied for c in charges[src.id])
@@ -133,7 +153,7 @@ def check_consistent(ledger: Ledger, policy: ConsortiumPolicy) -> list[entry.Que
             count += rho > 0
             col = entry.per_source(e, policy.ids)[j]
             assert col["spent"] == float(running) and col["charged"] == count
-        assert running == spent[src.id]
+        assert running == spent[src.id] and count == counts[src.id]
     return queries
 
 
@@ -141,7 +161,7 @@ def reference_run(policy, path, votes, batch_size=1):
     """The same stream, in process, without crashing."""
     ledger = Ledger(path, policy)
     agg = Aggregator(policy, ledger, noise=make_noise("no_noise"))
-    items = [(f"q{q}", v) for q, v in enumerate(votes)]
+    items = [(f"q{q}", submissions(f"q{q}", v)) for q, v in enumerate(votes)]
     results = []
     for i in range(0, len(items), batch_size):
         results += agg.query_batch(items[i:i + batch_size], NUM_CLASSES)
@@ -174,8 +194,13 @@ def test_sigkill_right_after_commit_keeps_the_charge(tmp_path, setup, kill_seq, 
     # charges (and its whole batch's) are all there.
     ref_ledger, ref_agg, ref_results = reference_run(policy, tmp_path / "ref.sqlite", votes[:batch_end + 1],
                                                      batch_size=1)
-    ref_records = [r for r in ref_ledger.records() if isinstance(r, entry.Query)]
-    assert [strip(r) for r in records] == [strip(r) for r in ref_records[:batch_end]]
+    # Byte for byte (same nonces), from the genesis record to the killed batch's last entry.
+    assert ledger.record_bytes(0) == ref_ledger.record_bytes(0, batch_end + 1)
+    for q, e in enumerate(records):     # and each commitment is the one to the Submission sent
+        subs = submissions(f"q{q}", votes[q])
+        assert entry.unpack_commitments(e.commitments, len(policy.sources)) == [
+            entry.ABSENT_COMMITMENT if subs[sid] is None else subs[sid].commitment(f"q{q}", sid)
+            for sid in policy.ids]
     killed = ref_results[kill_seq]
     assert any(p.rho > 0 for p in killed.participants)     # query k did charge someone
     assert [(c["source_id"], c["gamma"], c["status"], c["spent"])
@@ -186,9 +211,10 @@ def test_sigkill_right_after_commit_keeps_the_charge(tmp_path, setup, kill_seq, 
     before = ledger.spent()
     assert before == {p.source_id: p.spent for p in ref_results[batch_end - 1].participants}
     agg = Aggregator(policy, ledger, noise=make_noise("no_noise"))
-    nxt = agg.query(f"q{batch_end}", votes[batch_end], NUM_CLASSES)
+    nxt = agg.query(f"q{batch_end}", submissions(f"q{batch_end}", votes[batch_end]), NUM_CLASSES)
     assert nxt.seq == batch_end + 1
     assert nxt.to_dict() == ref_results[batch_end].to_dict()
+    assert ledger.record_bytes(0) == ref_ledger.record_bytes(0)
     after = ledger.spent()
     for p in nxt.participants:
         assert after[p.source_id] == before[p.source_id] + p.rho == p.spent
