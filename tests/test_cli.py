@@ -1,6 +1,7 @@
 """The demo command: JSON contract, published vs private directories, continuation."""
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 import sys
@@ -53,10 +54,15 @@ def test_published_directory_holds_no_private_state(tmp_path, capsys):
         "policy.toml"]
     assert (state / "ledger.sqlite").exists() and (state / "operator.key").exists()
     assert oct((state / "operator.key").stat().st_mode & 0o777) == "0o600"
-    secret = (state / "operator.key").read_text().strip().rsplit("+", 1)[1]
+    # PRIVATE+KEY+<name>+<key id>+<base64>: the base64 may itself contain '+'.
+    secret_b64 = (state / "operator.key").read_text().strip().split("+", 4)[4]
+    seed = base64.b64decode(secret_b64)[1:]
+    assert len(seed) == 32
     for p in out.rglob("*"):
         if p.is_file():
-            assert secret.encode() not in p.read_bytes()
+            data = p.read_bytes()
+            assert secret_b64.encode() not in data and seed not in data
+            assert base64.b64encode(seed)[:40] not in data
             assert not p.name.endswith((".sqlite", ".key"))
 
 
