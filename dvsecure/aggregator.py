@@ -15,7 +15,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from . import entry
-from .accounting.charges import GNMAX, THRESHOLD, Charge
+from .accounting.charges import Charge, query_charges
 from .backends import Backend, PlaintextBackend
 from .errors import DuplicateQueryError, ParameterError, VoteError
 from .filter import EXCLUDED_BUDGET, BudgetFilter
@@ -81,6 +81,7 @@ class Aggregator:
         self.policy = policy
         self.ledger = ledger
         self.backend = backend or PlaintextBackend()
+        self.backend.bind(policy)
         self.noise = noise or PrivateNoise()
         self.filter = BudgetFilter(policy.mechanism)
         self._budgets = ledger.budgets()
@@ -151,12 +152,12 @@ class Aggregator:
         return [self.filter.decide(src, self.weights[src.id], spent[src.id], self._budgets[src.id])
                 for src in self.policy.sources]
 
-    def _evaluate(self, rows, submissions, num_classes):
+    def _evaluate(self, rows, submissions, num_classes, query_ids):
         # Decisions are on the 2**-16 grid, so scaling by 2**16 is exact.
         gammas = np.array([[d.gamma * 65536 for d in row] for row in rows], dtype=np.float64).astype(np.int64)
         gammas = gammas.reshape(len(rows), len(self.policy.sources))
         return self.backend.evaluate(gammas, submissions, self._kinds, num_classes, self.policy.mechanism,
-                                     self.noise)
+                                     self.noise, query_ids=query_ids)
 
     def _source_charges(self, gamma: float, answered: bool) -> tuple[tuple[Charge, ...], Fraction]:
         """A participant pays the threshold check (always, under Confident-GNMax)
@@ -165,13 +166,8 @@ class Aggregator:
         key = (gamma, answered)
         hit = self._charge_cache.get(key)
         if hit is None:
-            mech = self.policy.mechanism
-            out: list[Charge] = []
-            if gamma:
-                if mech.confident:
-                    out.append(Charge(THRESHOLD, mech.sigma1, gamma, True))
-                out.append(Charge(GNMAX, mech.sigma2, gamma, answered))
-            hit = (tuple(out), sum((c.rho for c in out), Fraction(0)))
+            out = query_charges(self.policy.mechanism, gamma, answered)
+            hit = (out, sum((c.rho for c in out), Fraction(0)))
             self._charge_cache[key] = hit
         return hit
 
@@ -248,13 +244,13 @@ class Aggregator:
                     if d.gamma:
                         provisional[src.id] += self.filter.worst_case(d.gamma)
                 rows.append(row)
-            outputs = self._evaluate(rows, submissions, num_classes)
+            outputs = self._evaluate(rows, submissions, num_classes, ids)
             for item, row, out in zip(items, rows, outputs):
                 steps.append((item, out, *self._account(row, out, running)))
         else:
             for item, subs in zip(items, submissions):
                 row = self._decide(running)
-                out = self._evaluate([row], [subs], num_classes)[0]
+                out = self._evaluate([row], [subs], num_classes, [item[0]])[0]
                 steps.append((item, out, *self._account(row, out, running)))
 
         mech = self.policy.mechanism

@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.backend == "mpc":
                 from .backends.mpc import MPCBackend
 
-                backend = MPCBackend(num_parties=args.parties)
+                backend = MPCBackend(num_parties=args.parties, state_dir=str(state / "parties"))
             try:
                 report = run_demo(out=args.out, state=state, num_sources=args.sources, num_queries=args.queries,
                                   num_classes=args.classes, seed=args.seed, noise=noise, policy=policy,

@@ -119,7 +119,9 @@ def run_demo(*, out: Path, state: Path, num_sources: int = 5, num_queries: int =
     ledger = Ledger(state / "ledger.sqlite", policy)
     try:
         # The published directory is the log: policy, entries, checkpoints, keys.
-        log = LogWriter(out, ledger, [operator_signer(state, policy)])
+        # Under MPC every party cosigns each checkpoint after checking it (DESIGN §5).
+        cosigners = backend.cosigners(ledger) if hasattr(backend, "cosigners") else []
+        log = LogWriter(out, ledger, [operator_signer(state, policy), *cosigners])
         log.sync()      # catches up whatever a crash left unlogged
         # Each run continues the ledger: query ids continue where the last run stopped.
         start = ledger.next_seq()

@@ -265,6 +265,33 @@ class Signer:
         return f"Signer(name={self.name!r}, key_id={self.key_id:08x})"
 
 
+class DelegatedSigner(Signer):
+    """A signer whose private key lives elsewhere (another process or machine):
+    `sign_fn(msg)` returns its signature. Signing verifies the returned signature
+    against the public key, so a wrong or garbled answer never reaches a note.
+    `role` says who holds the key (e.g. "party"), for the log's signers entry."""
+
+    __slots__ = ("_sign_fn", "role")
+
+    def __init__(self, verifier_key: str, sign_fn, role: str):
+        v = Verifier.from_key_string(verifier_key)
+        self.name, self.public_key, self.key_id = v.name, v.public_key, v.key_id
+        self._sign_fn, self.role = sign_fn, role
+
+    @property
+    def key_string(self) -> str:
+        raise NoteError(f"the private key of {self.name!r} is held elsewhere")
+
+    def sign(self, msg: bytes) -> bytes:
+        sig = self._sign_fn(bytes(msg))
+        if not Verifier(self.name, self.public_key).verify(bytes(msg), sig):
+            raise NoteError(f"{self.name!r} returned a signature that does not verify")
+        return sig
+
+    def __repr__(self) -> str:
+        return f"DelegatedSigner(name={self.name!r}, key_id={self.key_id:08x}, role={self.role!r})"
+
+
 def generate_signer(name: str) -> tuple[str, str]:
     """A fresh Ed25519 key: (signer key string, verifier key string)."""
     _check_name(name)

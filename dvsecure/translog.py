@@ -87,7 +87,9 @@ class LogWriter:
 
     On open it records the signer set in the ledger (a signers entry) unless the
     latest one already names exactly these keys, so every checkpoint it signs is
-    covered by a signers entry inside the tree it commits to.
+    covered by a signers entry inside the tree it commits to. A signer's role is
+    its `role` attribute if it has one (a `note.DelegatedSigner` of an MPC
+    party), else `role`.
     """
 
     def __init__(self, log_dir: str | Path, ledger: Ledger, signers: list[Signer], role: str = "operator",
@@ -125,7 +127,7 @@ class LogWriter:
             raise LogError(f"a checkpoint of size {self._previous} exists but the log holds {self.size} entries")
 
     def _record_signers(self, role: str, attestations: dict[str, str]) -> None:
-        keys = [entry.SignerKey(name=s.name, vkey=s.verifier_key_string, role=role,
+        keys = [entry.SignerKey(name=s.name, vkey=s.verifier_key_string, role=getattr(s, "role", role),
                                 attestation=attestations.get(s.name)) for s in self.signers]
         latest = None
         for rec in self.ledger.records(kind=entry.SIGNERS):

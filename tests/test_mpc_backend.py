@@ -8,6 +8,9 @@ loopback), started once per module and always stopped.
 """
 from __future__ import annotations
 
+import dataclasses
+import json
+
 import numpy as np
 import pytest
 
@@ -140,7 +143,7 @@ def test_a_submission_one_party_cannot_open_excludes_only_that_source(mpc, tmp_p
 
     def tampered(source_id, key, query_ids, encoded, party_keys):
         messages = real(source_id, key, query_ids, encoded, party_keys)
-        if source_id == "s3":
+        if source_id == "src3":
             messages[1] = messages[1][:-5] + bytes(5)
         return messages
     monkeypatch.setattr(backend_module, "seal_submissions", tampered)
@@ -166,7 +169,9 @@ def test_with_noise_the_charges_are_the_plaintext_charges(mpc, tmp_path, mode):
     """Charges depend only on public data (weights, answered bits): each record is
     exactly what the plaintext aggregator charges for the same weight and bit."""
     rng = np.random.default_rng(5)
-    policy = random_policy(rng)
+    # Its own policy per mode: the parties outlive each test's ledger and keep
+    # one record per policy, whose budgets they enforce.
+    policy = dataclasses.replace(random_policy(rng), name=f"mpc-eq-{mode}")
     items = random_stream(rng, 16)
     with Ledger(tmp_path / "n.sqlite", policy) as ledger:
         agg = Aggregator(policy, ledger, backend=mpc, noise=make_noise(mode, 3 if mode == "seeded" else None))
@@ -180,11 +185,14 @@ def test_with_noise_the_charges_are_the_plaintext_charges(mpc, tmp_path, mode):
 
 
 def test_noisy_labels_match_the_plaintext_distribution(mpc, tmp_path):
-    """The same tallies, released many times: MPC labels (every party adds a full
-    N_Z(0, sigma^2) share, so the total is the sum of 3) against the plaintext
-    mechanism with variance 3 sigma^2 — a chi-square two-sample test."""
+    """The same tallies, released many times: MPC labels (collusion tolerance 1,
+    so each of the 3 parties adds N_Z(0, sigma_p^2) with sigma_p^2 just over
+    sigma^2 / 2, and the total is the sum of 3) against the plaintext mechanism
+    with variance 3 sigma_p^2 — a chi-square two-sample test."""
     from scipy import stats
 
+    from dvsecure.accounting.distributed import party_noise_scale
+    from dvsecure.fixedpoint import sigma_on_tally_grid
     from dvsecure.mechanism import release_batch, tally
 
     sigma = 0.3
@@ -200,7 +208,10 @@ def test_noisy_labels_match_the_plaintext_distribution(mpc, tmp_path):
     v = np.zeros((4000, 4, NUM_CLASSES), np.int64)
     for j, c in enumerate([0, 1, 1, 2]):
         v[:, j, c] = 65536
-    wide = MechanismPolicy("gnmax", sigma * 3 ** 0.5)
+    assert policy.collusion_tolerance == 1
+    sigma_p = party_noise_scale(sigma_on_tally_grid(sigma), 3, 1, NUM_CLASSES) / 2 ** 32
+    assert sigma / 2 ** 0.5 < sigma_p < sigma / 2 ** 0.5 * 1.001
+    wide = MechanismPolicy("gnmax", sigma_p * 3 ** 0.5)
     plain_labels = [r.label for r in release_batch(tally(g, v), wide, make_noise("seeded", 99))]
     a = np.bincount(mpc_labels, minlength=NUM_CLASSES)
     b = np.bincount(plain_labels, minlength=NUM_CLASSES)
@@ -209,38 +220,60 @@ def test_noisy_labels_match_the_plaintext_distribution(mpc, tmp_path):
 
 
 def test_a_killed_party_fails_the_batch_and_records_nothing(tmp_path):
-    """Party 1 dies between batches: the next batch fails with PartyError, nothing
-    is released or charged; a restarted backend continues on the same ledger and
-    log, which stay consistent and audit clean."""
+    """Party 1 is killed while a batch runs: the batch fails with PartyError, the
+    operator records and releases nothing; restarted parties (same keys and
+    ledgers) answer the same queries, charged once by the operator, and the log,
+    cosigned by every party across the restart, audits clean."""
     from dvsecure.audit import audit
+    from dvsecure.mpc.party_ledger import PartyLedger
     from dvsecure.translog import LogWriter, operator_signer
 
     policy = ConsortiumPolicy(sources=tuple(SourcePolicy(f"src{i}", 0.25, 0.25, Budget("rho", 10.0))
                                             for i in range(2)),
                               mechanism=MechanismPolicy("gnmax", 1.0), name="kill")
     state, log_dir = tmp_path / "state", tmp_path / "log"
-    backend = MPCBackend(timeout=30)
+    lost = [(f"lost-{k}", {"src0": k % 2, "src1": 0}) for k in range(300)]
+    backend = MPCBackend(timeout=60, state_dir=str(state / "parties"))
     try:
         with Ledger(state / "k.sqlite", policy) as ledger:
-            log = LogWriter(log_dir, ledger, [operator_signer(state, policy)])
+            log = LogWriter(log_dir, ledger, [operator_signer(state, policy), *backend.cosigners(ledger)])
             agg = Aggregator(policy, ledger, backend=backend, noise=make_noise("no_noise"), log=log)
             first = agg.query("ok", {"src0": 1, "src1": 1}, 2)
             assert first.answered and first.label == 1
             before = (ledger.spent(), ledger.next_seq(), log.size)
-            backend._parties._procs[1].kill()                     # party 1 dies between batches
-            with pytest.raises(PartyError):
-                agg.query_batch([("lost-1", {"src0": 0, "src1": 0}), ("lost-2", {"src0": 1, "src1": 0})], 2)
+            parties = backend._parties
+            send, victim = parties._inbox.put, parties._procs[1]
+
+            def send_then_kill(cmd):                 # party 1 dies while the batch is in flight
+                send(cmd)
+                if cmd is not None and cmd["op"] == "batch":
+                    victim.kill()
+            parties._inbox.put = send_then_kill
+            with pytest.raises(PartyError, match="died|did not answer"):
+                agg.query_batch(lost, 2)
             assert (ledger.spent(), ledger.next_seq(), log.size) == before
-            assert not ledger.has_query("lost-1")
-            # Restart the parties; the same queries now go through and are charged once.
+            assert not ledger.has_query("lost-0")
+            # Restart the parties on their state; the same queries now go through.
             backend.close()
-            backend = MPCBackend(timeout=60)
+            backend = MPCBackend(timeout=120, state_dir=str(state / "parties"))
+            log = LogWriter(log_dir, ledger, [operator_signer(state, policy), *backend.cosigners(ledger)])
             agg = Aggregator(policy, ledger, backend=backend, noise=make_noise("no_noise"), log=log)
-            again = agg.query_batch([("lost-1", {"src0": 0, "src1": 0}), ("lost-2", {"src0": 1, "src1": 0})], 2)
-            assert [r.label for r in again] == [0, 0] and ledger.next_seq() == before[1] + 2
+            again = agg.query_batch(lost, 2)
+            assert [r.label for r in again] == [0] * 300 and ledger.next_seq() == before[1] + 300
+            operator_spent = ledger.spent()
+        backend.close()
         report = audit(log_dir, allow_nonprivate=True)
         assert report.ok, [str(f) for f in report.findings]
-        assert report.entries == before[1] + 2
+        assert report.entries == before[1] + 300
+        signers = [e for e in map(json.loads, (log_dir / "entries.jsonl").read_text().splitlines())
+                   if e["kind"] == "signers"]
+        assert len(signers) == 1 and [k["role"] for k in signers[0]["keys"]] == ["operator"] + ["party"] * 3
+        # Each party's own record: never below the operator's (a failed batch stays charged there).
+        for rank in range(3):
+            pl = PartyLedger(next((state / "parties" / f"party-{rank}").glob("ledger-*.sqlite")), policy, "")
+            assert pl.size == report.entries
+            assert all(pl.spent()[s] >= operator_spent[s] for s in policy.ids)
+            pl.close()
     finally:
         backend.close()
 

@@ -109,3 +109,18 @@ def total_rho(charges: Iterable[Charge]) -> Fraction:
     zCDP filter under adaptively chosen charges (Feldman & Zrnic 2020,
     Theorem 3.1 for RDP at every order, hence for zCDP)."""
     return sum((c.rho for c in charges), Fraction(0))
+
+
+def query_charges(mechanism, gamma: float, answered: bool) -> tuple[Charge, ...]:
+    """A participant's charges for one query, from public data only (the policy's
+    mechanism, its weight, the answered bit): the threshold check always, under
+    Confident-GNMax; the GNMax release, recorded with its answered bit (it costs
+    nothing when the query was refused). A non-participant (gamma 0) pays nothing.
+    The operator and every MPC party compute charges with this one function."""
+    if not gamma:
+        return ()
+    out = []
+    if mechanism.confident:
+        out.append(Charge(THRESHOLD, mechanism.sigma1, gamma, True))
+    out.append(Charge(GNMAX, mechanism.sigma2, gamma, answered))
+    return tuple(out)

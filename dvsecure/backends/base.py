@@ -26,8 +26,14 @@ class Backend:
     # reserve each query's worst case in advance); False if it can go query by query.
     evaluates_whole_batch = False
 
+    def bind(self, policy) -> None:
+        """Called by the aggregator with the consortium policy before any query
+        (a backend whose computing side enforces the policy itself needs it)."""
+
     def evaluate(self, gammas_fixed: np.ndarray, submissions: Sequence[Sequence], kinds: Sequence[str],
-                 num_classes: int, mechanism: MechanismPolicy, noise: NoiseSource) -> list[BackendOutput]:
+                 num_classes: int, mechanism: MechanismPolicy, noise: NoiseSource,
+                 query_ids: Sequence[str] | None = None) -> list[BackendOutput]:
         """gammas_fixed: int64[Q, S] public weights (0 = not taking part);
-        submissions[q][s]: source s's vote for query q (None if absent)."""
+        submissions[q][s]: source s's vote for query q (None if absent);
+        query_ids: the ledger's ids of these queries."""
         raise NotImplementedError

@@ -2,34 +2,35 @@
 parties that reveal only validation bits, answered bits and labels.
 
 In this in-process form the backend also plays the sources: each source's
-votes for a batch are encoded, shared, sealed to the parties and signed
-(`dvsecure.sharing`), exactly as a remote source would do; the parties open
-them. Networked sources are issue 5.
+votes for a batch are encoded, shared, sealed to the parties' keys (which the
+parties generate and keep) and signed (`dvsecure.sharing`), exactly as a
+remote source would do; the parties open them. Networked sources are issue 5.
 
-Noise: every party adds its own exact discrete Gaussian of the full scale
-(sigma1 to the maximum, sigma2 to each tally of an answered query) to its own
-share — no communication. Any single honest party's draw carries the whole
-variance, so the charge is the plaintext charge (data processing) whatever
-coalition of up to n-1 parties colludes; the price is n times the variance of
-the plaintext release. (The distributed discrete Gaussian of Kairouz, Liu &
-Steinke 2021 would need only n/(n-t) times, with a slightly larger charge; not
-implemented.) Modes: "private" (OpenDP, CSPRNG, in each party), "seeded"
+Noise: every party adds its own exact discrete Gaussian to its own share (no
+communication), scaled from the policy's collusion tolerance t so that the
+h = n - t honest parties' draws together cost at most the plaintext charge
+(`accounting.distributed`): with t = n - 1 each party adds the full plaintext
+scale; with smaller t, each adds about 1/h of the variance. Charges are the
+plaintext charges. Modes: "private" (OpenDP, CSPRNG, in each party), "seeded"
 (per-party seeds derived from the run's seed; research only), "no_noise".
+
+Each party keeps its own ledger and cosigns the log's checkpoints
+(`cosigners`, `mpc.party_ledger`).
 """
 from __future__ import annotations
 
 import hashlib
 import numbers
+import shutil
+import tempfile
 
 import numpy as np
 from nacl.signing import SigningKey
 
 from ..errors import ParameterError
-from ..fixedpoint import sigma_on_tally_grid, threshold_to_tally
 from ..mechanism import Release
 from ..noise import SEEDED
-from ..policy import ONE_HOT
-from ..sharing import PartyKeys, seal_submissions
+from ..sharing import seal_submissions
 from ..votes import InvalidVote, encode_vote
 from .base import Backend, BackendOutput
 
@@ -61,7 +62,11 @@ class MPCBackend(Backend):
     evaluates_whole_batch = True
 
     def __init__(self, num_parties: int = 3, provider: str = "TTP", allow_tfp: bool = False,
-                 timeout: float = 300.0):
+                 timeout: float = 300.0, state_dir: str | None = None, rendezvous: str | None = None,
+                 spawn_ranks=None):
+        """state_dir: where the parties keep their keys and ledgers (durable across
+        runs; a private temporary directory if None). rendezvous/spawn_ranks: to
+        spawn only some ranks here (e.g. [0]) while the others run `dvsecure party`."""
         if provider == "TFP" and not allow_tfp:
             raise ParameterError("the TFP provider lets party 0 generate every Beaver triple in the clear, so "
                                  "it could unmask every vote; use TTP (a dealer that is not a computing party) "
@@ -71,23 +76,36 @@ class MPCBackend(Backend):
         if num_parties < 2:
             raise ParameterError(f"MPC needs at least 2 computing parties, got {num_parties}")
         self.num_parties, self.provider, self.timeout = num_parties, provider, timeout
+        self._tmp = None if state_dir else tempfile.mkdtemp(prefix="dvsecure-parties-")
+        self.state_dir = str(state_dir or self._tmp)
+        self._rendezvous, self._spawn_ranks = rendezvous, spawn_ranks
         self._parties = None
-        self._party_keys = [PartyKeys.generate() for _ in range(num_parties)]
+        self._policy = None
         self._source_keys: dict[str, SigningKey] = {}
         self._batch = 0
+        self._signatures: dict[bytes, list[bytes]] = {}
 
-    def _start(self, num_sources: int) -> None:
-        from ..mpc.parties import LocalParties
+    def bind(self, policy) -> None:
+        if policy.collusion_tolerance >= self.num_parties:
+            raise ParameterError(f"the policy tolerates {policy.collusion_tolerance} colluding parties, so it "
+                                 f"needs at least {policy.collusion_tolerance + 1} computing parties, "
+                                 f"not {self.num_parties}")
+        self._policy = policy
 
-        self._source_keys = {f"s{j}": SigningKey.generate() for j in range(num_sources)}
-        self._parties = LocalParties(
-            self.num_parties, [bytes(k.private) for k in self._party_keys],
-            {sid: bytes(k.verify_key) for sid, k in self._source_keys.items()}, self.provider, self.timeout)
+    def _ensure_started(self):
+        if self._parties is None:
+            from ..mpc.parties import LocalParties
+
+            self._parties = LocalParties(self.num_parties, self.state_dir, self.provider, self.timeout,
+                                         self._rendezvous, self._spawn_ranks)
+        return self._parties
 
     def close(self) -> None:
         if self._parties is not None:
             self._parties.close()
             self._parties = None
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
 
     def __enter__(self):
         return self
@@ -95,26 +113,63 @@ class MPCBackend(Backend):
     def __exit__(self, *exc):
         self.close()
 
-    def _party_seed(self, noise, party: int) -> int | None:
+    # ---- checkpoints ------------------------------------------------------------
+    def cosigners(self, ledger) -> list:
+        """One signer per party for the log's checkpoint policy: signing asks every
+        party to check the new entries against its own records and cosign."""
+        from ..note import DelegatedSigner
+
+        if self._policy is None:
+            self.bind(ledger.policy)
+        parties = self._ensure_started()
+
+        def sign_as(rank):
+            def sign(text: bytes) -> bytes:
+                if text not in self._signatures:
+                    self._signatures = {text: self._cosign(ledger, text)}
+                return self._signatures[text][rank]
+            return sign
+        return [DelegatedSigner(k["vkey"], sign_as(r), "party") for r, k in enumerate(parties.keys)]
+
+    def _cosign(self, ledger, text: bytes) -> list[bytes]:
+        from ..note import Checkpoint
+
+        parties = self._ensure_started()
+        policy = self._policy.to_toml()
+        sizes = parties.call({"op": "size", "policy": policy})["sizes"]
+        if len(set(sizes)) != 1:
+            raise ParameterError(f"the parties disagree on how much of the log they cosigned: {sizes}")
+        size = Checkpoint.parse(text).size
+        entries = ledger.record_bytes(sizes[0], size)
+        return parties.call({"op": "cosign", "policy": policy, "start": sizes[0], "entries": entries,
+                             "text": text})["signatures"]
+
+    # ---- batches ----------------------------------------------------------------
+    def _party_seeds(self, noise) -> list[int] | None:
         if noise.mode != SEEDED:
             return None
-        digest = hashlib.sha256(f"{noise.seed}/{self._batch}/{party}".encode()).digest()
-        return int.from_bytes(digest[:8], "big")
+        return [int.from_bytes(hashlib.sha256(f"{noise.seed}/{self._batch}/{p}".encode()).digest()[:8], "big")
+                for p in range(self.num_parties)]
 
-    def evaluate(self, gammas_fixed, submissions, kinds, num_classes, mechanism, noise):
-        from ..mpc.parties import Job
+    def evaluate(self, gammas_fixed, submissions, kinds, num_classes, mechanism, noise, query_ids=None):
+        from nacl.public import PublicKey
 
+        if self._policy is None:
+            raise ParameterError("the MPC backend must be bound to a policy (Aggregator does this)")
+        parties = self._ensure_started()
         gammas = np.asarray(gammas_fixed, dtype=np.int64)
         q_count, s_count = gammas.shape
-        if self._parties is None:
-            self._start(s_count)
         self._batch += 1
-        source_ids = list(self._source_keys)
-        query_ids = [f"batch{self._batch}/q{i}" for i in range(q_count)]
+        source_ids = list(self._policy.ids)
+        for sid in source_ids:
+            self._source_keys.setdefault(sid, SigningKey.generate())
+        if query_ids is None:
+            query_ids = [f"batch{self._batch}/q{i}" for i in range(q_count)]
+        query_ids = list(query_ids)
         problems = [[None] * s_count for _ in range(q_count)]
         present = np.zeros((q_count, s_count), dtype=bool)
         per_party: list[list[bytes]] = [[] for _ in range(self.num_parties)]
-        public = [k.public for k in self._party_keys]
+        public = [PublicKey(k["box"]) for k in parties.keys]
         for j, sid in enumerate(source_ids):
             rows, encoded = [], []
             for i in range(q_count):
@@ -135,21 +190,23 @@ class MPCBackend(Backend):
                                         np.stack(encoded), public)
             for p, m in enumerate(messages):
                 per_party[p].append(m)
-        threshold = threshold_to_tally(mechanism.threshold) if mechanism.confident else None
-        sigma1 = sigma_on_tally_grid(mechanism.sigma1) if mechanism.confident else None
-        sigma2 = sigma_on_tally_grid(mechanism.sigma2)
-        jobs = [Job(per_party[p], source_ids, query_ids, present, gammas, [k == ONE_HOT for k in kinds],
-                    num_classes, threshold, sigma1, sigma2, noise.mode, self._party_seed(noise, p))
-                for p in range(self.num_parties)]
-        result = self._parties.run(jobs)
+        result = parties.call({
+            "op": "batch", "policy": self._policy.to_toml(), "query_ids": query_ids, "source_ids": source_ids,
+            "source_keys": {sid: bytes(k.verify_key) for sid, k in self._source_keys.items()},
+            "messages": per_party, "present": present.astype(np.uint8).tobytes(),
+            "gammas": gammas.astype("<i8").tobytes(), "num_classes": num_classes,
+            "noise_mode": noise.mode, "noise_seeds": self._party_seeds(noise)})
+        valid = np.frombuffer(result["valid"], dtype=bool).reshape(q_count, s_count)
+        answered = np.frombuffer(result["answered"], dtype=bool)
+        labels = np.frombuffer(result["labels"], dtype="<i8")
+        agreed = np.frombuffer(result["agreed"], dtype=bool)
         outputs = []
         for i in range(q_count):
             for j in range(s_count):
-                if present[i, j] and not result["agreed"][j]:
+                if present[i, j] and not agreed[j]:
                     problems[i][j] = UNOPENED
-                elif present[i, j] and not result["valid"][i, j]:
+                elif present[i, j] and not valid[i, j]:
                     problems[i][j] = REJECTED
-            answered = bool(result["answered"][i])
-            release = Release(True, int(result["labels"][i])) if answered else Release(False, None)
+            release = Release(True, int(labels[i])) if answered[i] else Release(False, None)
             outputs.append(BackendOutput(release, tuple(problems[i])))
         return outputs

@@ -1,136 +1,86 @@
-"""Local computing parties: n CrypTen processes and a TTP dealer over gloo.
+"""The coordinator's handle on the computing parties.
 
-`LocalParties` starts the processes once (spawn, a file rendezvous in a private
-temporary directory), feeds each party only its own sealed submissions, and
-collects what rank 0 reveals. Every party opens its sealed shares itself
-(`sharing.open_submission`: signature first, then decryption), so the
-coordinator never holds a party's share in the clear once sealed.
+`LocalParties` starts party processes on this machine (spawn) — by default all
+n parties and the TTP dealer with a file rendezvous in a private temporary
+directory; with `rendezvous` and `spawn_ranks` only some of them (party 0, say)
+while the others run `dvsecure party` elsewhere. It talks to party 0 only, over
+a pipe; party 0 relays to the others (`party.py`).
 
-Faults: a party that dies or stalls makes the batch fail with PartyError after
-`timeout` seconds; the remaining processes are stopped, nothing is released,
-and (the aggregator only commits after a successful evaluation) nothing is
-charged for that batch.
+Faults: a spawned process that dies, or parties that stall past `timeout`
+seconds, fail the call with PartyError; every spawned process is then stopped,
+nothing is released, and (the aggregator commits only after a successful
+evaluation) nothing is charged by the operator for that batch.
 """
 from __future__ import annotations
 
 import multiprocessing as mp
-import os
 import queue
 import shutil
 import tempfile
-from dataclasses import dataclass
+import time
 
-import numpy as np
-
-from ..errors import DvsecureError
+from .party import PartyError, run_party
 
 DEALER_PROVIDER = "TTP"
-
-
-class PartyError(DvsecureError):
-    """A computing party failed, stalled or disagreed; the batch released nothing."""
-
-
-@dataclass(frozen=True)
-class Job:
-    """One batch, as each party sees it (messages are that party's only)."""
-
-    messages: list[bytes]             # sealed, signed submissions addressed to this party
-    source_ids: list[str]             # policy order
-    query_ids: list[str]
-    present: np.ndarray               # bool [Q, S]: which sources submitted for which query
-    gammas: np.ndarray                # int64 [Q, S] public weights from the filter
-    one_hot: list[bool]               # per source: its policy's vote kind
-    num_classes: int
-    threshold: int | None             # Confident-GNMax threshold on the 2**32 grid, or None (GNMax)
-    sigma1: object = None             # Fraction: threshold noise scale on the tally grid (Confident only)
-    sigma2: object = None             # Fraction: GNMax noise scale on the tally grid
-    noise_mode: str = "no_noise"
-    noise_seed: int | None = None     # seeded mode: this party's seed for this batch
-
-
-def _party_main(rank: int, world: int, rendezvous: str, provider: str, party_key: bytes,
-                source_keys: dict, inbox, outbox) -> None:
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), RENDEZVOUS=rendezvous, DISTRIBUTED_BACKEND="gloo")
-    from .compat import import_crypten, set_provider
-
-    crypten = import_crypten()
-    set_provider(crypten, provider)
-    if rank == world:                           # the dealer: Beaver triples, no inputs, no outputs
-        crypten.mpc.provider.TTPServer()
-        return
-    from nacl.public import PrivateKey
-    from nacl.signing import VerifyKey
-
-    from .evaluate import evaluate_batch
-
-    crypten.init()
-    key = PrivateKey(party_key)
-    verify = {sid: VerifyKey(k) for sid, k in source_keys.items()}
-    try:
-        while True:
-            job = inbox.get()
-            if job is None:
-                break
-            try:
-                result = evaluate_batch(crypten, job, rank, world, key, verify)
-            except Exception as e:                # reported to the coordinator, then stop
-                outbox.put((rank, "error", f"{type(e).__name__}: {e}"))
-                raise
-            outbox.put((rank, "ok", result if rank == 0 else None))
-    finally:
-        crypten.uninit()
+__all__ = ["LocalParties", "PartyError"]
 
 
 class LocalParties:
-    def __init__(self, num_parties: int, party_keys: list[bytes], source_keys: dict[str, bytes],
-                 provider: str = DEALER_PROVIDER, timeout: float = 300.0):
+    def __init__(self, num_parties: int, state_dir: str, provider: str = DEALER_PROVIDER,
+                 timeout: float = 300.0, rendezvous: str | None = None, spawn_ranks=None):
         if num_parties < 2:
             raise PartyError(f"MPC needs at least 2 computing parties, got {num_parties}")
-        self.n = num_parties
-        self.timeout = timeout
+        self.n, self.timeout = num_parties, timeout
+        dealer = provider == "TTP"
+        everyone = list(range(num_parties + (1 if dealer else 0)))
+        ranks = everyone if spawn_ranks is None else sorted(spawn_ranks)
+        if 0 not in ranks or not set(ranks) <= set(everyone):
+            raise PartyError(f"spawn_ranks must include 0 and lie in {everyone}, got {ranks}")
         self._dir = tempfile.mkdtemp(prefix="dvsecure-rdv-")
+        rendezvous = rendezvous or f"file://{self._dir}/rendezvous"
         ctx = mp.get_context("spawn")
-        self._inboxes = [ctx.Queue() for _ in range(num_parties)]
-        self._outbox = ctx.Queue()
-        rendezvous = f"file://{self._dir}/rendezvous"
-        self._procs = [ctx.Process(target=_party_main, daemon=True,
-                                   args=(r, num_parties, rendezvous, provider,
-                                         party_keys[r] if r < num_parties else b"", source_keys,
-                                         self._inboxes[r] if r < num_parties else None, self._outbox))
-                       for r in range(num_parties + (1 if provider == "TTP" else 0))]
+        self._inbox, self._outbox = ctx.Queue(), ctx.Queue()
+        self._procs = [ctx.Process(target=run_party, daemon=True, name=f"dvsecure-party-{r}",
+                                   args=(r, num_parties, rendezvous, provider, f"{state_dir}/party-{r}",
+                                         self._inbox if r == 0 else None, self._outbox if r == 0 else None))
+                       for r in ranks]
         for p in self._procs:
             p.start()
+        self.keys = self.call({"op": "keys"})["keys"]
 
-    def run(self, jobs: list[Job]):
-        """jobs[i] goes to party i; returns rank 0's result."""
-        for inbox, job in zip(self._inboxes, jobs):
-            inbox.put(job)
-        result, done = None, set()
-        while len(done) < self.n:
+    def call(self, cmd: dict) -> dict:
+        """Send one command to the parties; party 0's answer."""
+        if not self._procs:
+            raise PartyError("the computing parties were stopped after an earlier failure")
+        self._inbox.put(cmd)
+        deadline = time.monotonic() + self.timeout
+        while True:
             try:
-                rank, status, value = self._outbox.get(timeout=self.timeout)
+                status, value = self._outbox.get(timeout=1.0)
+                break
             except queue.Empty:
-                dead = [i for i, p in enumerate(self._procs) if not p.is_alive()]
-                self.close()
-                raise PartyError(f"computing parties did not finish within {self.timeout:.0f} s"
-                                 + (f"; process(es) {dead} died" if dead else "")) from None
-            if status != "ok":
-                self.close()
-                raise PartyError(f"party {rank} failed: {value}")
-            done.add(rank)
-            if rank == 0:
-                result = value
-        return result
+                dead = [p.name for p in self._procs if not p.is_alive()]
+                if dead or time.monotonic() > deadline:
+                    self.close()
+                    raise PartyError(f"{', '.join(dead)} died" if dead else
+                                     f"the computing parties did not answer within {self.timeout:.0f} s") from None
+        if status != "ok":
+            time.sleep(0.5)                      # a peer's death is usually why: name it
+            dead = [p.name for p in self._procs if not p.is_alive()]
+            self.close()
+            raise PartyError(f"party 0 failed: {value}" + (f" ({', '.join(dead)} died)" if dead else ""))
+        if "error" in value:
+            raise PartyError(value["error"])
+        return value
 
     def close(self) -> None:
-        for inbox, p in zip(self._inboxes, self._procs):
-            if p.is_alive():
-                try:
-                    inbox.put(None)
-                except (OSError, ValueError):
-                    pass
-        for p in self._procs:
+        procs, self._procs = self._procs, []
+        if procs and procs[0].is_alive():
+            try:
+                self._inbox.put(None)
+            except (OSError, ValueError):
+                pass
+        for p in procs:
             p.join(timeout=10)
             if p.is_alive():
                 p.kill()

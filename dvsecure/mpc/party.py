@@ -1,0 +1,236 @@
+"""One computing party: its keys, its ledger, and its command loop.
+
+The same code runs a party spawned on this machine (`LocalParties`) and a party
+started by hand on another machine (`dvsecure party`). The coordinator talks
+only to party 0 (which may be co-located with it, DESIGN §2); party 0 relays
+each command to the others over the parties' own torch.distributed group, as
+bytes (msgpack, never pickle: a party does not execute what a peer sends).
+Submissions inside a command are sealed to each party's key and signed by
+their sources, so relaying them through party 0 reveals nothing to it.
+
+Commands: "batch" (evaluate one batch, `evaluate.evaluate_batch`), "cosign"
+(check new log entries and sign the checkpoint, `party_ledger`), "stop".
+A party that refuses (a budget or band check, a cosignature) refuses in step
+with the others (`agree`), so every party stays ready for the next command.
+"""
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import msgspec
+import numpy as np
+
+from ..errors import DvsecureError
+
+MAX_MESSAGE = 1 << 30
+
+
+class PartyError(DvsecureError):
+    """A computing party failed, stalled, disagreed or refused; the batch released nothing."""
+
+
+def party_signer_name(rank: int) -> str:
+    return f"dvsecure-mpc-party-{rank}"
+
+
+def load_or_create_keys(state_dir: Path, rank: int):
+    """This party's X25519 key (sealed shares) and Ed25519 note signer
+    (checkpoint cosignatures), created on first use, mode 0600."""
+    from nacl.public import PrivateKey
+
+    from ..note import Signer, generate_signer
+
+    state_dir.mkdir(parents=True, exist_ok=True)
+    path = state_dir / f"party-{rank}.key"
+    if not path.exists():
+        signer, _ = generate_signer(party_signer_name(rank))
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, stat.S_IRUSR | stat.S_IWUSR)
+        with os.fdopen(fd, "w") as f:
+            f.write(bytes(PrivateKey.generate()).hex() + "\n" + signer + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+    box_hex, signer = path.read_text().split("\n")[:2]
+    return PrivateKey(bytes.fromhex(box_hex)), Signer.from_key_string(signer)
+
+
+# ---- talking among parties (torch.distributed, the parties' group) ----------------------
+
+def _bcast_bytes(dist, group, data: bytes | None, src: int = 0) -> bytes:
+    import torch
+
+    size = torch.tensor([len(data) if data is not None else 0], dtype=torch.long)
+    dist.broadcast(size, src, group=group)
+    if int(size) > MAX_MESSAGE:
+        raise PartyError(f"command of {int(size)} bytes exceeds the {MAX_MESSAGE}-byte limit")
+    buf = torch.frombuffer(bytearray(data), dtype=torch.uint8) if data is not None \
+        else torch.empty(int(size), dtype=torch.uint8)
+    if int(size):
+        dist.broadcast(buf, src, group=group)
+    return buf.numpy().tobytes()
+
+
+def _gather_bytes(dist, group, world: int, data: bytes) -> list[bytes]:
+    """Every party's `data` at every party (small messages only)."""
+    import torch
+
+    size = torch.tensor([len(data)], dtype=torch.long)
+    sizes = [torch.zeros(1, dtype=torch.long) for _ in range(world)]
+    dist.all_gather(sizes, size, group=group)
+    longest = max(int(s) for s in sizes)
+    buf = torch.zeros(longest, dtype=torch.uint8)
+    buf[:len(data)] = torch.frombuffer(bytearray(data), dtype=torch.uint8) if data else buf[:0]
+    bufs = [torch.zeros(longest, dtype=torch.uint8) for _ in range(world)]
+    dist.all_gather(bufs, buf, group=group)
+    return [b.numpy().tobytes()[:int(s)] for b, s in zip(bufs, sizes)]
+
+
+class Peers:
+    """What a party needs to talk to the others outside CrypTen's own counters."""
+
+    def __init__(self, crypten, rank: int, world: int):
+        import torch.distributed as dist
+
+        self.dist, self.rank, self.world = dist, rank, world
+        self.group = crypten.communicator.get().main_group
+
+    def broadcast(self, data: bytes | None) -> bytes:
+        return _bcast_bytes(self.dist, self.group, data)
+
+    def gather(self, data: bytes) -> list[bytes]:
+        return _gather_bytes(self.dist, self.group, self.world, data)
+
+    def agree(self, error: str | None) -> None:
+        """A collective check: if any party reports an error, every party raises
+        PartyError naming each refusing party, in step."""
+        said = self.gather((error or "").encode()[:2000])
+        problems = [f"party {r}: {m.decode(errors='replace')}" for r, m in enumerate(said) if m]
+        if problems:
+            raise PartyError("; ".join(problems))
+
+
+# ---- the command loop ---------------------------------------------------------------------
+
+class Party:
+    def __init__(self, crypten, rank: int, world: int, state_dir: Path, pinned_policy=None,
+                 allow_nonprivate: bool = True):
+        self.crypten, self.rank, self.world = crypten, rank, world
+        self.state_dir = Path(state_dir)
+        self.box_key, self.signer = load_or_create_keys(self.state_dir, rank)
+        self.peers = Peers(crypten, rank, world)
+        self.pinned = pinned_policy
+        self.allow_nonprivate = allow_nonprivate
+        self._ledgers = {}
+
+    def public_keys(self) -> list[dict]:
+        """Every party's public keys, in rank order (a collective)."""
+        mine = msgspec.msgpack.encode({"box": bytes(self.box_key.public_key),
+                                       "vkey": self.signer.verifier_key_string})
+        return [msgspec.msgpack.decode(b) for b in self.peers.gather(mine)]
+
+    def ledger(self, policy_toml: str):
+        from ..policy import ConsortiumPolicy
+        from .party_ledger import PartyLedger
+
+        policy = ConsortiumPolicy.from_toml(policy_toml)
+        if self.pinned is not None and policy.digest() != self.pinned.digest():
+            raise PartyError("the coordinator sent a policy other than the one this party was started with")
+        digest = policy.digest()
+        if digest not in self._ledgers:
+            self._ledgers[digest] = PartyLedger(self.state_dir / f"ledger-{digest[:16]}.sqlite", policy,
+                                                self.signer.verifier_key_string)
+        return self._ledgers[digest]
+
+    def serve(self, receive=None, reply=None) -> None:
+        """Party 0 takes commands from `receive()` and hands answers to `reply`;
+        the others take them from party 0."""
+        while True:
+            raw = self.peers.broadcast(receive() if self.rank == 0 else None)
+            cmd = msgspec.msgpack.decode(raw)
+            if cmd["op"] == "stop":
+                return
+            try:
+                answer = self.handle(cmd)
+            except PartyError as e:          # refused by some party, in step: stay ready
+                answer = {"error": str(e)}
+            if self.rank == 0 and reply is not None:
+                reply(answer)
+
+    def handle(self, cmd: dict) -> dict:
+        op = cmd["op"]
+        if op == "keys":
+            return {"keys": self.public_keys()}
+        error, ledger = None, None
+        try:
+            ledger = self.ledger(cmd["policy"])
+            if op == "batch" and cmd["noise_mode"] != "private" and not self.allow_nonprivate:
+                error = f"noise mode {cmd['noise_mode']!r} refused: this party runs private noise only"
+        except DvsecureError as e:
+            error = str(e)
+        self.peers.agree(error)
+        if op == "batch":
+            from .evaluate import evaluate_batch
+
+            return evaluate_batch(self.crypten, cmd, self.rank, self.world, self.box_key, ledger, self.peers)
+        if op == "size":
+            return {"sizes": [int(b) for b in self.peers.gather(str(ledger.size).encode())]}
+        if op == "cosign":
+            error = None
+            try:
+                if ledger.size != cmd["start"]:
+                    raise PartyError(f"this party has cosigned {ledger.size} entries; the coordinator "
+                                     f"sent entries from {cmd['start']}")
+                ledger.check_and_cosign(cmd["entries"], cmd["text"])
+            except DvsecureError as e:
+                error = str(e)
+            self.peers.agree(error)
+            sigs = self.peers.gather(self.signer.sign(cmd["text"]))
+            return {"signatures": sigs}
+        raise PartyError(f"unknown command {op!r}")
+
+
+def run_party(rank: int, world: int, rendezvous: str, provider: str, state_dir: str | None,
+              inbox=None, outbox=None, pinned_policy_toml: str | None = None,
+              allow_nonprivate: bool = True) -> None:
+    """A party's process: join the rendezvous, then serve commands. Rank `world`
+    is the TTP dealer (Beaver triples; no inputs, no outputs)."""
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), RENDEZVOUS=rendezvous, DISTRIBUTED_BACKEND="gloo")
+    from .compat import import_crypten, set_provider
+
+    crypten = import_crypten()
+    set_provider(crypten, provider)
+    if rank == world:
+        crypten.mpc.provider.TTPServer()
+        return
+    crypten.init()
+    pinned = None
+    if pinned_policy_toml is not None:
+        from ..policy import ConsortiumPolicy
+        pinned = ConsortiumPolicy.from_toml(pinned_policy_toml)
+    try:
+        party = Party(crypten, rank, world, Path(state_dir), pinned, allow_nonprivate)
+        if rank == 0:
+            def receive():
+                cmd = inbox.get()
+                return msgspec.msgpack.encode(cmd if cmd is not None else {"op": "stop"})
+
+            def reply(answer):
+                outbox.put(("ok", answer))
+            try:
+                party.serve(receive, reply)
+            except Exception as e:                  # fatal: tell the coordinator, then stop
+                outbox.put(("error", f"{type(e).__name__}: {e}"))
+                raise
+        else:
+            party.serve()
+    finally:
+        crypten.uninit()
+
+
+def job_arrays(cmd: dict) -> tuple[np.ndarray, np.ndarray]:
+    """The public arrays of a batch command: present bool[Q, S], gammas int64[Q, S]."""
+    q, s = len(cmd["query_ids"]), len(cmd["source_ids"])
+    present = np.frombuffer(cmd["present"], dtype=np.uint8).reshape(q, s).astype(bool)
+    gammas = np.frombuffer(cmd["gammas"], dtype="<i8").reshape(q, s).astype(np.int64)
+    return present, gammas

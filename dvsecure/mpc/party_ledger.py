@@ -1,0 +1,215 @@
+"""A computing party's own durable record, and its checkpoint cosignature.
+
+Every party, not only the operator, enforces the policy and vouches for the log:
+
+1. After the answered bits are revealed and before its share of any label is
+   sent, a party computes every source's charge from public data (the weights,
+   the validity and answered bits, the policy's mechanism), checks each weight
+   is 0 or inside its band and each spend stays within its budget, and commits
+   the charges here (SQLite, WAL, synchronous=FULL). A label can only be
+   reconstructed once every party has sent its share, so no label exists
+   anywhere before every party's charge is durable.
+2. Once the labels are revealed, it records them.
+3. Asked to cosign a checkpoint, it receives the log entries added since the
+   last checkpoint it cosigned, checks each one against its own records
+   (query entries: weights, answered bit, label, noise mode, mechanism, and the
+   cumulative spends and charge counts it recomputes), checks that every query
+   whose label it helped reveal is in the log, recomputes the Merkle root, and
+   signs only if the checkpoint states that root and size.
+
+A batch that fails after the charges were recorded but before the labels were
+revealed stays charged here (conservatively: the party cannot know whether
+anyone saw a label); a retry of the same query id is charged again. So a
+party's own spend is never below the operator's, and its budget check is the
+stricter of the two.
+"""
+from __future__ import annotations
+
+import sqlite3
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+from .. import entry
+from ..accounting.charges import query_charges
+from ..errors import BudgetExceededError, DvsecureError, LedgerError
+from ..merkle import CompactRange, leaf_hash
+from ..note import Checkpoint
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS spend (source_id TEXT PRIMARY KEY, spent TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS queries (
+    query_id TEXT PRIMARY KEY,
+    attempts INTEGER NOT NULL,
+    gamma BLOB NOT NULL,          -- u32[S] weights actually tallied (0 = not counted)
+    answered INTEGER NOT NULL,
+    noise TEXT NOT NULL,
+    label INTEGER,                -- NULL until revealed
+    logged INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS leaves (idx INTEGER PRIMARY KEY, hash BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS logged (source_id TEXT PRIMARY KEY, spent TEXT NOT NULL, charged INTEGER NOT NULL);
+"""
+
+
+class CosignError(DvsecureError):
+    """A party refuses to cosign a checkpoint: the log disagrees with its records."""
+
+
+class PartyLedger:
+    def __init__(self, path: str | Path, policy, signer_vkey: str):
+        self.policy = policy
+        self.ids = list(policy.ids)
+        self.signer_vkey = signer_vkey
+        self._unit = [Fraction(0)] * len(self.ids)
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as e:
+            raise LedgerError(f"cannot open party ledger {path}: {e}") from None
+        row = self._db.execute("SELECT value FROM meta WHERE key='policy_digest'").fetchone()
+        if row is None:
+            with self._db:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._db.execute("INSERT INTO meta VALUES ('policy_digest', ?)", (policy.digest(),))
+                self._db.executemany("INSERT INTO spend VALUES (?, '0')", [(s,) for s in self.ids])
+                self._db.executemany("INSERT INTO logged VALUES (?, '0', 0)", [(s,) for s in self.ids])
+        elif row[0] != policy.digest():
+            raise LedgerError(f"party ledger {path} belongs to another policy")
+        self._tree = CompactRange()
+        self._tree.extend(h for (h,) in self._db.execute("SELECT hash FROM leaves ORDER BY idx"))
+
+    def close(self) -> None:
+        self._db.close()
+
+    # ---- before the labels are revealed ------------------------------------------
+    def spent(self) -> dict[str, Fraction]:
+        return {sid: Fraction(v) for sid, v in self._db.execute("SELECT source_id, spent FROM spend")}
+
+    def record_charges(self, query_ids, gammas: np.ndarray, answered: np.ndarray, noise: str) -> None:
+        """gammas: int[Q, S] the weights actually tallied (2**-16 units); answered: bool[Q]."""
+        mech = self.policy.mechanism
+        spent = self.spent()
+        rows = []
+        for qid, g_row, ans in zip(query_ids, gammas, answered):
+            prior = self._db.execute("SELECT attempts, label FROM queries WHERE query_id=?", (qid,)).fetchone()
+            if prior is not None and prior[1] is not None:
+                raise LedgerError(f"query {qid!r} was already revealed; a party answers a query once")
+            for src, g in zip(self.policy.sources, g_row):
+                gamma = int(g) / 65536
+                if g and not src.grid_min <= gamma <= src.grid_max:
+                    raise LedgerError(f"query {qid!r}: weight {gamma} of {src.id!r} is outside its band "
+                                      f"[{src.grid_min}, {src.grid_max}]")
+                for c in query_charges(mech, gamma, bool(ans)):
+                    spent[src.id] += c.rho
+                if spent[src.id] > src.budget_rho:
+                    raise BudgetExceededError(
+                        f"query {qid!r}: source {src.id!r} would spend {float(spent[src.id]):.6g} of its "
+                        f"budget {float(src.budget_rho):.6g} rho by this party's record")
+            rows.append((qid, 1 if prior is None else prior[0] + 1, entry.pack_u32(g_row), int(bool(ans)), noise))
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.executemany("INSERT OR REPLACE INTO queries (query_id, attempts, gamma, answered, noise) "
+                                 "VALUES (?, ?, ?, ?, ?)", rows)
+            self._db.executemany("UPDATE spend SET spent=? WHERE source_id=?",
+                                 [(f"{v.numerator}/{v.denominator}", k) for k, v in spent.items()])
+
+    def record_labels(self, query_ids, labels) -> None:
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.executemany("UPDATE queries SET label=? WHERE query_id=?",
+                                 [(int(label), qid) for qid, label in zip(query_ids, labels)])
+
+    # ---- cosigning -------------------------------------------------------------
+    @property
+    def size(self) -> int:
+        return self._tree.size
+
+    def check_and_cosign(self, entries: list[bytes], checkpoint_text: bytes) -> None:
+        """Check `entries` (log entries size..size+len-1) against this party's
+        records and the checkpoint's root; on success make them part of this
+        party's view of the log. Raises CosignError naming the first problem."""
+        cp = Checkpoint.parse(checkpoint_text)
+        if cp.origin != entry.log_origin(self.policy):
+            raise CosignError(f"checkpoint origin {cp.origin!r} is not this policy's log")
+        if cp.size != self.size + len(entries):
+            raise CosignError(f"checkpoint size {cp.size} but this party has {self.size} entries "
+                              f"and was sent {len(entries)}")
+        logged = {sid: (Fraction(s), c) for sid, s, c in self._db.execute("SELECT * FROM logged")}
+        spent = {sid: v[0] for sid, v in logged.items()}
+        charged = {sid: v[1] for sid, v in logged.items()}
+        tree = self._tree.copy()
+        seen = []
+        for offset, data in enumerate(entries):
+            seq = self.size + offset
+            try:
+                e = entry.decode(data)
+            except Exception as exc:
+                raise CosignError(f"entry {seq} does not decode: {exc}") from None
+            if e.seq != seq:
+                raise CosignError(f"entry {seq} states sequence number {e.seq}")
+            if isinstance(e, entry.Genesis):
+                want = entry.genesis(entry.log_origin(self.policy), self.policy.digest(),
+                                     self.policy.to_toml().encode(), self.ids)
+                if seq != 0 or data != want:
+                    raise CosignError(f"entry {seq} is not this policy's genesis entry")
+            elif isinstance(e, entry.Signers):
+                if self.signer_vkey not in [k.vkey for k in e.keys]:
+                    raise CosignError(f"signers entry {seq} does not name this party's key")
+            elif isinstance(e, entry.Query):
+                self._check_query(seq, e, spent, charged)
+                seen.append(e.query_id)
+            else:
+                raise CosignError(f"entry {seq} ({type(e).__name__}) was not computed by the parties")
+            tree.append(leaf_hash(data))
+        if tree.root() != cp.root_hash:
+            raise CosignError(f"checkpoint root does not match the root of the {cp.size} entries")
+        marks = {q: 1 for q in seen}
+        unlogged = [q for (q,) in self._db.execute(
+            "SELECT query_id FROM queries WHERE label IS NOT NULL AND logged=0") if q not in marks]
+        if unlogged:
+            raise CosignError(f"{len(unlogged)} revealed quer{'y is' if len(unlogged) == 1 else 'ies are'} "
+                              f"missing from the log, e.g. {unlogged[0]!r}")
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.executemany("INSERT INTO leaves VALUES (?, ?)",
+                                 [(self.size + i, leaf_hash(d)) for i, d in enumerate(entries)])
+            self._db.executemany("UPDATE queries SET logged=1 WHERE query_id=?", [(q,) for q in seen])
+            self._db.executemany("UPDATE logged SET spent=?, charged=? WHERE source_id=?",
+                                 [(f"{spent[s].numerator}/{spent[s].denominator}", charged[s], s)
+                                  for s in self.ids])
+        self._tree = tree
+
+    def _check_query(self, seq: int, e, spent: dict, charged: dict) -> None:
+        row = self._db.execute("SELECT gamma, answered, noise, label, logged FROM queries WHERE query_id=?",
+                               (e.query_id,)).fetchone()
+        if row is None or row[3] is None:
+            raise CosignError(f"entry {seq}: query {e.query_id!r} was not revealed by the parties")
+        gamma, answered, noise, label, logged = row
+        mech = self.policy.mechanism
+        if logged:
+            raise CosignError(f"entry {seq}: query {e.query_id!r} is already in the log")
+        if bytes(e.gamma) != gamma:
+            raise CosignError(f"entry {seq}: weights differ from those the parties tallied")
+        if e.answered != bool(answered) or (e.label if e.answered else -1) != label:
+            raise CosignError(f"entry {seq}: answered bit or label differs from what the parties revealed")
+        if e.noise != noise:
+            raise CosignError(f"entry {seq}: noise mode {e.noise!r} but the parties used {noise!r}")
+        if (e.mechanism.kind, e.mechanism.sigma2, e.mechanism.sigma1, e.mechanism.threshold) != \
+                (mech.kind, mech.sigma2, mech.sigma1, mech.threshold):
+            raise CosignError(f"entry {seq}: mechanism differs from the policy's")
+        weights = entry.unpack(e.gamma, "<u4", len(self.ids))
+        for sid, g in zip(self.ids, weights):
+            charges = query_charges(mech, int(g) / 65536, e.answered)
+            if charges:
+                spent[sid] += sum((c.rho for c in charges), Fraction(0))
+                charged[sid] += 1
+        spent_col, charged_col = entry.columns(self.ids, spent, charged)
+        if bytes(e.spent) != spent_col or bytes(e.charged) != charged_col:
+            raise CosignError(f"entry {seq}: stated cumulative spends or charge counts differ from this "
+                              "party's recomputation")

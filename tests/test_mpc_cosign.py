@@ -1,0 +1,132 @@
+"""Every MPC party enforces the policy itself and cosigns only what it checked:
+a weight outside its band or a spend past a budget is refused before any label
+exists; a log entry that differs from what the parties computed, or a log that
+omits a query whose label they revealed, gets no cosignature — so no checkpoint
+the auditor accepts can cover it."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dvsecure.aggregator import Aggregator
+from dvsecure.audit import audit
+from dvsecure.backends.base import BackendOutput
+from dvsecure.backends.mpc import MPCBackend
+from dvsecure.ledger import Ledger
+from dvsecure.mechanism import Release
+from dvsecure.mpc.parties import PartyError
+from dvsecure.noise import make_noise
+from dvsecure.policy import Budget, ConsortiumPolicy, MechanismPolicy, SourcePolicy
+from dvsecure.translog import LogWriter, operator_signer
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def mpc():
+    backend = MPCBackend(num_parties=3, timeout=120)
+    yield backend
+    backend.close()
+
+
+def policy(name: str, budget: float = 10.0) -> ConsortiumPolicy:
+    # Each test its own policy name, so each has its own ledger at every party.
+    return ConsortiumPolicy(sources=tuple(SourcePolicy(f"src{i}", 0.125, 0.25, Budget("rho", budget))
+                                          for i in range(3)),
+                            mechanism=MechanismPolicy("gnmax", 1.0), name=name)
+
+
+def operator(tmp_path, pol, backend):
+    ledger = Ledger(tmp_path / "ledger.sqlite", pol)
+    log = LogWriter(tmp_path / "log", ledger, [operator_signer(tmp_path, pol), *backend.cosigners(ledger)])
+    return ledger, log
+
+
+VOTES = {"src0": 1, "src1": 1, "src2": 0}
+
+
+def test_checkpoints_carry_every_partys_signature(mpc, tmp_path):
+    pol = policy("cosign-ok")
+    ledger, log = operator(tmp_path, pol, mpc)
+    with ledger:
+        agg = Aggregator(pol, ledger, backend=mpc, noise=make_noise("no_noise"), log=log)
+        agg.query_batch([(f"q{i}", VOTES) for i in range(3)], 2)
+    assert audit(tmp_path / "log", allow_nonprivate=True).ok
+    latest = sorted((tmp_path / "log" / "checkpoints").iterdir())[-1]
+    lines = latest.read_bytes().split(b"\n")
+    assert sum(line.startswith("— dvsecure-mpc-party-".encode()) for line in lines) == 3
+    # Without one party's signature the checkpoint does not satisfy the policy.
+    latest.write_bytes(b"\n".join(line for line in lines if b"dvsecure-mpc-party-2 " not in line))
+    report = audit(tmp_path / "log", allow_nonprivate=True)
+    assert not report.ok and any(f.check == "checkpoint" and "dvsecure-mpc-party-2" in f.message
+                                 for f in report.findings)
+
+
+class LyingAggregatorBackend:
+    """What a dishonest operator logs: the parties' release with the label changed."""
+
+    def __init__(self, inner):
+        self.inner, self.name, self.evaluates_whole_batch = inner, inner.name, True
+
+    def bind(self, pol):
+        self.inner.bind(pol)
+
+    def evaluate(self, *args, **kwargs):
+        outs = self.inner.evaluate(*args, **kwargs)
+        return [BackendOutput(Release(o.release.answered, 1 - o.release.label if o.release.answered else None),
+                              o.problems) for o in outs]
+
+
+def test_a_forged_label_gets_no_cosignature(mpc, tmp_path):
+    pol = policy("cosign-forged")
+    ledger, log = operator(tmp_path, pol, mpc)
+    with ledger:
+        honest = Aggregator(pol, ledger, backend=mpc, noise=make_noise("no_noise"), log=log)
+        honest.query("honest", VOTES, 2)
+        good = log.size
+        liar = Aggregator(pol, ledger, backend=LyingAggregatorBackend(mpc), noise=make_noise("no_noise"), log=log)
+        with pytest.raises(PartyError, match="label differs"):
+            liar.query("forged", VOTES, 2)
+    names = sorted(p.name for p in (tmp_path / "log" / "checkpoints").iterdir())
+    assert int(names[-1][:12]) == good        # no checkpoint covers the forged entry
+    report = audit(tmp_path / "log", allow_nonprivate=True)
+    assert not report.ok            # the forged entry is in the file but no checkpoint the policy accepts covers it
+
+
+def test_a_revealed_query_missing_from_the_log_gets_no_cosignature(mpc, tmp_path):
+    pol = policy("cosign-omitted")
+    ledger, log = operator(tmp_path, pol, mpc)
+    with ledger:
+        agg = Aggregator(pol, ledger, backend=mpc, noise=make_noise("no_noise"), log=log)
+        agg.query("first", VOTES, 2)
+        # The operator has the parties answer a query and never logs (or charges) it.
+        gammas = np.full((1, 3), 8192, dtype=np.int64)
+        mpc.evaluate(gammas, [[1, 1, 0]], ["one-hot"] * 3, 2, pol.mechanism, make_noise("no_noise"),
+                     query_ids=["hidden"])
+        with pytest.raises(PartyError, match="missing from the log.*hidden"):
+            agg.query("second", VOTES, 2)
+
+
+@pytest.mark.parametrize("gamma, message", [(20000, "outside its band"), (4096, "outside its band")])
+def test_a_weight_outside_its_band_is_refused_before_any_label(mpc, tmp_path, gamma, message):
+    pol = policy(f"band-{gamma}")
+    mpc.bind(pol)
+    gammas = np.array([[gamma, 8192, 8192]], dtype=np.int64)      # band [0.125, 0.25] = [8192, 16384]
+    with pytest.raises(PartyError, match=message):
+        mpc.evaluate(gammas, [[1, 1, 0]], ["one-hot"] * 3, 2, pol.mechanism, make_noise("no_noise"),
+                     query_ids=["q"])
+
+
+def test_a_spend_past_a_budget_is_refused_by_the_parties(mpc, tmp_path):
+    """An operator whose filter would overspend: the parties' own records refuse
+    the batch, every party in step, and stay ready for the next one."""
+    pol = policy("budget", budget=0.05)         # one GNMax at gamma 0.25, sigma 1 costs 0.0625
+    mpc.bind(pol)
+    gammas = np.array([[16384, 8192, 8192]], dtype=np.int64)
+    with pytest.raises(PartyError, match="would spend .* of its budget") as info:
+        mpc.evaluate(gammas, [[1, 1, 0]], ["one-hot"] * 3, 2, pol.mechanism, make_noise("no_noise"),
+                     query_ids=["over"])
+    assert all(f"party {r}" in str(info.value) for r in range(3))
+    out = mpc.evaluate(np.array([[8192, 8192, 8192]], dtype=np.int64), [[1, 1, 0]], ["one-hot"] * 3, 2,
+                       pol.mechanism, make_noise("no_noise"), query_ids=["within"])
+    assert out[0].release.label == 1
