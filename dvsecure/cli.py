@@ -1,4 +1,4 @@
-"""Command line: `dvsecure demo | audit | receipt export`."""
+"""Command line: `dvsecure demo | audit | receipt export | bench | party | attestation verify`."""
 from __future__ import annotations
 
 import argparse
@@ -23,9 +23,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dvsecure", description="Verifiable private aggregation of votes.")
     sub = p.add_subparsers(dest="command", required=True)
     d = sub.add_parser("demo", help="run the embedded demo consortium on synthetic voters")
-    d.add_argument("--backend", choices=["plaintext", "mpc"], default="plaintext",
-                   help="plaintext reference, or mpc: local CrypTen parties + a TTP dealer")
+    d.add_argument("--backend", choices=["plaintext", "mpc"], default="mpc",
+                   help="mpc (default): CrypTen parties + a TTP dealer, local unless --rendezvous; "
+                        "plaintext: the reference implementation, which sees every vote")
     d.add_argument("--parties", type=_positive_int, default=3, help="computing parties for --backend mpc")
+    d.add_argument("--rendezvous", metavar="URL",
+                   help="--backend mpc across machines: run party 0 here, joining URL (tcp://HOST:PORT); "
+                        "parties 1..N-1 and the dealer run `dvsecure party` elsewhere")
     d.add_argument("--sources", type=_positive_int, default=5, help="number of sources (default 5)")
     d.add_argument("--queries", type=_positive_int, default=300,
                    help="queries, the first third labelled for calibration (default 300)")
@@ -62,6 +66,20 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--parties", type=_positive_int, default=3)
     b.add_argument("--json", type=Path, metavar="FILE", help="also write the result to FILE")
 
+    pa = sub.add_parser("party", help="run one MPC computing party (or the TTP dealer) that joins a "
+                                      "torch.distributed rendezvous; party 0 runs with the coordinator")
+    pa.add_argument("--rank", type=int, help="this party's rank, 1..N-1 (rank 0 is the coordinator's)")
+    pa.add_argument("--dealer", action="store_true", help="run the TTP dealer (rank N) instead of a party")
+    pa.add_argument("--world-size", type=_positive_int, required=True, help="number of computing parties N")
+    pa.add_argument("--rendezvous", required=True, help="torch.distributed init URL, e.g. tcp://HOST:PORT")
+    pa.add_argument("--state", type=Path, help="this party's private state (keys, ledger); required for a party")
+    pa.add_argument("--policy", type=Path, help="the consortium policy TOML this party enforces; required for a party")
+    pa.add_argument("--allow-nonprivate", action="store_true",
+                    help="accept seeded or no-noise batches (testing only; refused by default)")
+
+    from .attestation.cli import add_parser as add_attestation_parser
+    add_attestation_parser(sub)
+
     r = sub.add_parser("receipt", help="receipts for sources")
     rsub = r.add_subparsers(dest="receipt_command", required=True)
     e = rsub.add_parser("export", help="write what one source needs to check its own history")
@@ -85,6 +103,27 @@ def _audit(args) -> int:
     return 0 if report.ok else 1
 
 
+def _party(args) -> int:
+    from .mpc.party import run_party
+
+    if args.world_size < 2:
+        raise ParameterError("--world-size must be at least 2")
+    if args.dealer:
+        run_party(args.world_size, args.world_size, args.rendezvous, "TTP", None)
+        return 0
+    if args.rank is None or not 1 <= args.rank < args.world_size:
+        raise ParameterError(f"--rank must be in 1..{args.world_size - 1} (rank 0 runs with the coordinator), "
+                             "or pass --dealer")
+    if args.state is None or args.policy is None:
+        raise ParameterError("a party needs --state (its keys and ledger) and --policy (what it enforces)")
+    from .policy import ConsortiumPolicy
+
+    policy_toml = ConsortiumPolicy.load(args.policy).to_toml()
+    run_party(args.rank, args.world_size, args.rendezvous, "TTP", str(args.state),
+              pinned_policy_toml=policy_toml, allow_nonprivate=args.allow_nonprivate)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -100,6 +139,11 @@ def main(argv: list[str] | None = None) -> int:
                 args.json.write_text(result + "\n")
             print(result)
             return 0
+        if args.command == "party":
+            return _party(args)
+        if args.command == "attestation":
+            from .attestation.cli import run as run_attestation
+            return run_attestation(args)
         if args.command == "receipt":
             from .receipt import export_receipt
 
@@ -123,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.backend == "mpc":
                 from .backends.mpc import MPCBackend
 
-                backend = MPCBackend(num_parties=args.parties, state_dir=str(state / "parties"))
+                backend = MPCBackend(num_parties=args.parties, state_dir=str(state / "parties"),
+                                     rendezvous=args.rendezvous, spawn_ranks=[0] if args.rendezvous else None)
             try:
                 report = run_demo(out=args.out, state=state, num_sources=args.sources, num_queries=args.queries,
                                   num_classes=args.classes, seed=args.seed, noise=noise, policy=policy,

@@ -47,3 +47,30 @@ class LogError(DvsecureError):
 class SubmissionError(DvsecureError):
     """A source's submission is malformed, unsigned or wrongly signed, from an
     unknown source, meant for another party or query, or does not decrypt."""
+
+
+class AttestationError(DvsecureError):
+    """An enclave attestation document does not verify. `reason` names the
+    failed check, machine-readable; the message says what was wrong.
+
+    Reasons: malformed (not a COSE_Sign1/ES384 document), payload (fields
+    missing or of the wrong type or size), root (not issued under the trusted
+    root), sim_untrusted (a simulated document checked against real roots),
+    expired / not_yet_valid (a certificate outside its validity at the time
+    checked), chain (the certificate chain does not verify), signature (the
+    COSE signature does not verify), pcr / nonce / public_key (authentic, but
+    not what the caller expected)."""
+
+    REASONS = frozenset({"malformed", "payload", "root", "sim_untrusted", "expired", "not_yet_valid",
+                         "chain", "signature", "pcr", "nonce", "public_key"})
+
+    def __init__(self, reason: str, message: str):
+        if reason not in self.REASONS:
+            raise ValueError(f"unknown attestation failure reason {reason!r}")
+        super().__init__(message)
+        self.reason = reason
+
+
+class SimulatedCAError(DvsecureError):
+    """The simulated attestation CA directory is incomplete, unreadable, or
+    holds a key that does not match its certificate."""
