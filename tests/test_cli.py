@@ -18,7 +18,7 @@ REQUIRED_SOURCE_KEYS = {"id", "gamma_min", "gamma_max", "gamma_used_min", "gamma
 
 
 def run_json(capsys, *args) -> dict:
-    assert main(["demo", "--json", *args]) == 0
+    assert main(["demo", "--backend", "plaintext", "--json", *args]) == 0
     return json.loads(capsys.readouterr().out)
 
 
@@ -90,7 +90,7 @@ def data_audits_clean(data) -> bool:
 def test_no_noise_is_marked_non_private(tmp_path, capsys):
     data = run_json(capsys, "--out", str(tmp_path / "o"), "--no-noise", "--queries", "30")
     assert data["noise_mode"] == "no_noise" and data["private"] is False
-    assert main(["demo", "--out", str(tmp_path / "o2"), "--no-noise", "--queries", "30"]) == 0
+    assert main(["demo", "--backend", "plaintext", "--out", str(tmp_path / "o2"), "--no-noise", "--queries", "30"]) == 0
     assert "NOT PRIVATE" in capsys.readouterr().out
 
 
@@ -100,7 +100,7 @@ def test_policy_file_and_mismatched_state(tmp_path, capsys):
     data = run_json(capsys, "--out", str(tmp_path / "o"), "--policy", str(pol), "--queries", "30")
     assert [s["id"] for s in data["sources"]] == ["inst-1", "inst-2", "inst-3"]
     # the same state with a different policy is refused, not silently mixed
-    assert main(["demo", "--out", str(tmp_path / "o"), "--queries", "30"]) == 2
+    assert main(["demo", "--backend", "plaintext", "--out", str(tmp_path / "o"), "--queries", "30"]) == 2
     assert "another policy" in capsys.readouterr().err
 
 
@@ -108,15 +108,15 @@ def test_bad_arguments_give_clear_errors(tmp_path, capsys):
     bad = tmp_path / "bad.toml"
     bad.write_text("[mechanism]\nkind = 'gnmax'\nsigma2 = -1\n[[sources]]\nid='a'\ngamma_min=0.1\n"
                    "gamma_max=0.2\nbudget={rho=1}\n")
-    assert main(["demo", "--out", str(tmp_path / "o"), "--policy", str(bad)]) == 2
+    assert main(["demo", "--backend", "plaintext", "--out", str(tmp_path / "o"), "--policy", str(bad)]) == 2
     assert "sigma2 must be > 0" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        main(["demo", "--queries", "0"])
+        main(["demo", "--backend", "plaintext", "--queries", "0"])
     assert "expected an integer >= 1" in capsys.readouterr().err
 
 
 def test_console_script_runs(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "dvsecure.cli", "demo", "--out", str(tmp_path / "o"),
+    proc = subprocess.run([sys.executable, "-m", "dvsecure.cli", "demo", "--backend", "plaintext", "--out", str(tmp_path / "o"),
                            "--queries", "30"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "inst-1" in proc.stdout and "spent rho" in proc.stdout

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.slow
 def test_audit_and_receipt_in_a_venv_without_torch(tmp_path):
     log = tmp_path / "log"
-    assert main(["demo", "--out", str(log), "--queries", "45", "--noise-seed", "3", "--json"]) == 0
+    assert main(["demo", "--backend", "plaintext", "--out", str(log), "--queries", "45", "--noise-seed", "3", "--json"]) == 0
     env_dir = tmp_path / "light"
     venv.EnvBuilder(with_pip=True).create(env_dir)
     py = env_dir / "bin" / "python"

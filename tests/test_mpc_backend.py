@@ -287,8 +287,8 @@ def test_demo_on_the_mpc_backend(tmp_path, capsys):
     data = json.loads(capsys.readouterr().out)
     assert data["backend"] == "mpc" and data["private"] is False and data["audit"]["ok"]
     assert data["answered"] + data["refused"] == 30 and len(data["labels"]) == 30
-    # With private noise (the default) it runs and its log audits without --allow-nonprivate.
-    assert main(["demo", "--backend", "mpc", "--out", str(tmp_path / "log2"), "--queries", "20", "--json"]) == 0
+    # A bare demo is the MPC path with private noise; its log audits without --allow-nonprivate.
+    assert main(["demo", "--out", str(tmp_path / "log2"), "--queries", "20", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
-    assert data["private"] is True and data["audit"]["ok"]
+    assert data["backend"] == "mpc" and data["private"] is True and data["audit"]["ok"]
     assert main(["audit", str(tmp_path / "log2")]) == 0

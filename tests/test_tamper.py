@@ -30,7 +30,7 @@ from dvsecure.translog import ENTRIES, PREVIOUS, checkpoint_name, operator_signe
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
     root = tmp_path_factory.mktemp("base")
-    assert main(["demo", "--out", str(root / "log"), "--queries", "60", "--noise-seed", "11", "--json"]) == 0
+    assert main(["demo", "--backend", "plaintext", "--out", str(root / "log"), "--queries", "60", "--noise-seed", "11", "--json"]) == 0
     return root
 
 
@@ -166,7 +166,7 @@ def test_pinned_key_mismatch(copy):
 
 
 def _continue_demo(log: Path, state: Path, seed: int) -> None:
-    assert main(["demo", "--out", str(log), "--state", str(state), "--queries", "30",
+    assert main(["demo", "--backend", "plaintext", "--out", str(log), "--state", str(state), "--queries", "30",
                  "--noise-seed", str(seed), "--seed", str(seed), "--json"]) == 0
 
 

@@ -1,0 +1,93 @@
+"""Parties on other machines: `dvsecure party` processes (ranks 1..N-1 and the
+TTP dealer) join a tcp:// rendezvous on loopback; the coordinator runs only
+party 0. The released labels are the plaintext backend's, every party cosigns,
+and each remote party enforces the policy it was started with."""
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from dvsecure.aggregator import Aggregator
+from dvsecure.audit import audit
+from dvsecure.backends.mpc import MPCBackend
+from dvsecure.ledger import Ledger
+from dvsecure.mpc.parties import PartyError
+from dvsecure.noise import make_noise
+from dvsecure.policy import Budget, ConsortiumPolicy, MechanismPolicy, SourcePolicy
+from dvsecure.translog import LogWriter, operator_signer
+
+pytestmark = pytest.mark.slow
+
+POLICY = ConsortiumPolicy(sources=tuple(SourcePolicy(f"src{i}", 0.25, 0.25, Budget("rho", 50.0))
+                                        for i in range(3)),
+                          mechanism=MechanismPolicy("gnmax", 1.0), name="remote")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_remote(tmp_path, url: str, *extra: str) -> list[subprocess.Popen]:
+    (tmp_path / "policy.toml").write_text(POLICY.to_toml())
+    cmd = [sys.executable, "-m", "dvsecure.cli", "party", "--world-size", "3", "--rendezvous", url]
+    procs = [subprocess.Popen(cmd + ["--rank", str(r), "--state", str(tmp_path / f"remote-{r}"),
+                                     "--policy", str(tmp_path / "policy.toml"), *extra])
+             for r in (1, 2)]
+    procs.append(subprocess.Popen(cmd + ["--dealer"]))
+    return procs
+
+
+def stop(procs) -> list[int | None]:
+    codes = []
+    for p in procs:
+        try:
+            codes.append(p.wait(timeout=60))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+            codes.append(None)
+    return codes
+
+
+def test_remote_parties_release_and_cosign(tmp_path):
+    url = f"tcp://127.0.0.1:{free_port()}"
+    procs = start_remote(tmp_path, url, "--allow-nonprivate")
+    backend = MPCBackend(num_parties=3, timeout=120, rendezvous=url, spawn_ranks=[0],
+                         state_dir=str(tmp_path / "local"))
+    try:
+        with Ledger(tmp_path / "ledger.sqlite", POLICY) as ledger:
+            log = LogWriter(tmp_path / "log", ledger,
+                            [operator_signer(tmp_path, POLICY), *backend.cosigners(ledger)])
+            agg = Aggregator(POLICY, ledger, backend=backend, noise=make_noise("no_noise"), log=log)
+            votes = [{"src0": c % 4, "src1": c % 4, "src2": (c + 1) % 4} for c in range(12)]
+            results = agg.query_batch([(f"r{i}", v) for i, v in enumerate(votes)], 4)
+            assert [r.label for r in results] == [c % 4 for c in range(12)]
+    finally:
+        backend.close()
+    assert stop(procs) == [0, 0, 0]        # the stop command reaches every remote process
+    assert audit(tmp_path / "log", allow_nonprivate=True).ok
+    assert (tmp_path / "remote-1" / "party-1.key").stat().st_mode & 0o777 == 0o600
+
+
+def test_a_remote_party_refuses_non_private_noise_unless_allowed(tmp_path):
+    url = f"tcp://127.0.0.1:{free_port()}"
+    procs = start_remote(tmp_path, url)
+    backend = MPCBackend(num_parties=3, timeout=120, rendezvous=url, spawn_ranks=[0],
+                         state_dir=str(tmp_path / "local"))
+    try:
+        with Ledger(tmp_path / "ledger.sqlite", POLICY) as ledger:
+            agg = Aggregator(POLICY, ledger, backend=backend, noise=make_noise("no_noise"))
+            with pytest.raises(PartyError, match="party 1: noise mode 'no_noise' refused"):
+                agg.query("q", {"src0": 1, "src1": 1, "src2": 0}, 2)
+            assert ledger.next_seq() == 1          # nothing recorded: only the genesis entry
+            # Private noise is accepted by the same parties, which stayed ready.
+            agg = Aggregator(POLICY, ledger, backend=backend, noise=make_noise("private"))
+            assert agg.query("q", {"src0": 1, "src1": 1, "src2": 0}, 2).answered
+    finally:
+        backend.close()
+    assert stop(procs) == [0, 0, 0]
