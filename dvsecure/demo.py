@@ -100,7 +100,7 @@ class DemoReport:
                      f" ({a['entries']} entries, {a['checkpoints']} signed checkpoints; "
                      f"dvsecure audit {d['out']})")
         lines += [f"  {f}" for f in a["findings"]]
-        lines.append(f"published log: {d['out']}   private state (ledger, operator key): {d['state']}")
+        lines.append(f"published log: {d['out']}   private state (ledgers and keys): {d['state']}")
         return "\n".join(lines)
 
 
