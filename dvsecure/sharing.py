@@ -1,8 +1,8 @@
 """Client-side secret sharing of votes for the MPC backend, and the signed, sealed
 submission envelope.
 
-A source encodes each vote in fixed point (2**16, CrypTen's precision), splits
-it into n additive shares modulo 2**64 with the operating system's CSPRNG
+A source encodes each vote as integers — a one-hot vote as its bits (0/1), a
+simplex vote in fixed point (2**16) — splits it into n additive shares modulo 2**64 with the operating system's CSPRNG
 (n - 1 uniform shares, the last fixing the sum), seals share i to party i's
 X25519 key (NaCl sealed box: only party i can open it, and it learns nothing
 about the sender from the box), and signs each party's submission with its
@@ -85,14 +85,23 @@ def reconstruct(shares: np.ndarray) -> np.ndarray:
         return np.asarray(shares, dtype=np.uint64).sum(axis=0, dtype=np.uint64).view(np.int64)
 
 
+def wire_scale(kind: str) -> int:
+    """The scale a vote travels at: one-hot votes as bits, so the parties can check
+    b(b - 1) = 0, which modulo 2**64 holds only for b in {0, 1} (b and b - 1 are
+    coprime, so the even one would have to be 0 mod 2**64); simplex votes at 2**16."""
+    return 1 if kind == ONE_HOT else 1 << 16
+
+
 def encode_batch(votes: Sequence, num_classes: int, kind: str = ONE_HOT) -> np.ndarray:
-    """An honest source's votes, validated and encoded: int64[Q, C] at 2**16.
-    A vote that is not valid for its kind is refused here, before anything is sent."""
+    """An honest source's votes, validated and encoded for the wire: int64[Q, C]
+    (bits for one-hot, 2**16 fixed point for simplex; `wire_scale`). A vote
+    that is not valid for its kind is refused here, before anything is sent."""
     try:
-        return np.stack([encode_vote(v, num_classes, kind) for v in votes]) if len(votes) else \
+        fixed = np.stack([encode_vote(v, num_classes, kind) for v in votes]) if len(votes) else \
             np.zeros((0, num_classes), np.int64)
     except InvalidVote as e:
         raise VoteError(f"refusing to submit an invalid vote: {e}") from None
+    return fixed // ((1 << 16) // wire_scale(kind))
 
 
 # ---- keys ----------------------------------------------------------------------------

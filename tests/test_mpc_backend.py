@@ -132,6 +132,37 @@ def test_malicious_vote_cannot_move_the_tally(mpc, tmp_path):
     assert got[0].participant("src3").reason == REJECTED
 
 
+RING_TRICKS = [
+    [1, 1 << 32, -(1 << 32), 0],            # sums to 1; entries far from bits
+    [1 + (1 << 62), -(1 << 62), 0, 0],      # sums to 1
+    [-(1 << 63), -(1 << 63) + 1, 0, 0],     # 2**63 and 2**63 + 1: sum 1 modulo 2**64
+    [1 << 48, 1, 0, -(1 << 48)],            # x(x - 1) is 0 only for bits, even modulo 2**64
+]
+
+
+def test_ring_wrapping_one_hot_shares_are_rejected(mpc, tmp_path, monkeypatch):
+    """A source that bypasses the honest client and sends integers chosen to pass
+    a check modulo 2**64 (sum 1, huge or wrapping entries) is still rejected:
+    b(b - 1) = 0 modulo 2**64 holds only for b in {0, 1}."""
+    import dvsecure.backends.mpc as backend_module
+
+    real = backend_module._client_encoding
+    tricks = iter(RING_TRICKS)
+
+    def cheating(vote, num_classes, kind):
+        return np.array(next(tricks), dtype=np.int64) if vote == "cheat" else real(vote, num_classes, kind)
+    monkeypatch.setattr(backend_module, "_client_encoding", cheating)
+    policy = ConsortiumPolicy(sources=tuple(SourcePolicy(f"src{i}", 0.3125, 0.3125, Budget("rho", 100.0))
+                                            for i in range(4)),
+                              mechanism=MechanismPolicy("gnmax", 1.0), name="ring")
+    items = [(f"w{k}", {"src0": 2, "src1": 2, "src2": 3, "src3": "cheat"}) for k in range(len(RING_TRICKS))]
+    got, _, _ = run(policy, items, mpc, tmp_path / "w.sqlite", batch=len(items))
+    for r in got:
+        p = r.participant("src3")
+        assert (p.status, p.reason, p.rho) == ("excluded:invalid", REJECTED, 0)
+        assert r.label == 2
+
+
 def test_a_submission_one_party_cannot_open_excludes_only_that_source(mpc, tmp_path, monkeypatch):
     """Garbage for party 1 from src3 (its other parties' messages are fine): every
     party must open a source's submission for it to count, so src3 is excluded

@@ -27,11 +27,10 @@ import tempfile
 import numpy as np
 from nacl.signing import SigningKey
 
-from ..errors import ParameterError
+from ..errors import ParameterError, VoteError
 from ..mechanism import Release
 from ..noise import SEEDED
-from ..sharing import seal_submissions
-from ..votes import InvalidVote, encode_vote
+from ..sharing import encode_batch, seal_submissions, wire_scale
 from .base import Backend, BackendOutput
 
 REJECTED = "invalid: rejected by the parties' secure validation"
@@ -39,13 +38,14 @@ UNOPENED = "invalid: a computing party could not open or verify the submission"
 
 
 def _client_encoding(vote, num_classes: int, kind: str) -> np.ndarray | str:
-    """What a source would submit: its validated encoding if the vote is valid;
-    otherwise (a misbehaving source) the raw fixed-point rounding of whatever it
-    holds, when that is a finite vector of the right shape; else a reason."""
+    """What a source would submit: its validated encoding if the vote is valid
+    (`sharing.encode_batch`); otherwise (a misbehaving source) the raw rounding of
+    whatever it holds at its kind's wire scale, when that is a finite vector of
+    the right shape; else a reason."""
     try:
-        return encode_vote(vote, num_classes, kind)
-    except InvalidVote as e:
-        reason = f"invalid: {e}"
+        return encode_batch([vote], num_classes, kind)[0]
+    except VoteError as e:
+        reason = f"invalid: {str(e).removeprefix('refusing to submit an invalid vote: ')}"
     if isinstance(vote, numbers.Integral):
         return reason                       # an index out of range has no vector to share
     try:
@@ -54,7 +54,7 @@ def _client_encoding(vote, num_classes: int, kind: str) -> np.ndarray | str:
         return reason
     if arr.shape != (num_classes,) or not np.all(np.isfinite(arr)) or np.any(np.abs(arr) > 2.0 ** 40):
         return reason
-    return np.round(arr * 65536).astype(np.int64)
+    return np.round(arr * wire_scale(kind)).astype(np.int64)
 
 
 class MPCBackend(Backend):

@@ -59,9 +59,9 @@ def _party(rank, world, rendezvous, shares, gammas, threshold, sigmas, results):
     x = crypten.mpc.MPCTensor.from_shares(torch.from_numpy(shares[rank].view(np.int64)), precision=0)
     one_hot = [True] * x.size(0)
     phases = {}
-    valid, phases["validation"] = _phase(comm, lambda: secure.validate(x, one_hot).get_plain_text().long())
+    valid, phases["validation"] = _phase(comm, lambda: secure.validate(x, one_hot).long())
     g = torch.from_numpy(gammas) * valid.t()
-    tallies, phases["tally"] = _phase(comm, lambda: secure.tally(x, g))
+    tallies, phases["tally"] = _phase(comm, lambda: secure.tally(secure.to_tally_scale(x, one_hot), g))
 
     def release():
         top, _ = secure.argmax_tree(tallies)
@@ -83,7 +83,7 @@ def run_bench(num_queries: int, num_classes: int, num_sources: int, num_parties:
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, num_classes, size=(num_sources, num_queries))
     votes = np.zeros((num_sources, num_queries, num_classes), np.int64)
-    np.put_along_axis(votes, labels[..., None], 1 << 16, axis=2)
+    np.put_along_axis(votes, labels[..., None], 1, axis=2)          # one-hot votes travel as bits
     gammas = rng.integers(1 << 10, 1 << 14, size=(num_queries, num_sources)).astype(np.int64)
     threshold = int(0.3 * num_sources * (1 << 12) * (1 << 16))
     sigmas = (Fraction(1, 2) * (1 << 32), Fraction(1, 2) * (1 << 32))     # sigma = 0.5 in weight units

@@ -89,10 +89,10 @@ def evaluate_batch(crypten, cmd: dict, rank: int, world: int, party_key, ledger,
 
     one_hot = [s.votes == ONE_HOT for s in policy.sources]
     shared = crypten.mpc.MPCTensor.from_shares(x, precision=0)
-    valid = secure.validate(shared, one_hot).get_plain_text().long().bool()         # reveal: pass/fail bits
+    valid = secure.validate(shared, one_hot)                                        # reveal: validity
     valid = valid & torch.from_numpy(present.T.copy()) & agreed.unsqueeze(1)
     gammas = torch.from_numpy(gammas_np) * valid.t().long()
-    tallies = secure.tally(shared, gammas)
+    tallies = secure.tally(secure.to_tally_scale(shared, one_hot), gammas)
     seed = cmd["noise_seeds"][rank] if cmd.get("noise_seeds") else None
     noise = make_noise(cmd["noise_mode"], seed)
     if not policy.mechanism.confident:

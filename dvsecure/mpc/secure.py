@@ -5,8 +5,9 @@ All arithmetic is on integers (CrypTen precision 0): votes at 2**16, weights in
 same noise the released outputs are the same, and no multiplication ever needs
 a truncation round. Comparisons are CrypTen's (exact on the signed 64-bit ring).
 
-Only three things are ever revealed: one pass/fail bit per source per query
-(validation), one answered bit per query, and the label of answered queries.
+Only three things are ever revealed: whether each source's vote for each query
+is valid (`validate`: for a valid vote nothing beyond that), one answered bit
+per query, and the label of answered queries.
 """
 from __future__ import annotations
 
@@ -14,22 +15,41 @@ SCALE = 1 << 16
 
 
 def validate(x, one_hot):
-    """x: shared int [S, Q, C] (votes at 2**16); one_hot: public bool [S] (the
-    source's policy kind). Returns shared 0/1 [S, Q]: 1 iff the vote is in range
-    (0 <= x_j <= 2**16), sums to 2**16, and — for one-hot sources — its squares
-    sum to 2**32 (given the range and the sum, that holds only for a one-hot vote).
-    A malicious share (huge, negative, garbage) fails the range check."""
+    """x: shared int [S, Q, C] as the sources sent them (`sharing.wire_scale`:
+    one-hot votes as bits b, simplex votes at 2**16); one_hot: public bool [S].
+    Returns public bool [S, Q]: whether each vote is valid for its source's kind.
+
+    One-hot: b_c(b_c - 1) = 0 for every c (modulo 2**64 only b_c in {0, 1}
+    satisfies it) and sum_c b_c = 1. One Beaver square per entry; the values
+    revealed are all zero for a valid vote, so they say nothing about it (for
+    an invalid one they are functions of what its source chose to send).
+    Simplex: 0 <= x_c <= 2**16 and sum_c x_c = 2**16 with CrypTen's exact 64-bit
+    comparisons (costly: about 3 KB per entry per party), revealing one bit."""
     import torch
 
-    c = x.size(-1)
-    in_range = (x.ge(0) + x.le(SCALE)).sum(-1)                 # 2C iff every entry is in range
-    total = x.sum(-1)
-    squares = (x * x).sum(-1)
-    ok = in_range.eq(2 * c) * total.eq(SCALE)
-    hot = torch.as_tensor(one_hot, dtype=torch.long).unsqueeze(-1)   # [S, 1] public
-    # For simplex sources the square check is replaced by 1: ok * (1 - hot + hot * sq_ok)
-    sq_ok = squares.eq(SCALE * SCALE)
-    return ok * (sq_ok * hot + (1 - hot))
+    S, Q, C = x.size(0), x.size(1), x.size(2)
+    result = torch.zeros((S, Q), dtype=torch.bool)
+    hot = [j for j in range(S) if one_hot[j]]
+    soft = [j for j in range(S) if not one_hot[j]]
+    if hot:
+        b = x.index_select(0, torch.tensor(hot)) if soft else x
+        d = (b.square() - b).get_plain_text().long()                  # reveal: zeros if valid
+        s = (b.sum(-1) - 1).get_plain_text().long()                   # reveal: zeros if valid
+        result[hot] = (d == 0).all(-1) & (s == 0)
+    if soft:
+        y = x.index_select(0, torch.tensor(soft)) if hot else x
+        in_range = (y.ge(0) + y.le(SCALE)).sum(-1)                    # 2C iff every entry is in range
+        ok = in_range.eq(2 * C) * y.sum(-1).eq(SCALE)
+        result[soft] = ok.get_plain_text().long().bool()              # reveal: pass/fail bits
+    return result
+
+
+def to_tally_scale(x, one_hot):
+    """Votes at 2**16 for the tally: one-hot bits times the public 2**16 (local)."""
+    import torch
+
+    scale = torch.tensor([SCALE if h else 1 for h in one_hot], dtype=torch.long).view(-1, 1, 1)
+    return x * scale
 
 
 def tally(x, gammas):
