@@ -27,6 +27,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="mpc (default): CrypTen parties + a TTP dealer, local unless --rendezvous; "
                         "plaintext: the reference implementation, which sees every vote")
     d.add_argument("--parties", type=_positive_int, default=3, help="computing parties for --backend mpc")
+    d.add_argument("--provider", choices=["TTP", "TFP"], default="TTP",
+                   help="Beaver triples from a TTP dealer (default) or TFP, where party 0 deals and so could "
+                        "unmask every vote (needs --allow-tfp)")
+    d.add_argument("--allow-tfp", action="store_true", help="accept --provider TFP knowingly")
     d.add_argument("--rendezvous", metavar="URL",
                    help="--backend mpc across machines: run party 0 here, joining URL (tcp://HOST:PORT); "
                         "parties 1..N-1 and the dealer run `dvsecure party` elsewhere")
@@ -167,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.backend == "mpc":
                 from .backends.mpc import MPCBackend
 
-                backend = MPCBackend(num_parties=args.parties, state_dir=str(state / "parties"),
+                backend = MPCBackend(num_parties=args.parties, provider=args.provider, allow_tfp=args.allow_tfp,
+                                     state_dir=str(state / "parties"),
                                      rendezvous=args.rendezvous, spawn_ranks=[0] if args.rendezvous else None)
             try:
                 report = run_demo(out=args.out, state=state, num_sources=args.sources, num_queries=args.queries,

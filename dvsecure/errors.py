@@ -74,3 +74,14 @@ class AttestationError(DvsecureError):
 class SimulatedCAError(DvsecureError):
     """The simulated attestation CA directory is incomplete, unreadable, or
     holds a key that does not match its certificate."""
+
+
+class EnclaveError(DvsecureError):
+    """The enclave service refused a request or cannot start (no attestation
+    device, unusable keys file), or a client's check of the enclave failed
+    (attestation not binding its keys, a checkpoint it did not sign). `code`
+    names the gRPC status a server-side refusal is sent with."""
+
+    def __init__(self, message: str, code: str = "INVALID_ARGUMENT"):
+        super().__init__(message)
+        self.code = code

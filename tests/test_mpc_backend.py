@@ -188,9 +188,15 @@ def test_a_submission_one_party_cannot_open_excludes_only_that_source(mpc, tmp_p
     assert all(got[0].participant(f"src{i}").status == "active" for i in range(3))
 
 
-def test_tfp_is_refused_without_its_flag():
+def test_tfp_is_refused_without_its_flag(tmp_path, capsys):
+    from dvsecure.cli import main
+
     with pytest.raises(ParameterError, match="TFP"):
         MPCBackend(provider="TFP")
+    assert main(["demo", "--provider", "TFP", "--out", str(tmp_path / "o")]) == 2
+    assert "party 0 generate every Beaver triple" in capsys.readouterr().err
+    with pytest.warns(UserWarning, match="could unmask every vote"):
+        MPCBackend(provider="TFP", allow_tfp=True).close()
     with pytest.raises(ParameterError, match="at least 2"):
         MPCBackend(num_parties=1)
 

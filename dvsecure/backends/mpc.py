@@ -23,6 +23,7 @@ import hashlib
 import numbers
 import shutil
 import tempfile
+import warnings
 
 import numpy as np
 from nacl.signing import SigningKey
@@ -33,6 +34,8 @@ from ..noise import SEEDED
 from ..sharing import encode_batch, seal_submissions, wire_scale
 from .base import Backend, BackendOutput
 
+TFP_WARNING = ("TFP Beaver triples: party 0 generates every triple in the clear and so could unmask "
+               "every vote; this deployment protects nothing from party 0")
 REJECTED = "invalid: rejected by the parties' secure validation"
 UNOPENED = "invalid: a computing party could not open or verify the submission"
 
@@ -70,9 +73,11 @@ class MPCBackend(Backend):
         if provider == "TFP" and not allow_tfp:
             raise ParameterError("the TFP provider lets party 0 generate every Beaver triple in the clear, so "
                                  "it could unmask every vote; use TTP (a dealer that is not a computing party) "
-                                 "or pass allow_tfp=True knowingly")
+                                 "or pass allow_tfp=True (--provider TFP --allow-tfp) knowingly")
         if provider not in ("TTP", "TFP"):
             raise ParameterError(f"provider must be 'TTP' or 'TFP', got {provider!r}")
+        if provider == "TFP":
+            warnings.warn(TFP_WARNING, stacklevel=2)
         if num_parties < 2:
             raise ParameterError(f"MPC needs at least 2 computing parties, got {num_parties}")
         self.num_parties, self.provider, self.timeout = num_parties, provider, timeout
