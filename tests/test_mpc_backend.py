@@ -279,13 +279,13 @@ def test_a_killed_party_fails_the_batch_and_records_nothing(tmp_path):
             assert first.answered and first.label == 1
             before = (ledger.spent(), ledger.next_seq(), log.size)
             parties = backend._parties
-            send, victim = parties._inbox.put, parties._procs[1]
+            send, victim = parties._send, parties._procs[1]
 
-            def send_then_kill(cmd):                 # party 1 dies while the batch is in flight
-                send(cmd)
-                if cmd is not None and cmd["op"] == "batch":
+            def send_then_kill(data: bytes):         # party 1 dies while the batch is in flight
+                send(data)
+                if b"batch" in data[:40]:
                     victim.kill()
-            parties._inbox.put = send_then_kill
+            parties._send = send_then_kill
             with pytest.raises(PartyError, match="died|did not answer"):
                 agg.query_batch(lost, 2)
             assert (ledger.spent(), ledger.next_seq(), log.size) == before
@@ -329,3 +329,25 @@ def test_demo_on_the_mpc_backend(tmp_path, capsys):
     data = json.loads(capsys.readouterr().out)
     assert data["backend"] == "mpc" and data["private"] is True and data["audit"]["ok"]
     assert main(["audit", str(tmp_path / "log2")]) == 0
+
+
+def test_a_plain_script_without_a_main_guard_can_use_the_backend(tmp_path):
+    """Parties are fresh interpreters (`python -m dvsecure.mpc`), so a user's
+    script is not re-imported by them, as multiprocessing's spawn would do."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "use_mpc.py"
+    script.write_text(
+        "from dvsecure import Aggregator, Ledger\n"
+        "from dvsecure.backends.mpc import MPCBackend\n"
+        "from dvsecure.noise import make_noise\n"
+        "from dvsecure.policy import Budget, ConsortiumPolicy, MechanismPolicy, SourcePolicy\n"
+        "policy = ConsortiumPolicy(sources=(SourcePolicy('a', 0.5, 0.5, Budget('rho', 9.0)),"
+        " SourcePolicy('b', 0.5, 0.5, Budget('rho', 9.0))), mechanism=MechanismPolicy('gnmax', 1.0))\n"
+        "with MPCBackend(num_parties=2, timeout=120) as mpc, Ledger('l.sqlite', policy) as ledger:\n"
+        "    agg = Aggregator(policy, ledger, backend=mpc, noise=make_noise('no_noise'))\n"
+        "    print('LABEL', agg.query('q', {'a': 1, 'b': 1}, 3).label)\n")
+    out = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.count("LABEL") == 1 and "LABEL 1" in out.stdout

@@ -143,8 +143,8 @@ class Party:
         return self._ledgers[digest]
 
     def serve(self, receive=None, reply=None) -> None:
-        """Party 0 takes commands from `receive()` and hands answers to `reply`;
-        the others take them from party 0."""
+        """Party 0 takes commands (msgpack bytes) from `receive()` and hands
+        answers to `reply`; the others take them from party 0."""
         while True:
             raw = self.peers.broadcast(receive() if self.rank == 0 else None)
             cmd = msgspec.msgpack.decode(raw)
@@ -191,10 +191,13 @@ class Party:
 
 
 def run_party(rank: int, world: int, rendezvous: str, provider: str, state_dir: str | None,
-              inbox=None, outbox=None, pinned_policy_toml: str | None = None,
+              coordinator: str | None = None, pinned_policy_toml: str | None = None,
               allow_nonprivate: bool = True) -> None:
     """A party's process: join the rendezvous, then serve commands. Rank `world`
-    is the TTP dealer (Beaver triples; no inputs, no outputs)."""
+    is the TTP dealer (Beaver triples; no inputs, no outputs). Party 0 takes its
+    commands from the coordinator over the local socket `coordinator` (an
+    authenticated multiprocessing connection, key in DVSECURE_COORDINATOR_KEY),
+    as msgpack bytes."""
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), RENDEZVOUS=rendezvous, DISTRIBUTED_BACKEND="gloo")
     from .compat import import_crypten, set_provider
 
@@ -203,6 +206,13 @@ def run_party(rank: int, world: int, rendezvous: str, provider: str, state_dir: 
     if rank == world:
         crypten.mpc.provider.TTPServer()
         return
+    conn = None
+    if rank == 0:
+        from multiprocessing.connection import Listener
+
+        key = bytes.fromhex(os.environ.pop("DVSECURE_COORDINATOR_KEY"))
+        with Listener(coordinator, family="AF_UNIX", authkey=key) as listener:
+            conn = listener.accept()
     crypten.init()
     pinned = None
     if pinned_policy_toml is not None:
@@ -210,20 +220,17 @@ def run_party(rank: int, world: int, rendezvous: str, provider: str, state_dir: 
         pinned = ConsortiumPolicy.from_toml(pinned_policy_toml)
     try:
         party = Party(crypten, rank, world, Path(state_dir), pinned, allow_nonprivate)
-        if rank == 0:
-            def receive():
-                cmd = inbox.get()
-                return msgspec.msgpack.encode(cmd if cmd is not None else {"op": "stop"})
-
-            def reply(answer):
-                outbox.put(("ok", answer))
-            try:
-                party.serve(receive, reply)
-            except Exception as e:                  # fatal: tell the coordinator, then stop
-                outbox.put(("error", f"{type(e).__name__}: {e}"))
-                raise
-        else:
+        if conn is None:
             party.serve()
+            return
+
+        def reply(answer):
+            conn.send_bytes(msgspec.msgpack.encode(["ok", answer]))
+        try:
+            party.serve(conn.recv_bytes, reply)
+        except Exception as e:                      # fatal: tell the coordinator, then stop
+            conn.send_bytes(msgspec.msgpack.encode(["error", f"{type(e).__name__}: {e}"]))
+            raise
     finally:
         crypten.uninit()
 

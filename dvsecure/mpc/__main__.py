@@ -1,0 +1,25 @@
+"""`python -m dvsecure.mpc --rank R ...`: one party process started by
+`LocalParties` (a fresh interpreter, so a user's script is never re-imported
+the way multiprocessing's spawn would). `dvsecure party` is the same for
+people starting parties by hand on other machines."""
+from __future__ import annotations
+
+import argparse
+
+from .party import run_party
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(prog="python -m dvsecure.mpc")
+    p.add_argument("--rank", type=int, required=True)
+    p.add_argument("--world-size", type=int, required=True)
+    p.add_argument("--rendezvous", required=True)
+    p.add_argument("--provider", default="TTP")
+    p.add_argument("--state")
+    p.add_argument("--coordinator", help="party 0: the coordinator's local socket path")
+    args = p.parse_args()
+    run_party(args.rank, args.world_size, args.rendezvous, args.provider, args.state, args.coordinator)
+
+
+if __name__ == "__main__":
+    main()
