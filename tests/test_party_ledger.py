@@ -1,0 +1,145 @@
+"""A party's own ledger, without CrypTen: entries written by the real aggregator
+(the reference backend, given whole batches) are cosigned iff they match what
+the party recorded; everything the party refuses is named."""
+from __future__ import annotations
+
+from fractions import Fraction
+
+import numpy as np
+import pytest
+
+from dvsecure.aggregator import Aggregator
+from dvsecure.backends.plaintext import PlaintextBackend
+from dvsecure.errors import BudgetExceededError, LedgerError
+from dvsecure.ledger import Ledger
+from dvsecure.mpc.party_ledger import CosignError, PartyLedger
+from dvsecure.noise import make_noise
+from dvsecure.note import Checkpoint, generate_signer, parse_note
+from dvsecure.policy import Budget, ConsortiumPolicy, MechanismPolicy, SourcePolicy
+from dvsecure.translog import LogWriter, operator_signer
+
+POLICY = ConsortiumPolicy(sources=tuple(SourcePolicy(f"s{i}", 0.125, 0.25, Budget("rho", 1.0)) for i in range(3)),
+                          mechanism=MechanismPolicy("confident_gnmax", 1.0, sigma1=1.0, threshold=0.3),
+                          name="party-ledger")
+VKEY = generate_signer("dvsecure-mpc-party-0")[1]
+
+
+class WholeBatch(PlaintextBackend):
+    evaluates_whole_batch = True
+
+
+def operator_log(tmp_path, items):
+    """The operator's ledger and log after `items`, and what a party would have
+    recorded for each query: the tallied weights, answered bits and labels."""
+    from dvsecure.note import Signer
+
+    ledger = Ledger(tmp_path / "op.sqlite", POLICY)
+    party_signer = Signer.from_key_string(generate_signer("dvsecure-mpc-party-0")[0])
+    log = LogWriter(tmp_path / "log", ledger, [operator_signer(tmp_path, POLICY), party_signer])
+    agg = Aggregator(POLICY, ledger, backend=WholeBatch(), noise=make_noise("no_noise"), log=log)
+    results = agg.query_batch(items, 3)
+    seen = [(r.query_id, np.array([[int(p.gamma * 65536) for p in r.participants]]),
+             np.array([r.answered]), [r.label if r.answered else -1]) for r in results]
+    return ledger, log, party_signer.verifier_key_string, seen
+
+
+def latest_checkpoint(tmp_path) -> bytes:
+    path = sorted((tmp_path / "log" / "checkpoints").iterdir())[-1]
+    return parse_note(path.read_bytes())[0]
+
+
+ITEMS = [(f"q{i}", {"s0": i % 3, "s1": i % 3, "s2": 0}) for i in range(4)]
+
+
+def party_with(tmp_path, vkey, seen, skip_label=None) -> PartyLedger:
+    party = PartyLedger(tmp_path / "party.sqlite", POLICY, vkey)
+    for qid, gammas, answered, label in seen:
+        party.record_charges([qid], gammas, answered, "no_noise")
+        if qid != skip_label:
+            party.record_labels([qid], label)
+    return party
+
+
+def test_matching_entries_are_cosigned_and_persist(tmp_path):
+    ledger, log, vkey, seen = operator_log(tmp_path, ITEMS)
+    text = latest_checkpoint(tmp_path)
+    party = party_with(tmp_path, vkey, seen)
+    party.check_and_cosign(ledger.record_bytes(0, None), text)
+    assert party.size == Checkpoint.parse(text).size == ledger.next_seq()
+    assert party.spent() == ledger.spent()
+    party.close()
+    reopened = PartyLedger(tmp_path / "party.sqlite", POLICY, vkey)
+    assert reopened.size == ledger.next_seq() and reopened.spent() == ledger.spent()
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("label", 2, "label differs"), ("answered", False, "answered bit or label"),
+    ("noise", "private", "noise mode"), ("query_id", "q-unknown", "was not revealed")])
+def test_an_entry_that_differs_from_the_partys_record_is_refused(tmp_path, field, value, message):
+    import msgspec
+
+    from dvsecure import entry
+
+    ledger, log, vkey, seen = operator_log(tmp_path, ITEMS)
+    party = party_with(tmp_path, vkey, seen)
+    entries = ledger.record_bytes(0, None)
+    last = entry.decode(entries[-1])
+    entries[-1] = entry.encode(msgspec.structs.replace(last, **{field: value}))
+    with pytest.raises(CosignError, match=message):
+        party.check_and_cosign(entries, latest_checkpoint(tmp_path))
+    assert party.size == 0                      # nothing accepted
+
+
+def test_a_wrong_root_or_size_is_refused(tmp_path):
+    ledger, log, vkey, seen = operator_log(tmp_path, ITEMS)
+    party = party_with(tmp_path, vkey, seen)
+    cp = Checkpoint.parse(latest_checkpoint(tmp_path))
+    forged = Checkpoint(cp.origin, cp.size, bytes(32), cp.extensions).to_text()
+    with pytest.raises(CosignError, match="root"):
+        party.check_and_cosign(ledger.record_bytes(0, None), forged)
+    with pytest.raises(CosignError, match="size"):
+        party.check_and_cosign(ledger.record_bytes(0, None)[:-1], cp.to_text())
+
+
+def test_a_revealed_query_missing_from_the_log_is_refused(tmp_path):
+    ledger, log, vkey, seen = operator_log(tmp_path, ITEMS)
+    party = party_with(tmp_path, vkey, seen)
+    gammas = np.array([[8192, 8192, 8192]])
+    party.record_charges(["hidden"], gammas, np.array([False]), "no_noise")
+    party.record_labels(["hidden"], [-1])
+    with pytest.raises(CosignError, match="missing from the log.*hidden"):
+        party.check_and_cosign(ledger.record_bytes(0, None), latest_checkpoint(tmp_path))
+
+
+def test_a_signer_set_without_this_party_is_refused(tmp_path):
+    ledger, log, vkey, seen = operator_log(tmp_path, ITEMS)
+    party = party_with(tmp_path, generate_signer("dvsecure-mpc-party-0")[1], seen)
+    with pytest.raises(CosignError, match="does not name this party"):
+        party.check_and_cosign(ledger.record_bytes(0, None), latest_checkpoint(tmp_path))
+
+
+def test_band_and_budget_are_checked_before_anything_is_recorded(tmp_path):
+    party = PartyLedger(tmp_path / "p.sqlite", POLICY, VKEY)
+    with pytest.raises(LedgerError, match="outside its band"):
+        party.record_charges(["a"], np.array([[4096, 8192, 8192]]), np.array([True]), "private")
+    # Confident-GNMax at gamma 0.25, sigma1 = sigma2 = 1: 0.25^2/2 + 0.25^2 = 0.09375 per answered query.
+    per_query = Fraction(1, 32) + Fraction(1, 16)
+    fits = int(Fraction(1) / per_query)
+    for k in range(fits):
+        party.record_charges([f"q{k}"], np.array([[16384, 8192, 8192]]), np.array([True]), "private")
+    assert party.spent()["s0"] == fits * per_query
+    with pytest.raises(BudgetExceededError, match="'s0' would spend"):
+        party.record_charges(["over"], np.array([[16384, 8192, 8192]]), np.array([True]), "private")
+    assert party.spent()["s0"] == fits * per_query        # the refused query recorded nothing
+
+
+def test_a_failed_attempt_stays_charged_and_a_revealed_query_cannot_rerun(tmp_path):
+    party = PartyLedger(tmp_path / "p.sqlite", POLICY, VKEY)
+    row, yes = np.array([[8192, 8192, 8192]]), np.array([True])
+    party.record_charges(["q"], row, yes, "private")           # labels never revealed: the batch failed
+    once = party.spent()["s0"]
+    party.record_charges(["q"], row, yes, "private")           # the retry is charged again
+    assert party.spent()["s0"] == 2 * once
+    party.record_labels(["q"], [1])
+    with pytest.raises(LedgerError, match="already revealed"):
+        party.record_charges(["q"], row, yes, "private")
