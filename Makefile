@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench proto clean
 
 install: $(STAMP)
 
@@ -29,6 +29,12 @@ bench: install
 	$(PY) benchmarks/bench_plaintext.py
 	$(PY) benchmarks/bench_audit.py
 	$(VENV)/bin/dvsecure bench --backend mpc --queries 200 --classes 10 --sources 50 --parties 3
+	$(PY) benchmarks/bench_enclave.py
+
+# The committed gRPC code in dvsecure/proto/ is generated from protocols/*.proto;
+# tests/test_protocols_current.py fails if it is stale.
+proto: install
+	$(PY) -m grpc_tools.protoc -Idvsecure/proto=protocols --python_out=. --grpc_python_out=. protocols/dvsecure.proto
 
 clean:
 	rm -rf $(VENV) demo-out demo-out.state .pytest_cache .hypothesis

@@ -23,8 +23,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dvsecure", description="Verifiable private aggregation of votes.")
     sub = p.add_subparsers(dest="command", required=True)
     d = sub.add_parser("demo", help="run the embedded demo consortium on synthetic voters")
-    d.add_argument("--backend", choices=["plaintext", "mpc"], default="mpc",
+    d.add_argument("--backend", choices=["plaintext", "mpc", "enclave"], default="mpc",
                    help="mpc (default): CrypTen parties + a TTP dealer, local unless --rendezvous; "
+                        "enclave: a SIMULATED attested enclave process, sources as gRPC clients over TLS; "
                         "plaintext: the reference implementation, which sees every vote")
     d.add_argument("--parties", type=_positive_int, default=3, help="computing parties for --backend mpc")
     d.add_argument("--provider", choices=["TTP", "TFP"], default="TTP",
@@ -167,6 +168,15 @@ def main(argv: list[str] | None = None) -> int:
                 noise = make_noise(PRIVATE)
             policy = ConsortiumPolicy.load(args.policy) if args.policy else None
             state = args.state or args.out.with_name(args.out.name + ".state")
+            if args.backend == "enclave":
+                from .enclave_demo import run_enclave_demo
+
+                if args.no_noise or args.noise_seed is not None:
+                    raise ParameterError("the enclave runs private noise only; drop --no-noise / --noise-seed")
+                report = run_enclave_demo(args.out, state, num_sources=args.sources, num_queries=args.queries,
+                                          num_classes=args.classes, seed=args.seed, policy=policy)
+                print(report.to_json() if args.json else report.to_text())
+                return 0
             backend = None
             if args.backend == "mpc":
                 from .backends.mpc import MPCBackend

@@ -1,0 +1,1 @@
+"""The attested enclave application (see README.md); run as `python -m enclave.app`."""

@@ -1,0 +1,128 @@
+"""The enclave application: flags, attestation provider, TLS, and the gRPC server.
+
+    python -m enclave.app --policy POLICY.toml --principals KEYS.json --state DIR --out LOGDIR \\
+        --tls-dir DIR --listen 127.0.0.1:0 [--port-file FILE] --attestation sim --sim-ca DIR
+
+It prints one JSON line {port, pid, attestation, simulated, tls_cert, signer}
+once serving (and writes it to --port-file), and stops on SIGTERM or SIGINT.
+What it does is described in service.py.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import threading
+import traceback
+from concurrent import futures
+from pathlib import Path
+
+import grpc
+
+from dvsecure import enclave_protocol as proto
+from dvsecure.errors import DuplicateQueryError, DvsecureError, EnclaveError
+from dvsecure.policy import ConsortiumPolicy
+from dvsecure.translog import write_atomic
+
+from .attest import SIM_BANNER, make_provider
+from .service import Enclave
+from .tls import tls_identity
+
+SERVICE = "dvsecure.v1.Enclave"
+
+
+def _handler(fn):
+    def call(raw: bytes, context: grpc.ServicerContext):
+        left = context.time_remaining()
+        if left is not None and left <= 0:
+            context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "the call's deadline passed before it ran")
+        try:
+            return fn(raw)
+        except EnclaveError as e:
+            context.abort(getattr(grpc.StatusCode, e.code), str(e))
+        except DuplicateQueryError as e:
+            context.abort(grpc.StatusCode.ALREADY_EXISTS, str(e))
+        except DvsecureError as e:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{type(e).__name__}: {e}")
+        except Exception as e:   # a bug: say so, log it, keep serving
+            traceback.print_exc(file=sys.stderr)
+            context.abort(grpc.StatusCode.INTERNAL, f"internal error in the enclave: {type(e).__name__}: {e}")
+    # Requests arrive as raw bytes (no deserializer) so a malformed one gets a clear status.
+    return grpc.unary_unary_rpc_method_handler(call, request_deserializer=None,
+                                               response_serializer=lambda m: m.SerializeToString())
+
+
+def serve(enclave: Enclave, listen: str, cert_pem: bytes, key_pem: bytes, max_message: int, workers: int = 8):
+    methods = {"GetAttestation": enclave.get_attestation, "Open": enclave.open, "Submit": enclave.submit,
+               "Query": enclave.query, "GetEntries": enclave.get_entries, "GetCheckpoint": enclave.get_checkpoint,
+               "GetProofs": enclave.get_proofs}
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers),
+                         options=[("grpc.max_receive_message_length", max_message),
+                                  ("grpc.max_send_message_length", max_message)])
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
+        SERVICE, {name: _handler(fn) for name, fn in methods.items()})])
+    port = server.add_secure_port(listen, grpc.ssl_server_credentials([(key_pem, cert_pem)]))
+    if port == 0:
+        raise EnclaveError(f"cannot listen on {listen}", "UNAVAILABLE")
+    server.start()
+    return server, port
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m enclave.app", description=__doc__.split("\n")[0])
+    ap.add_argument("--policy", type=Path, required=True, help="the consortium policy (TOML)")
+    ap.add_argument("--principals", type=Path, required=True,
+                    help="JSON: sources and coordinators -> base64 Ed25519 public keys")
+    ap.add_argument("--state", type=Path, required=True, help="private state: the ledger")
+    ap.add_argument("--out", type=Path, required=True, help="the published log directory")
+    ap.add_argument("--tls-dir", type=Path, required=True, help="where server.pem (the TLS certificate) is written")
+    ap.add_argument("--listen", default="127.0.0.1:0", help="host:port; port 0 picks a free one")
+    ap.add_argument("--port-file", type=Path, help="write {port, pid, ...} as JSON here once serving")
+    ap.add_argument("--attestation", choices=["nitro", "sim"], default="nitro")
+    ap.add_argument("--sim-ca", type=Path, help="the simulated CA directory (with --attestation sim)")
+    ap.add_argument("--nsm-device", default="/dev/nsm", help="the NSM device (with --attestation nitro)")
+    ap.add_argument("--max-message-bytes", type=int, default=16 << 20)
+    ap.add_argument("--max-open", type=int, default=100_000, help="most queries open at once")
+    args = ap.parse_args(argv)
+
+    try:
+        policy = ConsortiumPolicy.load(args.policy)
+        principals, principals_raw = proto.Principals.load(args.principals)
+        unknown = set(principals.sources) - set(policy.ids)
+        if unknown:
+            raise EnclaveError(f"principals name sources not in the policy: {sorted(unknown)}", "FAILED_PRECONDITION")
+        provider = make_provider(args.attestation, sim_ca=args.sim_ca, nsm_device=args.nsm_device,
+                                 measurement=proto.enclave_measurement())
+        if provider.simulated:
+            print(SIM_BANNER, file=sys.stderr, flush=True)
+        cert_pem, cert_der, key_pem = tls_identity(args.listen.rpartition(":")[0].strip("[]") or "127.0.0.1")
+        args.tls_dir.mkdir(parents=True, exist_ok=True)
+        write_atomic(args.tls_dir / "server.pem", cert_pem)
+        enclave = Enclave(policy, principals, principals_raw, args.state, args.out, provider, cert_der,
+                          args.max_open)
+        server, port = serve(enclave, args.listen, cert_pem, key_pem, args.max_message_bytes)
+    except (DvsecureError, OSError, RuntimeError) as e:   # RuntimeError: grpc cannot bind
+        print(f"enclave: cannot start: {e}", file=sys.stderr)
+        return 2
+
+    ready = {"port": port, "pid": os.getpid(), "attestation": provider.name, "simulated": provider.simulated,
+             "tls_cert": str(args.tls_dir / "server.pem"), "signer": enclave.signer.verifier_key_string}
+    if provider.simulated:
+        ready["warning"] = SIM_BANNER
+    if args.port_file:
+        write_atomic(args.port_file, json.dumps(ready).encode())
+    print(json.dumps(ready), flush=True)
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    server.stop(grace=2).wait()
+    enclave.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,271 @@
+"""The enclave's state and calls (the gRPC wiring is in app.py).
+
+At start it generates, in memory only, an X25519 key (votes are sealed to it)
+and an Ed25519 checkpoint key (a note signer with role "enclave"), and obtains
+an attestation document binding them, its TLS certificate and the principals
+file to its measurement (dvsecure.enclave_protocol). The log's signers entry
+records the checkpoint key with that document, so every restart (new keys) is
+visible in the log.
+
+Flow: the coordinator Opens query ids; sources Submit sealed, signed votes for
+them; the coordinator asks for their release (Query) when it chooses — e.g.
+once every source answered or at its own deadline; a source that has not
+submitted by then is absent (weight 0, charged 0). Release runs the reference
+mechanism (plaintext backend, OpenDP noise) and accounting; the charges are
+durable in the ledger and the log is checkpointed before any label is returned.
+A release whose reply is lost is not repeated: its entries are in the log.
+Votes still pending at a crash are lost with the key that sealed them: the
+coordinator reopens those queries and the sources resubmit.
+
+Replay protection: every signed request names the X25519 key of this instance
+and a counter that must exceed the signer's last accepted one (kept in memory:
+it only has to outlive the instance). A restarted instance has a new key, so
+nothing signed for an earlier one is accepted; released query ids are in the
+ledger, so a vote for one is refused as late.
+
+What is authenticated: sources and the coordinator by Ed25519 signatures over
+the exact request bytes (keys from the attested principals file); the enclave
+by its attestation. Reads of the log and attestation requests are open to any
+TLS client: the log is public.
+"""
+from __future__ import annotations
+
+import base64
+import os
+import secrets
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from google.protobuf.message import DecodeError
+from google.protobuf.unknown_fields import UnknownFieldSet
+from nacl.exceptions import CryptoError
+from nacl.public import PrivateKey, SealedBox
+
+from dvsecure import entry
+from dvsecure import enclave_protocol as proto
+from dvsecure.aggregator import Aggregator
+from dvsecure.backends import PlaintextBackend
+from dvsecure.calibration import stored_weights
+from dvsecure.errors import EnclaveError
+from dvsecure.ledger import Ledger
+from dvsecure.merkle import MerkleTree, leaf_hash
+from dvsecure.note import Signer
+from dvsecure.noise import PrivateNoise
+from dvsecure.policy import ConsortiumPolicy
+from dvsecure.proto import dvsecure_pb2 as pb
+from dvsecure.submission import Submission
+from dvsecure.translog import CHECKPOINTS, LogWriter, checkpoint_name
+
+MAX_CLASSES = 4096
+MAX_QUERY_ID = 256
+MAX_ENTRIES_BYTES = 4 << 20       # per GetEntries reply, well under the message limit
+
+
+@dataclass
+class Pending:
+    num_classes: int
+    votes: dict[str, Submission] = field(default_factory=dict)
+
+
+def fail(message: str, code: str = "INVALID_ARGUMENT"):
+    raise EnclaveError(message, code)
+
+
+def parse(cls, raw: bytes, what: str):
+    msg = cls()
+    try:
+        msg.ParseFromString(raw)
+    except DecodeError as e:
+        fail(f"malformed {what}: {e}")
+    if len(UnknownFieldSet(msg)):
+        fail(f"malformed {what}: it carries fields this enclave does not know")
+    return msg
+
+
+class Enclave:
+    def __init__(self, policy: ConsortiumPolicy, principals: proto.Principals, principals_raw: bytes, state: Path,
+                 out: Path, provider, tls_cert_der: bytes, max_open: int):
+        self.policy, self.principals, self.provider, self.max_open = policy, principals, provider, max_open
+        self.box_key = PrivateKey.generate()
+        self.public_key = bytes(self.box_key.public_key)
+        self.signer = Signer(f"{entry.log_origin(policy)}/enclave-{secrets.token_hex(4)}", os.urandom(32))
+        self.user_data = proto.binding_user_data(self.signer.verifier_key_string, tls_cert_der, principals_raw)
+        document = provider.attest(public_key=self.public_key, user_data=self.user_data, nonce=None)
+        state.mkdir(parents=True, exist_ok=True)
+        os.chmod(state, 0o700)
+        self.ledger = Ledger(state / "ledger.sqlite", policy)
+        self.log = LogWriter(out, self.ledger, [self.signer], role="enclave",
+                             attestations={self.signer.name: base64.b64encode(document).decode()})
+        self.log.sync()     # records the new signers entry; catches up whatever a crash left unlogged
+        self.aggregator = Aggregator(policy, self.ledger, backend=PlaintextBackend(), noise=PrivateNoise(),
+                                     weights=stored_weights(self.ledger), log=self.log)
+        self.out = out
+        self.lock = threading.Lock()
+        self.counters: dict[str, int] = {}
+        self.pending: dict[str, Pending] = {}
+        self.leaves = [leaf_hash(b) for b in self.ledger.record_bytes(0, self.log.size)]
+
+    # ---- checks shared by the signed calls ----------------------------------------------
+    def _authenticate(self, method: str, raw: bytes, group: dict, body_cls):
+        signed = parse(pb.Signed, raw, "request (not a Signed message)")
+        key = group.get(signed.signer_id)
+        if key is None:
+            role = "source" if group is self.principals.sources else "coordinator"
+            fail(f"unknown {role} {signed.signer_id!r}: not in this enclave's principals", "UNAUTHENTICATED")
+        if not proto.signature_ok(method, signed, key):
+            fail(f"bad signature on the {method} request of {signed.signer_id!r}", "UNAUTHENTICATED")
+        body = parse(body_cls, signed.body, f"{method} body of {signed.signer_id!r}")
+        if body.version != proto.VERSION:
+            fail(f"{method} body version {body.version}, expected {proto.VERSION}")
+        if body.enclave_key != self.public_key:
+            fail(f"{method} request of {signed.signer_id!r} is for another enclave instance (its key is not "
+                 f"this instance's): a replay from before a restart, or a stale attestation", "FAILED_PRECONDITION")
+        last = self.counters.get(signed.signer_id, 0)
+        if body.counter <= last:
+            fail(f"replayed {method} request of {signed.signer_id!r}: counter {body.counter} is not above "
+                 f"the last accepted {last}", "ALREADY_EXISTS")
+        # Consumed once authentic, even if refused below: a refused request never becomes valid later.
+        self.counters[signed.signer_id] = body.counter
+        return signed.signer_id, body
+
+    def _check_ids(self, ids, limit: int) -> list[str]:
+        ids = list(ids)
+        if not ids:
+            fail("no query ids")
+        if len(ids) > limit:
+            fail(f"{len(ids)} query ids in one request; at most {limit}", "RESOURCE_EXHAUSTED")
+        if len(set(ids)) != len(ids):
+            fail("duplicate query ids in one request")
+        for q in ids:
+            if not q or len(q) > MAX_QUERY_ID or not q.isprintable():
+                fail(f"query id {q[:40]!r}... must be 1..{MAX_QUERY_ID} printable characters")
+        return ids
+
+    def _pending(self, qid: str) -> Pending:
+        p = self.pending.get(qid)
+        if p is None:
+            if self.ledger.has_query(qid):
+                fail(f"late: query {qid!r} was already released; it takes no more votes", "FAILED_PRECONDITION")
+            fail(f"unknown query {qid!r}: the coordinator has not opened it", "NOT_FOUND")
+        return p
+
+    # ---- calls ---------------------------------------------------------------------------
+    def get_attestation(self, raw: bytes) -> pb.Attestation:
+        req = parse(pb.AttestationRequest, raw, "AttestationRequest")
+        lo, hi = proto.ATTESTATION_NONCE_BYTES
+        if not lo <= len(req.nonce) <= hi:
+            fail(f"attestation nonce must be {lo}..{hi} bytes, got {len(req.nonce)}")
+        return pb.Attestation(document=self.provider.attest(public_key=self.public_key, user_data=self.user_data,
+                                                            nonce=req.nonce))
+
+    def open(self, raw: bytes) -> pb.OpenReply:
+        with self.lock:
+            _, body = self._authenticate("Open", raw, self.principals.coordinators, pb.Control)
+            ids = self._check_ids(body.query_ids, self.max_open)
+            if not 2 <= body.num_classes <= MAX_CLASSES:
+                fail(f"num_classes must be in 2..{MAX_CLASSES}, got {body.num_classes}")
+            if len(self.pending) + len(ids) > self.max_open:
+                fail(f"{len(self.pending)} queries already open; at most {self.max_open}", "RESOURCE_EXHAUSTED")
+            for q in ids:
+                if q in self.pending or self.ledger.has_query(q):
+                    fail(f"query {q!r} is already open or released", "ALREADY_EXISTS")
+            for q in ids:
+                self.pending[q] = Pending(body.num_classes)
+            return pb.OpenReply(opened=len(ids))
+
+    def submit(self, raw: bytes) -> pb.SubmitReply:
+        with self.lock:
+            sid, body = self._authenticate("Submit", raw, self.principals.sources, pb.Submission)
+            if body.source_id != sid:
+                fail(f"submission signed by {sid!r} names source {body.source_id!r}", "UNAUTHENTICATED")
+            ids = self._check_ids(body.query_ids, self.max_open)
+            queries = [self._pending(q) for q in ids]
+            for q, p in zip(ids, queries):
+                if p.num_classes != body.num_classes:
+                    fail(f"query {q!r} has {p.num_classes} classes, the submission says {body.num_classes}")
+                if sid in p.votes:
+                    fail(f"source {sid!r} already submitted a vote for query {q!r}", "ALREADY_EXISTS")
+            try:
+                plain = SealedBox(self.box_key).decrypt(body.sealed)
+            except CryptoError:
+                fail(f"the votes of {sid!r} do not decrypt with this enclave's key")
+            votes = parse(pb.Votes, plain, f"sealed votes of {sid!r}").votes
+            if len(votes) != len(ids):
+                fail(f"{len(votes)} votes for {len(ids)} query ids")
+            opened = []
+            for q, v in zip(ids, votes):
+                if len(v.nonce) != proto.VOTE_NONCE_BYTES:
+                    fail(f"vote of {sid!r} for {q!r}: nonce must be {proto.VOTE_NONCE_BYTES} bytes")
+                kind = v.WhichOneof("value")
+                if kind is None:
+                    fail(f"vote of {sid!r} for {q!r} is empty")
+                # Invalid values (out of range, not one-hot) are not errors: the mechanism
+                # excludes the source from that query and the log says why.
+                opened.append(Submission(v.label if kind == "label" else list(v.probabilities.p), v.nonce))
+            for p, s in zip(queries, opened):
+                p.votes[sid] = s
+            return pb.SubmitReply(accepted=len(opened))
+
+    def query(self, raw: bytes) -> pb.QueryReply:
+        with self.lock:
+            _, body = self._authenticate("Query", raw, self.principals.coordinators, pb.Control)
+            ids = self._check_ids(body.query_ids, self.max_open)
+            queries = [self._pending(q) for q in ids]
+            releases = []
+            start = 0
+            while start < len(ids):     # one aggregator batch per run of equal num_classes
+                c = queries[start].num_classes
+                end = start
+                while end < len(ids) and queries[end].num_classes == c:
+                    end += 1
+                results = self.aggregator.query_batch([(q, p.votes) for q, p in
+                                                       zip(ids[start:end], queries[start:end])], c)
+                for r in results:
+                    del self.pending[r.query_id]
+                    releases.append(pb.Release(query_id=r.query_id, seq=r.seq, answered=r.answered, label=r.label,
+                                               absent=[x.source_id for x in r.participants if x.status == "absent"]))
+                start = end
+            self.leaves += [leaf_hash(b) for b in self.ledger.record_bytes(len(self.leaves), self.log.size)]
+            return pb.QueryReply(releases=releases, tree_size=self.log.size)
+
+    def get_entries(self, raw: bytes) -> pb.Entries:
+        req = parse(pb.EntriesRequest, raw, "EntriesRequest")
+        with self.lock:
+            size = self.log.size
+            end = size if req.end == 0 else min(req.end, size)
+            if req.start > end:
+                fail(f"start {req.start} is beyond the log's {size} entries", "OUT_OF_RANGE")
+            out, total = [], 0
+            for b in self.ledger.record_bytes(req.start, min(end, req.start + 10_000)):
+                total += len(b)
+                if out and total > MAX_ENTRIES_BYTES:
+                    break
+                out.append(b)
+            return pb.Entries(start=req.start, entries=out)
+
+    def get_checkpoint(self, raw: bytes) -> pb.SignedCheckpoint:
+        req = parse(pb.CheckpointRequest, raw, "CheckpointRequest")
+        with self.lock:
+            size = req.size or self.log.size
+            path = self.out / CHECKPOINTS / checkpoint_name(size)
+            if size > self.log.size or not path.exists():
+                fail(f"no checkpoint of size {size}", "NOT_FOUND")
+            return pb.SignedCheckpoint(size=size, note=path.read_bytes())
+
+    def get_proofs(self, raw: bytes) -> pb.Proofs:
+        req = parse(pb.ProofsRequest, raw, "ProofsRequest")
+        with self.lock:
+            n = req.tree_size
+            if not 0 < n <= len(self.leaves):
+                fail(f"tree size {n} is not in 1..{len(self.leaves)}", "OUT_OF_RANGE")
+            bad = [i for i in req.leaf_indices if i >= n] + [m for m in req.old_sizes if not 0 < m <= n]
+            if bad:
+                fail(f"leaf indices or old sizes out of range for tree size {n}: {bad[:5]}", "OUT_OF_RANGE")
+            tree = MerkleTree(self.leaves[:n])
+            return pb.Proofs(inclusion=[pb.Proof(hashes=tree.inclusion_proof(i)) for i in req.leaf_indices],
+                             consistency=[pb.Proof(hashes=tree.consistency_proof(m)) for m in req.old_sizes])
+
+    def close(self) -> None:
+        with self.lock:
+            self.ledger.close()

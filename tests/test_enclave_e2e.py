@@ -1,0 +1,106 @@
+"""End to end over loopback gRPC with TLS: sources submit sealed votes to the sim
+enclave, the coordinator releases them, and the log audits clean — as published,
+as mirrored by a source over gRPC, and as a source's receipt."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dvsecure import entry as E
+from dvsecure.audit import audit
+from dvsecure.demo import run_demo
+from dvsecure.enclave_client import check_commitments, fetch_log, verify_checkpoint_from
+from dvsecure.enclave_demo import run_enclave_demo
+from dvsecure.merkle import leaf_hash, verify_consistency, verify_inclusion
+from dvsecure.noise import make_noise
+from dvsecure.note import Checkpoint, parse_note
+from dvsecure.proto import dvsecure_pb2 as pb
+from dvsecure.receipt import export_receipt
+from dvsecure.submission import Submission
+from dvsecure.translog import ENTRIES
+
+from enclave_harness import CLASSES, Deployment
+
+
+@pytest.fixture
+def dep(tmp_path):
+    d = Deployment(tmp_path)
+    try:
+        yield d.start()
+    finally:
+        d.stop()
+
+
+def test_votes_released_logged_and_audited(dep, tmp_path):
+    rng = np.random.default_rng(1)
+    first = None
+    for b in range(3):
+        qids = [f"q{b}-{i}" for i in range(20)]
+        votes = {sid: rng.integers(0, CLASSES, 20).tolist() for sid in dep.policy.ids}
+        rel = dep.batch(qids, votes)
+        assert [r.query_id for r in rel] == qids
+        assert all(not r.absent for r in rel)
+        assert all(r.HasField("label") == r.answered for r in rel)
+        first = first or dep.conn.call("GetCheckpoint", pb.CheckpointRequest(size=0))
+    # A probability vote, where the policy allows only one-hot, is recorded as invalid, not lost.
+    rel = dep.batch(["p"], {"src0": [[0.5, 0.5, 0, 0]], "src1": [1], "src2": [1]})
+    assert rel[0].query_id == "p"
+    lines = (dep.out / ENTRIES).read_bytes().split(b"\n")[:-1]
+    assert len(lines) == 2 + 61
+    assert E.decode(lines[-1]).invalid["src0"].startswith("invalid")
+
+    assert dep.check() == []
+    # The latest checkpoint is signed by the attested key, and proofs from the enclave verify.
+    head = verify_checkpoint_from(dep.conn, dep.identity)
+    assert head.size == len(lines)
+    proofs = dep.conn.call("GetProofs", pb.ProofsRequest(tree_size=head.size, leaf_indices=[5, head.size - 1],
+                                                         old_sizes=[first.size]))
+    for i, p in zip([5, head.size - 1], proofs.inclusion):
+        verify_inclusion(i, head.size, leaf_hash(lines[i]), list(p.hashes), head.root_hash)
+    first_root = Checkpoint.parse(parse_note(first.note)[0]).root_hash
+    verify_consistency(first.size, head.size, list(proofs.consistency[0].hashes), first_root, head.root_hash)
+
+    # A source's receipt, exported from its own mirror, audits clean on its own.
+    mirror = fetch_log(dep.conn, dep.policy, tmp_path / "mirror2")
+    receipt = export_receipt(mirror, "src1", tmp_path / "receipt")
+    assert audit(receipt).ok
+    # A commitment check that would catch a substituted vote.
+    qid = "q0-0"
+    forged = {qid: Submission(99, dep.sent["src1"][qid].nonce)}
+    assert check_commitments(mirror, "src1", forged) == [f"query {qid!r} (entry 2): the log does not commit to "
+                                                         f"the vote sent"]
+
+
+def test_enclave_demo_report_matches_the_other_backends(tmp_path):
+    report = run_enclave_demo(tmp_path / "out", tmp_path / "state", num_sources=4, num_queries=60, num_classes=5,
+                              seed=3)
+    d = report.data
+    assert d["backend"] == "enclave" and d["private"] and d["noise_mode"] == "private"
+    assert d["audit"]["ok"], d["audit"]["findings"]
+    assert d["answered"] + d["refused"] == 60 and len(d["labels"]) == 60
+    assert d["attestation"]["simulated"] and "SIMULATED" in d["attestation"]["note"]
+    assert audit(tmp_path / "out").ok
+    plain = run_demo(out=tmp_path / "p-out", state=tmp_path / "p-state", num_sources=4, num_queries=60,
+                     num_classes=5, seed=3, noise=make_noise("seeded", 1)).data
+    assert set(plain) <= set(d)
+    assert [set(s) for s in plain["sources"]] == [set(s) for s in d["sources"]]
+    assert "SIMULATED" in (tmp_path / "state" / "enclave.stderr").read_text()
+    # Running again continues the same log with a restarted enclave (new keys, recorded).
+    again = run_enclave_demo(tmp_path / "out", tmp_path / "state", num_sources=4, num_queries=10, num_classes=5)
+    assert again.data["audit"]["ok"], again.data["audit"]["findings"]
+    assert again.data["audit"]["entries"] == d["audit"]["entries"] + 1 + 10
+    assert isinstance(report.to_text(), str) and "enclave" in report.to_text()
+
+
+def test_the_cli_runs_the_enclave_demo_and_refuses_non_private_noise(tmp_path, capsys):
+    import json
+
+    from dvsecure.cli import main
+
+    assert main(["demo", "--backend", "enclave", "--out", str(tmp_path / "o"), "--queries", "20", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["backend"] == "enclave" and data["audit"]["ok"] and len(data["labels"]) == 20
+    assert main(["audit", str(tmp_path / "o")]) == 0
+    capsys.readouterr()
+    assert main(["demo", "--backend", "enclave", "--no-noise", "--out", str(tmp_path / "n")]) == 2
+    assert "private noise only" in capsys.readouterr().err
