@@ -76,12 +76,21 @@ class SimulatedCAError(DvsecureError):
     holds a key that does not match its certificate."""
 
 
-class EnclaveError(DvsecureError):
-    """The enclave service refused a request or cannot start (no attestation
-    device, unusable keys file), or a client's check of the enclave failed
-    (attestation not binding its keys, a checkpoint it did not sign). `code`
-    names the gRPC status a server-side refusal is sent with."""
+class ServiceRefusal(DvsecureError):
+    """A gRPC service (the enclave, an MPC party) refused a request; `code` names
+    the gRPC status it is sent with (dvsecure.rpc)."""
 
     def __init__(self, message: str, code: str = "INVALID_ARGUMENT"):
         super().__init__(message)
         self.code = code
+
+
+class EnclaveError(ServiceRefusal):
+    """The enclave service refused a request or cannot start (no attestation
+    device, unusable keys file), or a client's check of the enclave failed
+    (attestation not binding its keys, a checkpoint it did not sign)."""
+
+
+class PartyRefusal(ServiceRefusal):
+    """An MPC party's submission service refused a source's shares (unknown
+    source, bad signature, meant for another party, replayed, late)."""

@@ -15,59 +15,26 @@ import os
 import signal
 import sys
 import threading
-import traceback
-from concurrent import futures
 from pathlib import Path
 
-import grpc
-
 from dvsecure import enclave_protocol as proto
-from dvsecure.errors import DuplicateQueryError, DvsecureError, EnclaveError
+from dvsecure import rpc
+from dvsecure.errors import DvsecureError, EnclaveError
 from dvsecure.policy import ConsortiumPolicy
+from dvsecure.tls import tls_identity
 from dvsecure.translog import write_atomic
 
 from .attest import SIM_BANNER, make_provider
 from .service import Enclave
-from .tls import tls_identity
 
 SERVICE = "dvsecure.v1.Enclave"
-
-
-def _handler(fn):
-    def call(raw: bytes, context: grpc.ServicerContext):
-        left = context.time_remaining()
-        if left is not None and left <= 0:
-            context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "the call's deadline passed before it ran")
-        try:
-            return fn(raw)
-        except EnclaveError as e:
-            context.abort(getattr(grpc.StatusCode, e.code), str(e))
-        except DuplicateQueryError as e:
-            context.abort(grpc.StatusCode.ALREADY_EXISTS, str(e))
-        except DvsecureError as e:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{type(e).__name__}: {e}")
-        except Exception as e:   # a bug: say so, log it, keep serving
-            traceback.print_exc(file=sys.stderr)
-            context.abort(grpc.StatusCode.INTERNAL, f"internal error in the enclave: {type(e).__name__}: {e}")
-    # Requests arrive as raw bytes (no deserializer) so a malformed one gets a clear status.
-    return grpc.unary_unary_rpc_method_handler(call, request_deserializer=None,
-                                               response_serializer=lambda m: m.SerializeToString())
 
 
 def serve(enclave: Enclave, listen: str, cert_pem: bytes, key_pem: bytes, max_message: int, workers: int = 8):
     methods = {"GetAttestation": enclave.get_attestation, "Open": enclave.open, "Submit": enclave.submit,
                "Query": enclave.query, "GetEntries": enclave.get_entries, "GetCheckpoint": enclave.get_checkpoint,
                "GetProofs": enclave.get_proofs}
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers),
-                         options=[("grpc.max_receive_message_length", max_message),
-                                  ("grpc.max_send_message_length", max_message)])
-    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
-        SERVICE, {name: _handler(fn) for name, fn in methods.items()})])
-    port = server.add_secure_port(listen, grpc.ssl_server_credentials([(key_pem, cert_pem)]))
-    if port == 0:
-        raise EnclaveError(f"cannot listen on {listen}", "UNAVAILABLE")
-    server.start()
-    return server, port
+    return rpc.serve(SERVICE, methods, "the enclave", listen, cert_pem, key_pem, max_message, workers)
 
 
 def main(argv=None) -> int:

@@ -1,9 +1,7 @@
-"""The enclave's TLS identity: a fresh self-signed certificate per start.
-
-Its SHA-256 is in the attestation (dvsecure.enclave_protocol), so a client that
-pins it knows the channel ends inside the attested enclave; its key never
-leaves memory.
-"""
+"""A server's TLS identity: a fresh self-signed certificate per start, its key
+only in memory. Clients pin the certificate: the enclave's SHA-256 is in its
+attestation (dvsecure.enclave_protocol); an MPC party publishes its own to its
+sources out of band (or, locally, through its state directory)."""
 from __future__ import annotations
 
 import ipaddress
@@ -15,9 +13,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 
-def tls_identity(host: str) -> tuple[bytes, bytes, bytes]:
-    """A fresh self-signed P-256 certificate for `host` (and localhost): (cert PEM, cert DER, key PEM).
-    Its SHA-256 is in the attestation, so a client that pins it knows the channel ends here."""
+def tls_identity(host: str, common_name: str = "dvsecure enclave") -> tuple[bytes, bytes, bytes]:
+    """A fresh self-signed P-256 certificate for `host` (and localhost): (cert PEM, cert DER, key PEM)."""
     key = ec.generate_private_key(ec.SECP256R1())
     names: list[x509.GeneralName] = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
     try:
@@ -25,7 +22,7 @@ def tls_identity(host: str) -> tuple[bytes, bytes, bytes]:
     except ValueError:
         names.append(x509.DNSName(host))
     now = datetime.now(timezone.utc)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "dvsecure enclave")])
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
             .serial_number(x509.random_serial_number()).not_valid_before(now - timedelta(minutes=5))
             .not_valid_after(now + timedelta(days=30))
