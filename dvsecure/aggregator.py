@@ -16,7 +16,7 @@ import numpy as np
 
 from . import entry
 from .accounting.charges import Charge, query_charges
-from .backends import Backend, PlaintextBackend
+from .backends import FROM_SOURCES, Backend, PlaintextBackend
 from .errors import DuplicateQueryError, ParameterError, VoteError
 from .filter import EXCLUDED_BUDGET, BudgetFilter
 from .fixedpoint import gamma_to_fixed
@@ -224,7 +224,12 @@ class Aggregator:
         for qid in ids:
             if self.ledger.has_query(qid):
                 raise DuplicateQueryError(f"query id {qid!r} was already answered and charged")
-        opened = [self._open(qid, self._align(v)) for qid, v in items]
+        if not self.backend.takes_votes_from_sources and any(v is FROM_SOURCES for _, v in items):
+            raise ParameterError(f"the {self.backend.name} backend does not take votes from the sources")
+        # FROM_SOURCES: the sources sent their votes to the computing side themselves;
+        # the backend reports who did and the commitments they sent.
+        opened = [([FROM_SOURCES] * len(self.policy.ids), None) if v is FROM_SOURCES
+                  else self._open(qid, self._align(v)) for qid, v in items]
         submissions = [votes for votes, _ in opened]
 
         # Weights come from public data only. A backend that evaluates a whole batch
@@ -256,6 +261,8 @@ class Aggregator:
         mech = self.policy.mechanism
         records, pending = [], []
         for ((qid, _), out, parts, charges), (_, commitments) in zip(steps, opened):
+            if commitments is None:
+                commitments = out.commitments
             pending.append((qid, out, parts))
             records.append(LedgerRecord(qid, entry.QUERY, charges,
                                         self._renderer(qid, out.release, parts, commitments, num_classes)))

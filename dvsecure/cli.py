@@ -81,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     pa.add_argument("--policy", type=Path, help="the consortium policy TOML this party enforces; required for a party")
     pa.add_argument("--allow-nonprivate", action="store_true",
                     help="accept seeded or no-noise batches (testing only; refused by default)")
+    pa.add_argument("--listen", metavar="HOST:PORT",
+                    help="take the sources' shares over gRPC with TLS here (certificate: STATE/tls.pem)")
+    pa.add_argument("--principals", type=Path, help="JSON of the sources' Ed25519 keys (with --listen)")
 
     from .attestation.cli import add_parser as add_attestation_parser
     add_attestation_parser(sub)
@@ -124,8 +127,11 @@ def _party(args) -> int:
     from .policy import ConsortiumPolicy
 
     policy_toml = ConsortiumPolicy.load(args.policy).to_toml()
+    if (args.listen is None) != (args.principals is None):
+        raise ParameterError("--listen and --principals go together")
     run_party(args.rank, args.world_size, args.rendezvous, "TTP", str(args.state),
-              pinned_policy_toml=policy_toml, allow_nonprivate=args.allow_nonprivate)
+              pinned_policy_toml=policy_toml, allow_nonprivate=args.allow_nonprivate,
+              listen=args.listen, principals=None if args.principals is None else str(args.principals))
     return 0
 
 
@@ -181,8 +187,14 @@ def main(argv: list[str] | None = None) -> int:
             if args.backend == "mpc":
                 from .backends.mpc import MPCBackend
 
+                # Local parties take the sources' shares over gRPC; with remote parties
+                # (--rendezvous) the coordinator relays the sealed shares through party 0.
+                principals = None
+                if not args.rendezvous:
+                    from .demo import default_policy, demo_sources
+                    _, principals = demo_sources(state, policy or default_policy(args.sources))
                 backend = MPCBackend(num_parties=args.parties, provider=args.provider, allow_tfp=args.allow_tfp,
-                                     state_dir=str(state / "parties"),
+                                     state_dir=str(state / "parties"), principals=principals,
                                      rendezvous=args.rendezvous, spawn_ranks=[0] if args.rendezvous else None)
             try:
                 report = run_demo(out=args.out, state=state, num_sources=args.sources, num_queries=args.queries,

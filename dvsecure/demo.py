@@ -17,7 +17,7 @@ import numpy as np
 from .accounting.conversions import zcdp_eps_tight
 from .aggregator import Aggregator
 from .audit import audit
-from .backends import PlaintextBackend
+from .backends import FROM_SOURCES, PlaintextBackend
 from .calibration import PrivateCalibration, hedge_baseline, stored_weights
 from .errors import ParameterError
 from .filter import BudgetFilter
@@ -78,6 +78,8 @@ class DemoReport:
             lines.append(f"!!! NOT PRIVATE: noise mode {d['noise_mode']!r} — for testing only !!!")
         lines.append(f"dvsecure demo — backend {d['backend']}, mechanism {d['mechanism']['kind']}, "
                      f"noise {d['noise_mode']}")
+        if d.get("votes_sent", "").startswith("by each source"):
+            lines.append(f"votes sent {d['votes_sent']}")
         lines.append(f"queries: {d['answered'] + d['refused']} released ({d['answered']} answered, "
                      f"{d['refused']} refused); accuracy on answered: "
                      + (f"{d['accuracy']:.3f}" if d['accuracy'] is not None else "n/a"))
@@ -102,6 +104,42 @@ class DemoReport:
         lines += [f"  {f}" for f in a["findings"]]
         lines.append(f"published log: {d['out']}   private state (ledgers and keys): {d['state']}")
         return "\n".join(lines)
+
+
+def demo_sources(state: Path, policy: ConsortiumPolicy) -> tuple[dict, Path]:
+    """The demo plays the sources: their Ed25519 signing keys (state/sources.json,
+    0600, kept across runs) and the principals file the parties check them with."""
+    import base64
+    import stat
+
+    from nacl.signing import SigningKey
+
+    from .enclave_protocol import Principals
+
+    state.mkdir(parents=True, exist_ok=True)
+    path, principals = state / "sources.json", state / "principals.json"
+    if not path.exists():
+        keys = {sid: base64.b64encode(bytes(SigningKey.generate())).decode() for sid in policy.ids}
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, stat.S_IRUSR | stat.S_IWUSR)
+        with os.fdopen(fd, "w") as f:
+            json.dump(keys, f)
+    keys = {sid: SigningKey(base64.b64decode(k)) for sid, k in json.loads(path.read_text()).items()}
+    if set(keys) != set(policy.ids):
+        raise ParameterError(f"{path} holds keys for other sources than the policy's")
+    principals.write_text(Principals(sources={s: k.verify_key for s, k in keys.items()}, coordinators={}).to_json())
+    return keys, principals
+
+
+def _ask(agg: Aggregator, items, num_classes: int, submitters) -> list:
+    """One batch: with submitters, each source first sends every party its own
+    shares over gRPC and the coordinator asks with FROM_SOURCES; else the votes
+    go through the aggregator."""
+    if not submitters:
+        return agg.query_batch(items, num_classes)
+    qids = [q for q, _ in items]
+    for j, submitter in enumerate(submitters):
+        submitter.submit(qids, [votes[j] for _, votes in items], num_classes)
+    return agg.query_batch([(q, FROM_SOURCES) for q in qids], num_classes)
 
 
 def run_demo(*, out: Path, state: Path, num_sources: int = 5, num_queries: int = 300, num_classes: int = 10,
@@ -142,9 +180,19 @@ def run_demo(*, out: Path, state: Path, num_sources: int = 5, num_queries: int =
         agg = Aggregator(policy, ledger, backend=backend or PlaintextBackend(), noise=noise, weights=weights,
                          log=log)
         items = [(f"run{start:06d}-q{i:05d}", votes[i].tolist()) for i in range(n_cal, num_queries)]
+        submitters = []
+        if getattr(backend, "takes_votes_from_sources", False):
+            from .mpc_client import PartySubmitter
+
+            keys, _ = demo_sources(state, policy)
+            submitters = [PartySubmitter(sid, keys[sid], backend.endpoints()) for sid in policy.ids]
         results = []
-        for i in range(0, len(items), 50):
-            results.extend(agg.query_batch(items[i:i + 50], num_classes))
+        try:
+            for i in range(0, len(items), 50):
+                results.extend(_ask(agg, items[i:i + 50], num_classes, submitters))
+        finally:
+            for s in submitters:
+                s.close()
 
         released = [r.label for r in results]
         answered = sum(r.answered for r in results)
@@ -169,6 +217,8 @@ def run_demo(*, out: Path, state: Path, num_sources: int = 5, num_queries: int =
             })
         data = {
             "backend": agg.backend.name, "noise_mode": noise.mode, "private": noise.private,
+            "votes_sent": "by each source to each party, as sealed shares over gRPC+TLS" if submitters
+            else "through the coordinator",
             "mechanism": policy.mechanism.to_dict(), "policy_digest": policy.digest(),
             "calibration_queries": n_cal, "answered": answered, "refused": len(results) - answered,
             "accuracy": (correct / answered) if answered else None,

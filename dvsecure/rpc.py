@@ -8,8 +8,23 @@ import traceback
 from concurrent import futures
 
 import grpc
+from google.protobuf.message import DecodeError
+from google.protobuf.unknown_fields import UnknownFieldSet
 
 from .errors import DuplicateQueryError, DvsecureError, ServiceRefusal
+
+
+def parse(cls, raw: bytes, what: str, refusal=ServiceRefusal):
+    """A protobuf message from exactly these bytes, or `refusal` naming what was
+    malformed (including fields this server does not know)."""
+    msg = cls()
+    try:
+        msg.ParseFromString(raw)
+    except DecodeError as e:
+        raise refusal(f"malformed {what}: {e}") from None
+    if len(UnknownFieldSet(msg)):
+        raise refusal(f"malformed {what}: it carries fields this server does not know")
+    return msg
 
 
 def handler(fn, who: str):

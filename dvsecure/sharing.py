@@ -46,6 +46,10 @@ class ShareSubmission(msgspec.Struct, forbid_unknown_fields=True):
     party_index: int
     num_parties: int
     sealed: bytes            # SealedBox(party key) of uint64 LE shares [Q, C]
+    # The source's commitment to each vote (entry.commitment: SHA-256 under its own
+    # nonce), the same in every party's message; the log records it so the source
+    # can find its vote there. Empty: the coordinator supplies the commitments.
+    commitments: list[bytes] = []
 
 
 class Signed(msgspec.Struct, forbid_unknown_fields=True):
@@ -126,15 +130,20 @@ class PartyKeys:
 
 
 def seal_submissions(source_id: str, signing_key: SigningKey, query_ids: Sequence[str],
-                     encoded: np.ndarray, party_keys: Sequence[PublicKey]) -> list[bytes]:
+                     encoded: np.ndarray, party_keys: Sequence[PublicKey],
+                     commitments: Sequence[bytes] = ()) -> list[bytes]:
     """One signed, sealed message per party for a batch of queries.
     `encoded`: int64[Q, C] fixed-point votes (`encode_batch`), or any int64 array of
-    that shape (a test of a malicious source)."""
+    that shape (a test of a malicious source); `commitments`: none, or one 32-byte
+    commitment per query."""
     encoded = np.asarray(encoded)
     if encoded.ndim != 2 or encoded.shape[0] != len(query_ids):
         raise VoteError(f"expected votes of shape [{len(query_ids)}, C], got {encoded.shape}")
     if len(set(query_ids)) != len(query_ids) or not all(isinstance(q, str) and q for q in query_ids):
         raise VoteError("query ids must be distinct non-empty strings")
+    commitments = [bytes(c) for c in commitments]
+    if commitments and (len(commitments) != len(query_ids) or any(len(c) != 32 for c in commitments)):
+        raise VoteError("commitments must be one 32-byte commitment per query")
     n = len(party_keys)
     shares = share(encoded, n)
     out = []
@@ -142,7 +151,7 @@ def seal_submissions(source_id: str, signing_key: SigningKey, query_ids: Sequenc
         sealed = SealedBox(pk).encrypt(shares[i].astype("<u8").tobytes())
         body = msgspec.msgpack.encode(ShareSubmission(
             v=VERSION, source_id=source_id, query_ids=list(query_ids), num_classes=int(encoded.shape[1]),
-            party_index=i, num_parties=n, sealed=bytes(sealed)))
+            party_index=i, num_parties=n, sealed=bytes(sealed), commitments=commitments))
         signature = signing_key.sign(_DOMAIN + body).signature
         out.append(msgspec.msgpack.encode(Signed(source_id=source_id, body=body, signature=signature)))
     return out
@@ -154,7 +163,8 @@ class OpenedShare:
     query_ids: tuple[str, ...]
     num_classes: int
     shares: np.ndarray        # uint64[Q, C], this party's share of each vote
-    body: bytes               # the exact signed bytes (what the log commits to)
+    body: bytes               # the exact signed bytes
+    commitments: tuple[bytes, ...] = ()     # the source's commitment per query, if it sent them
 
 
 def open_submission(message: bytes, party_index: int, num_parties: int, party_key: PrivateKey,
@@ -192,5 +202,8 @@ def open_submission(message: bytes, party_index: int, num_parties: int, party_ke
     if c < 2 or len(raw) != 8 * q * c:
         raise SubmissionError(f"share of {sub.source_id!r} holds {len(raw)} bytes, expected {8 * q * c} "
                               f"({q} queries x {c} classes)")
+    if sub.commitments and (len(sub.commitments) != q or any(len(x) != 32 for x in sub.commitments)):
+        raise SubmissionError(f"submission of {sub.source_id!r} carries malformed commitments")
     shares = np.frombuffer(raw, dtype="<u8").reshape(q, c).astype(np.uint64)
-    return OpenedShare(sub.source_id, tuple(sub.query_ids), c, shares, bytes(signed.body))
+    return OpenedShare(sub.source_id, tuple(sub.query_ids), c, shares, bytes(signed.body),
+                       tuple(bytes(x) for x in sub.commitments))

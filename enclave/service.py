@@ -37,13 +37,12 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from google.protobuf.message import DecodeError
-from google.protobuf.unknown_fields import UnknownFieldSet
 from nacl.exceptions import CryptoError
 from nacl.public import PrivateKey, SealedBox
 
 from dvsecure import entry
 from dvsecure import enclave_protocol as proto
+from dvsecure import rpc
 from dvsecure.aggregator import Aggregator
 from dvsecure.backends import PlaintextBackend
 from dvsecure.calibration import stored_weights
@@ -73,14 +72,7 @@ def fail(message: str, code: str = "INVALID_ARGUMENT"):
 
 
 def parse(cls, raw: bytes, what: str):
-    msg = cls()
-    try:
-        msg.ParseFromString(raw)
-    except DecodeError as e:
-        fail(f"malformed {what}: {e}")
-    if len(UnknownFieldSet(msg)):
-        fail(f"malformed {what}: it carries fields this enclave does not know")
-    return msg
+    return rpc.parse(cls, raw, what, EnclaveError)
 
 
 class Enclave:

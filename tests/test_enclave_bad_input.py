@@ -65,7 +65,7 @@ def test_bad_requests_are_refused_and_the_run_continues(dep):
     extra = pb.Control(version=1, counter=src0.next_counter(), enclave_key=dep.identity.public_key,
                        query_ids=["b1"]).SerializeToString() + b"\xa0\x06\x01"
     refused(lambda: dep.conn.call("Query", proto.sign("Query", "coordinator", dep.coordinator_key, extra)),
-            "INVALID_ARGUMENT", "fields this enclave does not know")
+            "INVALID_ARGUMENT", "fields this server does not know")
 
     # Oversized: over the server's receive limit.
     raw_refused(dep, "Submit", b"\x0a" + b"\x80" * (MAX_MESSAGE + 10), grpc.StatusCode.RESOURCE_EXHAUSTED)

@@ -10,7 +10,7 @@ import pytest
 
 from dvsecure.aggregator import Aggregator
 from dvsecure.audit import audit
-from dvsecure.backends.base import BackendOutput
+from dvsecure.backends.base import Backend, BackendOutput
 from dvsecure.backends.mpc import MPCBackend
 from dvsecure.ledger import Ledger
 from dvsecure.mechanism import Release
@@ -62,7 +62,7 @@ def test_checkpoints_carry_every_partys_signature(mpc, tmp_path):
                                  for f in report.findings)
 
 
-class LyingAggregatorBackend:
+class LyingAggregatorBackend(Backend):
     """What a dishonest operator logs: the parties' release with the label changed."""
 
     def __init__(self, inner):

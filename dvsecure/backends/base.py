@@ -11,13 +11,27 @@ from ..noise import NoiseSource
 from ..policy import MechanismPolicy
 
 
+class _FromSources:
+    """Passed instead of a query's votes when the sources send them to the
+    computing side themselves (MPC parties over gRPC): the backend reports who
+    submitted, and the commitments the sources sent."""
+
+    def __repr__(self) -> str:
+        return "FROM_SOURCES"
+
+
+FROM_SOURCES = _FromSources()
+
+
 @dataclass(frozen=True)
 class BackendOutput:
-    """What a backend reveals for one query: the release, and per source whether
-    its vote passed validation (None) or why it was excluded (a reason string)."""
+    """What a backend reveals for one query: the release, per source whether its
+    vote passed validation (None) or why it was excluded (a reason string), and,
+    for votes FROM_SOURCES, the packed commitments the sources sent (32 B each)."""
 
     release: Release
     problems: tuple[str | None, ...]
+    commitments: bytes | None = None
 
 
 class Backend:
@@ -25,6 +39,9 @@ class Backend:
     # True if the backend must receive a whole batch at once (so the filter has to
     # reserve each query's worst case in advance); False if it can go query by query.
     evaluates_whole_batch = False
+    # True if the sources can send their votes to the computing side themselves
+    # (the caller then passes FROM_SOURCES instead of a query's votes).
+    takes_votes_from_sources = False
 
     def bind(self, policy) -> None:
         """Called by the aggregator with the consortium policy before any query

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import numbers
+import os
 import shutil
 import tempfile
 import warnings
@@ -32,12 +33,13 @@ from ..errors import ParameterError, VoteError
 from ..mechanism import Release
 from ..noise import SEEDED
 from ..sharing import encode_batch, seal_submissions, wire_scale
-from .base import Backend, BackendOutput
+from .base import FROM_SOURCES, Backend, BackendOutput
 
 TFP_WARNING = ("TFP Beaver triples: party 0 generates every triple in the clear and so could unmask "
                "every vote; this deployment protects nothing from party 0")
 REJECTED = "invalid: rejected by the parties' secure validation"
 UNOPENED = "invalid: a computing party could not open or verify the submission"
+PARTIAL = "invalid: not every computing party received the same submission"
 
 
 def _client_encoding(vote, num_classes: int, kind: str) -> np.ndarray | str:
@@ -66,10 +68,13 @@ class MPCBackend(Backend):
 
     def __init__(self, num_parties: int = 3, provider: str = "TTP", allow_tfp: bool = False,
                  timeout: float = 300.0, state_dir: str | None = None, rendezvous: str | None = None,
-                 spawn_ranks=None):
+                 spawn_ranks=None, principals: str | None = None):
         """state_dir: where the parties keep their keys and ledgers (durable across
         runs; a private temporary directory if None). rendezvous/spawn_ranks: to
-        spawn only some ranks here (e.g. [0]) while the others run `dvsecure party`."""
+        spawn only some ranks here (e.g. [0]) while the others run `dvsecure party`.
+        principals: a JSON file of the sources' Ed25519 keys; with it, the parties
+        started here take the sources' shares over gRPC with TLS (`endpoints`), and
+        queries are asked with FROM_SOURCES instead of votes."""
         if provider == "TFP" and not allow_tfp:
             raise ParameterError("the TFP provider lets party 0 generate every Beaver triple in the clear, so "
                                  "it could unmask every vote; use TTP (a dealer that is not a computing party) "
@@ -84,6 +89,8 @@ class MPCBackend(Backend):
         self._tmp = None if state_dir else tempfile.mkdtemp(prefix="dvsecure-parties-")
         self.state_dir = str(state_dir or self._tmp)
         self._rendezvous, self._spawn_ranks = rendezvous, spawn_ranks
+        self._principals = None if principals is None else str(principals)
+        self.takes_votes_from_sources = principals is not None
         self._parties = None
         self._policy = None
         self._source_keys: dict[str, SigningKey] = {}
@@ -101,9 +108,28 @@ class MPCBackend(Backend):
         if self._parties is None:
             from ..mpc.parties import LocalParties
 
+            extra = []
+            if self._principals is not None:
+                if self._policy is None:
+                    raise ParameterError("bind the MPC backend to its policy before starting networked parties")
+                policy_file = f"{self.state_dir}/policy.toml"
+                os.makedirs(self.state_dir, exist_ok=True)
+                with open(policy_file, "w") as f:
+                    f.write(self._policy.to_toml())
+                extra = ["--policy", policy_file, "--listen", "127.0.0.1:0", "--principals", self._principals]
             self._parties = LocalParties(self.num_parties, self.state_dir, self.provider, self.timeout,
-                                         self._rendezvous, self._spawn_ranks)
+                                         self._rendezvous, self._spawn_ranks, extra)
         return self._parties
+
+    def endpoints(self) -> list[dict]:
+        """Where sources send each party its share (networked mode): per party in
+        rank order, its gRPC address on this machine, the TLS certificate (PEM) to
+        pin, and its X25519 key."""
+        parties = self._ensure_started()
+        if not self.takes_votes_from_sources:
+            raise ParameterError("this MPC backend takes no submissions from sources (no principals given)")
+        return [{"address": f"127.0.0.1:{k['endpoint']['port']}", "tls": k["endpoint"]["tls"], "box_key": k["box"]}
+                for k in parties.keys]
 
     def close(self) -> None:
         if self._parties is not None:
@@ -171,6 +197,8 @@ class MPCBackend(Backend):
         if query_ids is None:
             query_ids = [f"batch{self._batch}/q{i}" for i in range(q_count)]
         query_ids = list(query_ids)
+        if any(v is FROM_SOURCES for row in submissions for v in row):
+            return self._evaluate_from_sources(parties, gammas, query_ids, num_classes, noise)
         problems = [[None] * s_count for _ in range(q_count)]
         present = np.zeros((q_count, s_count), dtype=bool)
         per_party: list[list[bytes]] = [[] for _ in range(self.num_parties)]
@@ -201,17 +229,52 @@ class MPCBackend(Backend):
             "messages": per_party, "present": present.astype(np.uint8).tobytes(),
             "gammas": gammas.astype("<i8").tobytes(), "num_classes": num_classes,
             "noise_mode": noise.mode, "noise_seeds": self._party_seeds(noise)})
-        valid = np.frombuffer(result["valid"], dtype=bool).reshape(q_count, s_count)
-        answered = np.frombuffer(result["answered"], dtype=bool)
-        labels = np.frombuffer(result["labels"], dtype="<i8")
-        agreed = np.frombuffer(result["agreed"], dtype=bool)
+        valid, answered, labels, counts, agreed = _revealed(result, q_count, s_count)
         outputs = []
         for i in range(q_count):
             for j in range(s_count):
-                if present[i, j] and not agreed[j]:
+                if present[i, j] and not agreed[j, i]:
                     problems[i][j] = UNOPENED
                 elif present[i, j] and not valid[i, j]:
                     problems[i][j] = REJECTED
             release = Release(True, int(labels[i])) if answered[i] else Release(False, None)
             outputs.append(BackendOutput(release, tuple(problems[i])))
         return outputs
+
+    def _evaluate_from_sources(self, parties, gammas, query_ids, num_classes, noise):
+        """The sources sent each party its share over gRPC: the parties take them
+        from their inboxes, and report who submitted and the commitments sent."""
+        if not self.takes_votes_from_sources:
+            raise ParameterError("this MPC backend takes no submissions from sources (no principals given)")
+        q_count, s_count = gammas.shape
+        source_ids = list(self._policy.ids)
+        result = parties.call({
+            "op": "batch", "inbox": True, "policy": self._policy.to_toml(), "query_ids": query_ids,
+            "source_ids": source_ids, "source_keys": {}, "messages": [[] for _ in range(self.num_parties)],
+            "present": np.ones((q_count, s_count), np.uint8).tobytes(), "gammas": gammas.astype("<i8").tobytes(),
+            "num_classes": num_classes, "noise_mode": noise.mode, "noise_seeds": self._party_seeds(noise)})
+        valid, answered, labels, counts, agreed = _revealed(result, q_count, s_count)
+        commitments = np.frombuffer(result["commitments"], dtype=np.uint8).reshape(s_count, q_count, 32).copy()
+        commitments[~agreed] = 0
+        outputs = []
+        for i in range(q_count):
+            problems = []
+            for j in range(s_count):
+                if counts[j, i] == 0:
+                    problems.append("absent")
+                elif not agreed[j, i]:
+                    problems.append(PARTIAL)
+                else:
+                    problems.append(None if valid[i, j] else REJECTED)
+            release = Release(True, int(labels[i])) if answered[i] else Release(False, None)
+            outputs.append(BackendOutput(release, tuple(problems), commitments[:, i].tobytes()))
+        return outputs
+
+
+def _revealed(result: dict, q_count: int, s_count: int):
+    """What party 0 returned: valid bool[Q, S], answered bool[Q], labels int[Q],
+    counts int[S, Q] (parties holding each share), agreed bool[S, Q]."""
+    return (np.frombuffer(result["valid"], dtype=bool).reshape(q_count, s_count),
+            np.frombuffer(result["answered"], dtype=bool), np.frombuffer(result["labels"], dtype="<i8"),
+            np.frombuffer(result["counts"], dtype="<i8").reshape(s_count, q_count),
+            np.frombuffer(result["agreed"], dtype=bool).reshape(s_count, q_count))

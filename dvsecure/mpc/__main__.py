@@ -5,6 +5,7 @@ people starting parties by hand on other machines."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from .party import run_party
 
@@ -17,8 +18,13 @@ def main() -> None:
     p.add_argument("--provider", default="TTP")
     p.add_argument("--state")
     p.add_argument("--coordinator", help="party 0: the coordinator's local socket path")
+    p.add_argument("--policy", help="the policy this party enforces (needed with --listen)")
+    p.add_argument("--listen", help="take sources' shares over gRPC on HOST:PORT")
+    p.add_argument("--principals", help="JSON: the sources' Ed25519 keys (with --listen)")
     args = p.parse_args()
-    run_party(args.rank, args.world_size, args.rendezvous, args.provider, args.state, args.coordinator)
+    policy = Path(args.policy).read_text() if args.policy else None
+    run_party(args.rank, args.world_size, args.rendezvous, args.provider, args.state, args.coordinator,
+              pinned_policy_toml=policy, listen=args.listen, principals=args.principals)
 
 
 if __name__ == "__main__":

@@ -46,33 +46,16 @@ def party_sigmas(policy, world: int, num_classes: int):
     return sigma1, Fraction(party_noise_scale(sigma_on_tally_grid(mech.sigma2), world, t, num_classes))
 
 
-def evaluate_batch(crypten, cmd: dict, rank: int, world: int, party_key, ledger, peers) -> dict:
-    """One batch at one party. Reveals, in order: which sources every party could
-    open, the pass/fail bit of each vote, the answered bits; then, once this
-    party's charges are durable (and every other party's, or the labels cannot
-    be reconstructed), the labels of answered queries."""
-    import torch
+def _relayed_inputs(cmd, rank, world, party_key, S, Q, C):
+    """Shares relayed by the coordinator in the command (each sealed to this
+    party): x int64[S, Q, C], opened int64[S, Q]."""
     from nacl.signing import VerifyKey
 
-    from .party import job_arrays
-
-    policy = ledger.policy
-    source_ids, query_ids, C = list(cmd["source_ids"]), list(cmd["query_ids"]), int(cmd["num_classes"])
-    error = None
-    if tuple(source_ids) != tuple(policy.ids):
-        error = "the batch's sources are not the policy's, in the policy's order"
-    try:
-        sigma1, sigma2 = party_sigmas(policy, world, C)
-    except DvsecureError as e:
-        error = str(e)
-    peers.agree(error)
-    S, Q = len(source_ids), len(query_ids)
-    present, gammas_np = job_arrays(cmd)
     source_keys = {sid: VerifyKey(k) for sid, k in cmd["source_keys"].items()}
-    col = {sid: j for j, sid in enumerate(source_ids)}
-    row = {qid: i for i, qid in enumerate(query_ids)}
-    x = torch.zeros((S, Q, C), dtype=torch.long)
-    opened = torch.zeros(S, dtype=torch.long)
+    col = {sid: j for j, sid in enumerate(cmd["source_ids"])}
+    row = {qid: i for i, qid in enumerate(cmd["query_ids"])}
+    x = np.zeros((S, Q, C), dtype=np.int64)
+    opened = np.zeros((S, Q), dtype=np.int64)
     for message in cmd["messages"][rank]:
         try:
             got = open_submission(message, rank, world, party_key, source_keys)
@@ -82,15 +65,59 @@ def evaluate_batch(crypten, cmd: dict, rank: int, world: int, party_key, ledger,
         except (SubmissionError, KeyError):
             continue                  # this party could not open it: the source does not count
         for k, qid in enumerate(got.query_ids):
-            x[j, row[qid]] = torch.from_numpy(got.shares[k].view(np.int64))
-        opened[j] = 1
-    # Every party must have opened a source's submission for it to count.
-    agreed = crypten.communicator.get().all_reduce(opened) == world     # returns a new tensor
+            x[j, row[qid]] = got.shares[k].view(np.int64)
+            opened[j, row[qid]] = 1
+    return x, opened
+
+
+def evaluate_batch(crypten, cmd: dict, rank: int, world: int, party_key, ledger, peers, inbox=None) -> dict:
+    """One batch at one party. Reveals, in order: how many parties hold each
+    source's share of each query, whether each vote is valid, the answered bits;
+    then, once this party's charges are durable (and every other party's, or the
+    labels cannot be reconstructed), the labels of answered queries.
+
+    Shares come either relayed in the command (sealed to each party) or, with
+    cmd["inbox"], from what the sources sent this party over gRPC (`ShareInbox`)."""
+    import torch
+
+    from .party import job_arrays
+
+    policy = ledger.policy
+    source_ids, query_ids, C = list(cmd["source_ids"]), list(cmd["query_ids"]), int(cmd["num_classes"])
+    error = None
+    if tuple(source_ids) != tuple(policy.ids):
+        error = "the batch's sources are not the policy's, in the policy's order"
+    if cmd.get("inbox") and inbox is None:
+        error = "this party takes no submissions over the network (start it with --listen)"
+    try:
+        sigma1, sigma2 = party_sigmas(policy, world, C)
+    except DvsecureError as e:
+        error = str(e)
+    peers.agree(error)
+    S, Q = len(source_ids), len(query_ids)
+    present, gammas_np = job_arrays(cmd)
+    comm = crypten.communicator.get()
+    commitments = None
+    if cmd.get("inbox"):
+        x_np, opened_np, commitments = inbox.take(query_ids, source_ids, C)
+        present = np.ones((Q, S), dtype=bool)
+    else:
+        x_np, opened_np = _relayed_inputs(cmd, rank, world, party_key, S, Q, C)
+    x = torch.from_numpy(x_np)
+    # Every party must hold a source's share for its vote to count ...
+    counts = comm.all_reduce(torch.from_numpy(opened_np))                   # returns a new tensor
+    agreed = counts == world
+    if commitments is not None:
+        # ... and, when the source sent its commitments, the same one at every party.
+        digest = torch.from_numpy(np.ascontiguousarray(commitments[..., :8]).view(np.int64)[..., 0])
+        views = comm.all_gather(digest)
+        for other in views:
+            agreed &= other == digest
 
     one_hot = [s.votes == ONE_HOT for s in policy.sources]
     shared = crypten.mpc.MPCTensor.from_shares(x, precision=0)
     valid = secure.validate(shared, one_hot)                                        # reveal: validity
-    valid = valid & torch.from_numpy(present.T.copy()) & agreed.unsqueeze(1)
+    valid = valid & torch.from_numpy(present.T.copy()) & agreed
     gammas = torch.from_numpy(gammas_np) * valid.t().long()
     tallies = secure.tally(secure.to_tally_scale(shared, one_hot), gammas)
     seed = cmd["noise_seeds"][rank] if cmd.get("noise_seeds") else None
@@ -119,4 +146,6 @@ def evaluate_batch(crypten, cmd: dict, rank: int, world: int, party_key, ledger,
         labels[rows] = index.get_plain_text().long()                                # reveal: labels of answered
     ledger.record_labels(query_ids, labels.tolist())
     return {"valid": valid.t().numpy().tobytes(), "answered": answered.numpy().tobytes(),
-            "labels": labels.numpy().astype("<i8").tobytes(), "agreed": agreed.numpy().astype(bool).tobytes()}
+            "labels": labels.numpy().astype("<i8").tobytes(), "counts": counts.numpy().astype("<i8").tobytes(),
+            "agreed": agreed.numpy().astype(bool).tobytes(),
+            "commitments": None if commitments is None else commitments.tobytes()}

@@ -32,7 +32,7 @@ __all__ = ["LocalParties", "PartyError"]
 
 class LocalParties:
     def __init__(self, num_parties: int, state_dir: str, provider: str = DEALER_PROVIDER,
-                 timeout: float = 300.0, rendezvous: str | None = None, spawn_ranks=None):
+                 timeout: float = 300.0, rendezvous: str | None = None, spawn_ranks=None, party_args=()):
         if num_parties < 2:
             raise PartyError(f"MPC needs at least 2 computing parties, got {num_parties}")
         self.n, self.timeout = num_parties, timeout
@@ -49,6 +49,8 @@ class LocalParties:
             cmd = [sys.executable, "-m", "dvsecure.mpc", "--rank", str(r), "--world-size", str(num_parties),
                    "--rendezvous", rendezvous, "--provider", provider, "--state", f"{state_dir}/party-{r}"]
             env = dict(os.environ)
+            if r < num_parties:
+                cmd += list(party_args)
             if r == 0:
                 cmd += ["--coordinator", address]
                 env["DVSECURE_COORDINATOR_KEY"] = key.hex()

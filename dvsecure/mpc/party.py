@@ -122,11 +122,47 @@ class Party:
         self.pinned = pinned_policy
         self.allow_nonprivate = allow_nonprivate
         self._ledgers = {}
+        self.inbox, self.endpoint = None, None
+
+    def listen(self, address: str, principals_path: str, max_message: int = 64 << 20):
+        """Take shares from sources over gRPC with TLS (`ShareInbox`); the
+        certificate is written to <state>/tls.pem for sources to pin."""
+        from .. import rpc
+        from ..enclave_protocol import Principals
+        from ..proto import dvsecure_pb2 as pb
+        from ..tls import tls_identity
+        from ..translog import write_atomic
+        from .inbox import ShareInbox
+
+        if self.pinned is None:
+            raise PartyError("a party that takes submissions must be started with the policy it enforces")
+        principals, _ = Principals.load(principals_path)
+        unknown = set(principals.sources) - set(self.pinned.ids)
+        if unknown:
+            raise PartyError(f"principals name sources not in the policy: {sorted(unknown)}")
+        ledger = self.ledger(self.pinned.to_toml())
+        self.inbox = ShareInbox(self.rank, self.world, self.box_key, principals.sources, ledger.query_ids())
+        cert_pem, _, key_pem = tls_identity(address.rpartition(":")[0].strip("[]") or "127.0.0.1",
+                                            f"dvsecure mpc party {self.rank}")
+        write_atomic(self.state_dir / "tls.pem", cert_pem)
+
+        def keys(raw):
+            rpc.parse(pb.PartyKeysRequest, raw, "PartyKeysRequest")
+            return pb.PartyKeys(rank=self.rank, world_size=self.world, box_key=bytes(self.box_key.public_key),
+                                cosign_vkey=self.signer.verifier_key_string)
+
+        def submit(raw):
+            req = rpc.parse(pb.ShareEnvelope, raw, "ShareEnvelope")
+            return pb.SubmitReply(accepted=self.inbox.submit(req.envelope))
+        server, port = rpc.serve("dvsecure.v1.Party", {"GetKeys": keys, "SubmitShares": submit},
+                                 f"party {self.rank}", address, cert_pem, key_pem, max_message)
+        self.endpoint = {"port": port, "tls": cert_pem}
+        return server
 
     def public_keys(self) -> list[dict]:
-        """Every party's public keys, in rank order (a collective)."""
+        """Every party's public keys (and submission endpoint), in rank order (a collective)."""
         mine = msgspec.msgpack.encode({"box": bytes(self.box_key.public_key),
-                                       "vkey": self.signer.verifier_key_string})
+                                       "vkey": self.signer.verifier_key_string, "endpoint": self.endpoint})
         return [msgspec.msgpack.decode(b) for b in self.peers.gather(mine)]
 
     def ledger(self, policy_toml: str):
@@ -172,7 +208,8 @@ class Party:
         if op == "batch":
             from .evaluate import evaluate_batch
 
-            return evaluate_batch(self.crypten, cmd, self.rank, self.world, self.box_key, ledger, self.peers)
+            return evaluate_batch(self.crypten, cmd, self.rank, self.world, self.box_key, ledger, self.peers,
+                                  self.inbox)
         if op == "size":
             return {"sizes": [int(b) for b in self.peers.gather(str(ledger.size).encode())]}
         if op == "cosign":
@@ -192,7 +229,7 @@ class Party:
 
 def run_party(rank: int, world: int, rendezvous: str, provider: str, state_dir: str | None,
               coordinator: str | None = None, pinned_policy_toml: str | None = None,
-              allow_nonprivate: bool = True) -> None:
+              allow_nonprivate: bool = True, listen: str | None = None, principals: str | None = None) -> None:
     """A party's process: join the rendezvous, then serve commands. Rank `world`
     is the TTP dealer (Beaver triples; no inputs, no outputs). Party 0 takes its
     commands from the coordinator over the local socket `coordinator` (an
@@ -218,8 +255,11 @@ def run_party(rank: int, world: int, rendezvous: str, provider: str, state_dir: 
     if pinned_policy_toml is not None:
         from ..policy import ConsortiumPolicy
         pinned = ConsortiumPolicy.from_toml(pinned_policy_toml)
+    server = None
     try:
         party = Party(crypten, rank, world, Path(state_dir), pinned, allow_nonprivate)
+        if listen is not None:
+            server = party.listen(listen, principals)
         if conn is None:
             party.serve()
             return
@@ -232,6 +272,8 @@ def run_party(rank: int, world: int, rendezvous: str, provider: str, state_dir: 
             conn.send_bytes(msgspec.msgpack.encode(["error", f"{type(e).__name__}: {e}"]))
             raise
     finally:
+        if server is not None:
+            server.stop(grace=1)
         crypten.uninit()
 
 

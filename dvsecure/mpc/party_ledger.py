@@ -91,6 +91,10 @@ class PartyLedger:
     def spent(self) -> dict[str, Fraction]:
         return {sid: Fraction(v) for sid, v in self._db.execute("SELECT source_id, spent FROM spend")}
 
+    def query_ids(self) -> set[str]:
+        """Every query this party has charged (evaluated), revealed or not."""
+        return {q for (q,) in self._db.execute("SELECT query_id FROM queries")}
+
     def record_charges(self, query_ids, gammas: np.ndarray, answered: np.ndarray, noise: str) -> None:
         """gammas: int[Q, S] the weights actually tallied (2**-16 units); answered: bool[Q]."""
         mech = self.policy.mechanism

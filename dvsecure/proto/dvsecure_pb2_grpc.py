@@ -359,3 +359,136 @@ class Enclave:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class PartyStub:
+    """A computing party of the MPC backend (DESIGN §6). Each source sends every party
+    its own share as the exact bytes of dvsecure.sharing's envelope (msgpack: the
+    source's Ed25519 signature over a body naming the source, the query ids, the
+    classes, the party index and count, its commitment per vote, and the share
+    sealed to this party's X25519 key), so the signature is checked on the bytes
+    that were signed. A party keeps a share until its query is evaluated.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.GetKeys = channel.unary_unary(
+                '/dvsecure.v1.Party/GetKeys',
+                request_serializer=dvsecure_dot_proto_dot_dvsecure__pb2.PartyKeysRequest.SerializeToString,
+                response_deserializer=dvsecure_dot_proto_dot_dvsecure__pb2.PartyKeys.FromString,
+                _registered_method=True)
+        self.SubmitShares = channel.unary_unary(
+                '/dvsecure.v1.Party/SubmitShares',
+                request_serializer=dvsecure_dot_proto_dot_dvsecure__pb2.ShareEnvelope.SerializeToString,
+                response_deserializer=dvsecure_dot_proto_dot_dvsecure__pb2.SubmitReply.FromString,
+                _registered_method=True)
+
+
+class PartyServicer:
+    """A computing party of the MPC backend (DESIGN §6). Each source sends every party
+    its own share as the exact bytes of dvsecure.sharing's envelope (msgpack: the
+    source's Ed25519 signature over a body naming the source, the query ids, the
+    classes, the party index and count, its commitment per vote, and the share
+    sealed to this party's X25519 key), so the signature is checked on the bytes
+    that were signed. A party keeps a share until its query is evaluated.
+    """
+
+    def GetKeys(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SubmitShares(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_PartyServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'GetKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetKeys,
+                    request_deserializer=dvsecure_dot_proto_dot_dvsecure__pb2.PartyKeysRequest.FromString,
+                    response_serializer=dvsecure_dot_proto_dot_dvsecure__pb2.PartyKeys.SerializeToString,
+            ),
+            'SubmitShares': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitShares,
+                    request_deserializer=dvsecure_dot_proto_dot_dvsecure__pb2.ShareEnvelope.FromString,
+                    response_serializer=dvsecure_dot_proto_dot_dvsecure__pb2.SubmitReply.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'dvsecure.v1.Party', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('dvsecure.v1.Party', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Party:
+    """A computing party of the MPC backend (DESIGN §6). Each source sends every party
+    its own share as the exact bytes of dvsecure.sharing's envelope (msgpack: the
+    source's Ed25519 signature over a body naming the source, the query ids, the
+    classes, the party index and count, its commitment per vote, and the share
+    sealed to this party's X25519 key), so the signature is checked on the bytes
+    that were signed. A party keeps a share until its query is evaluated.
+    """
+
+    @staticmethod
+    def GetKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dvsecure.v1.Party/GetKeys',
+            dvsecure_dot_proto_dot_dvsecure__pb2.PartyKeysRequest.SerializeToString,
+            dvsecure_dot_proto_dot_dvsecure__pb2.PartyKeys.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitShares(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dvsecure.v1.Party/SubmitShares',
+            dvsecure_dot_proto_dot_dvsecure__pb2.ShareEnvelope.SerializeToString,
+            dvsecure_dot_proto_dot_dvsecure__pb2.SubmitReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

@@ -1,0 +1,75 @@
+"""A party's inbox: the shares sources send it over gRPC (`Party.SubmitShares`),
+held until their query is evaluated.
+
+Each envelope is verified (the source's key from the principals file, the
+signature on the exact bytes, this party's index) and opened on arrival;
+what it holds is kept in memory only. Refused: an unknown source, a bad
+signature, a share meant for another party, a second share from a source for a
+query still pending (a replay), a share for a query already evaluated (late),
+more pending shares than the limit. A party that restarts loses its pending
+shares (its sources resubmit); evaluated queries stay refused, since the
+party's ledger knows them.
+"""
+from __future__ import annotations
+
+import threading
+from typing import Mapping
+
+import numpy as np
+
+from ..errors import PartyRefusal, SubmissionError
+from ..sharing import open_submission
+
+_AUTH_PROBLEMS = ("unknown source", "bad signature", "signed by")
+
+
+class ShareInbox:
+    def __init__(self, rank: int, world: int, box_key, source_keys: Mapping, evaluated: set[str],
+                 max_pending: int = 1_000_000):
+        self.rank, self.world, self.box_key = rank, world, box_key
+        self.source_keys = dict(source_keys)
+        self.max_pending = max_pending
+        self._evaluated = set(evaluated)          # query ids this party has charged
+        self._pending: dict[tuple[str, str], tuple[np.ndarray, bytes]] = {}
+        self._lock = threading.Lock()
+
+    def submit(self, envelope: bytes) -> int:
+        """Accept one source's envelope; the number of votes it carried."""
+        try:
+            got = open_submission(envelope, self.rank, self.world, self.box_key, self.source_keys)
+        except SubmissionError as e:
+            code = "UNAUTHENTICATED" if any(p in str(e) for p in _AUTH_PROBLEMS) else "INVALID_ARGUMENT"
+            raise PartyRefusal(str(e), code) from None
+        commitments = got.commitments or (b"",) * len(got.query_ids)
+        with self._lock:
+            for qid in got.query_ids:
+                if qid in self._evaluated:
+                    raise PartyRefusal(f"late: query {qid!r} was already evaluated", "FAILED_PRECONDITION")
+                if (got.source_id, qid) in self._pending:
+                    raise PartyRefusal(f"replay: {got.source_id!r} already submitted a share for query "
+                                       f"{qid!r}", "ALREADY_EXISTS")
+            if len(self._pending) + len(got.query_ids) > self.max_pending:
+                raise PartyRefusal(f"more than {self.max_pending} shares pending", "RESOURCE_EXHAUSTED")
+            for qid, share, commitment in zip(got.query_ids, got.shares, commitments):
+                self._pending[(got.source_id, qid)] = (share, commitment)
+        return len(got.query_ids)
+
+    def take(self, query_ids, source_ids, num_classes: int):
+        """The shares for these queries, removed from the inbox and marked
+        evaluated: (x int64[S, Q, C], opened int64[S, Q], commitments bytes[S, Q, 32])."""
+        S, Q = len(source_ids), len(query_ids)
+        x = np.zeros((S, Q, num_classes), dtype=np.int64)
+        opened = np.zeros((S, Q), dtype=np.int64)
+        commitments = np.zeros((S, Q, 32), dtype=np.uint8)
+        with self._lock:
+            self._evaluated.update(query_ids)
+            for j, sid in enumerate(source_ids):
+                for i, qid in enumerate(query_ids):
+                    held = self._pending.pop((sid, qid), None)
+                    if held is None or held[0].shape != (num_classes,):
+                        continue                 # absent, or a share of the wrong width: not counted
+                    x[j, i] = held[0].view(np.int64)
+                    opened[j, i] = 1
+                    if held[1]:
+                        commitments[j, i] = np.frombuffer(held[1], dtype=np.uint8)
+        return x, opened, commitments
