@@ -8,7 +8,8 @@ signature, a share meant for another party, a second share from a source for a
 query still pending (a replay), a share for a query already evaluated (late),
 more pending shares than the limit. A party that restarts loses its pending
 shares (its sources resubmit); evaluated queries stay refused, since the
-party's ledger knows them.
+party's ledger knows them — so a query whose batch failed after the parties
+took its shares is asked again under a new query id.
 """
 from __future__ import annotations
 
