@@ -8,6 +8,8 @@ then returns the release.
 """
 from __future__ import annotations
 
+import math
+import secrets
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Callable, Mapping, Sequence
@@ -18,12 +20,12 @@ from . import entry
 from .accounting.charges import Charge, query_charges
 from .backends import FROM_SOURCES, Backend, PlaintextBackend
 from .errors import DuplicateQueryError, ParameterError, VoteError
-from .filter import EXCLUDED_BUDGET, BudgetFilter
-from .fixedpoint import gamma_to_fixed
+from .filter import ACTIVE, EXCLUDED_BUDGET, BudgetFilter
+from .fixedpoint import SCALE, gamma_to_fixed
 from .ledger import Ledger, LedgerRecord
 from .noise import NoiseSource, PrivateNoise
 from .policy import ConsortiumPolicy
-from .submission import Submission
+from .submission import Submission, vote_payload
 
 INVALID = "excluded:invalid"
 ABSENT = "absent"
@@ -97,6 +99,7 @@ class Aggregator:
         self._mechanism_entry = entry.Mechanism(kind=mech.kind, sigma2=mech.sigma2, sigma1=mech.sigma1,
                                                 threshold=mech.threshold)
         self._charge_cache: dict[tuple[float, bool], tuple[tuple[Charge, ...], Fraction]] = {}
+        self._init_exact()
 
     def set_weights(self, weights: Mapping[str, float]) -> None:
         """Desired weights (e.g. from calibration); each must lie on the grid inside its band."""
@@ -115,9 +118,9 @@ class Aggregator:
     def _align(self, votes) -> list:
         """Votes as a list in policy order: accepts a mapping id -> vote (missing = absent)
         or a sequence/array with one entry per source."""
-        ids = self.policy.ids
+        ids = self._id_list   # policy.ids builds a tuple on every access
         if isinstance(votes, Mapping):
-            unknown = set(votes) - set(ids)
+            unknown = votes.keys() - self._id_set
             if unknown:
                 raise VoteError(f"votes from unknown source(s): {', '.join(sorted(map(str, unknown)))}")
             return [votes.get(i) for i in ids]
@@ -136,21 +139,105 @@ class Aggregator:
         vote is wrapped with a nonce chosen here; a source that wants to check its
         commitment sends a `Submission` carrying its own nonce."""
         votes, commitments = [], []
-        for sid, sub in zip(self.policy.ids, subs):
+        # The same bytes as Submission.commitment, with the hash state after the
+        # query id computed once per query instead of once per source.
+        base = entry.commitment_base(query_id)
+        fresh = None
+        for k, (sid, frame, sub) in enumerate(zip(self._id_list, self._id_frames, subs)):
             if sub is None:
                 votes.append(None)
                 commitments.append(entry.ABSENT_COMMITMENT)
                 continue
-            if not isinstance(sub, Submission):
-                sub = Submission.new(sub)
-            votes.append(sub.vote)
-            commitments.append(sub.commitment(query_id, sid))
+            if type(sub) is Submission:
+                vote, nonce = sub.vote, sub.nonce
+            elif isinstance(sub, Submission):    # a subclass commits its own way
+                votes.append(sub.vote)
+                commitments.append(sub.commitment(query_id, sid))
+                continue
+            else:   # a bare vote: Submission.new's 32 CSPRNG bytes, drawn for the whole query at once
+                if fresh is None:
+                    fresh = secrets.token_bytes(32 * len(subs))
+                vote, nonce = sub, fresh[32 * k:32 * k + 32]
+            votes.append(vote)
+            commitments.append(entry.commitment_from(base, frame, nonce, vote_payload(vote)))
         return votes, b"".join(commitments)
+
+    # ---- exact running spends ----------------------------------------------
+    # Every spend, budget, worst case and charge here is an integer multiple of
+    # 1/den for one common denominator den: a charge is g^2 times a per-mechanism
+    # unit (rho = Delta^2/(2 sigma^2), CKS 2020 Theorems 4 and 14, with Delta =
+    # gamma or sqrt(2) gamma and gamma = g/2**16; see accounting.charges), a spend
+    # is a sum of charges. Held as integer numerators, the filter's test and the
+    # accounting are exact integer + and <=; a Fraction is made only where one is
+    # handed out (Participation.spent and the running spends).
+    def _init_exact(self) -> None:
+        self._id_list = list(self.policy.ids)
+        self._id_set = frozenset(self._id_list)
+        self._id_frames = [entry.commitment_frame(sid.encode()) for sid in self._id_list]
+        mech = self.policy.mechanism
+        step = Fraction(1, SCALE)
+        den = math.lcm(*(b.denominator for b in self._budgets.values()),
+                       (self.filter.unit * step * step).denominator)
+        for c in query_charges(mech, 1 / SCALE, True):     # every charge is g^2 times these
+            den = math.lcm(den, c.rho.denominator)
+        self._den = den
+        self._caps = [self._budgets[sid].numerator * (den // self._budgets[sid].denominator)
+                      for sid in self._id_list]
+        self._vals: list | None = None          # the Fractions self._nums stands for
+        self._nums: list[int] = []
+        self._fast_active: list[dict] = [{} for _ in self._id_list]   # desired -> (worst case num, Decision)
+        self._charge_nums: dict[tuple, tuple] = {}
+
+    def _widen(self, d: int) -> None:
+        """Make den a multiple of d, rescaling every numerator held."""
+        if self._den % d == 0:
+            return
+        k = d // math.gcd(self._den, d)
+        self._den *= k
+        self._caps[:] = [c * k for c in self._caps]       # in place: callers hold these lists
+        self._nums[:] = [n * k for n in self._nums]
+        for cache in self._fast_active:
+            cache.clear()
+        self._charge_nums.clear()
+
+    def _over_den(self, value: Fraction) -> int:
+        self._widen(value.denominator)
+        return value.numerator * (self._den // value.denominator)
+
+    def _sync(self, spent: Mapping[str, Fraction]) -> list[int]:
+        """The numerators over den of the spends in `spent` (policy order). Reused
+        while `spent` holds the very values they stand for — the running spends
+        this aggregator updates itself — and recomputed otherwise."""
+        vals = list(map(spent.__getitem__, self._id_list))
+        if vals != self._vals:     # identical objects compare equal without arithmetic
+            for v in vals:
+                self._widen(v.denominator)
+            den = self._den
+            self._nums[:] = [v.numerator * (den // v.denominator) for v in vals]
+        self._vals = vals
+        return self._nums
 
     # ---- steps ---------------------------------------------------------------
     def _decide(self, spent: Mapping[str, Fraction]):
-        return [self.filter.decide(src, self.weights[src.id], spent[src.id], self._budgets[src.id])
-                for src in self.policy.sources]
+        """BudgetFilter.decide for every source. A desired weight whose worst case
+        fits (exactly, in integers) is active, which is what decide returns then;
+        everything else (shrink, exclusion, a weight outside its band) goes
+        through decide itself."""
+        nums = self._sync(spent)
+        caps, fast, weights = self._caps, self._fast_active, self.weights
+        row = []
+        for i, src in enumerate(self.policy.sources):
+            desired = weights[src.id]
+            hit = fast[i].get(desired)
+            if hit is not None and nums[i] + hit[0] <= caps[i]:
+                row.append(hit[1])
+                continue
+            d = self.filter.decide(src, desired, self._vals[i], self._budgets[src.id])
+            if desired and d.status == ACTIVE and d.gamma == desired and desired not in fast[i]:
+                wc = self._over_den(self.filter.worst_case(desired))
+                fast[i][desired] = (wc, d)
+            row.append(d)
+        return row
 
     def _evaluate(self, rows, submissions, num_classes, query_ids):
         # Decisions are on the 2**-16 grid, so scaling by 2**16 is exact.
@@ -171,11 +258,29 @@ class Aggregator:
             self._charge_cache[key] = hit
         return hit
 
+    def _source_pairs(self, i: int, gamma: float, answered: bool) -> tuple:
+        """Source i's (source_id, Charge) pairs, charges, total and the total's
+        numerator over den (memoised: the same immutable pairs every time, which
+        also lets the ledger memoise their rows)."""
+        key = (i, gamma, answered)
+        hit = self._charge_nums.get(key)
+        if hit is None:
+            mine, rho = self._source_charges(gamma, answered)
+            sid = self._id_list[i]
+            hit = (tuple((sid, c) for c in mine), mine, rho, self._over_den(rho))
+            self._charge_nums[key] = hit
+        return hit
+
     def _account(self, row, out, running: dict[str, Fraction]):
         """Participation and charges of every source for one evaluated query;
         updates `running` (cumulative spends) in place."""
+        nums = self._sync(running)
+        vals = self._vals
+        answered = out.release.answered
+        cache = self._charge_nums
+        made: dict[int, Fraction] = {}   # sources with equal spends share one Fraction
         parts, charges = [], []
-        for src, d, problem in zip(self.policy.sources, row, out.problems):
+        for i, (sid, d, problem) in enumerate(zip(self._id_list, row, out.problems)):
             if d.status == EXCLUDED_BUDGET:
                 status, gamma, reason = EXCLUDED_BUDGET, 0.0, None
             elif problem is not None:
@@ -183,15 +288,24 @@ class Aggregator:
                 gamma, reason = 0.0, (None if problem == "absent" else problem)
             else:
                 status, gamma, reason = d.status, d.gamma, None
-            mine, rho = self._source_charges(gamma, out.release.answered)
-            if rho:
-                running[src.id] += rho
-            charges.extend((src.id, c) for c in mine)
-            parts.append(Participation(src.id, gamma, status, reason, mine, rho, running[src.id]))
+            hit = cache.get((i, gamma, answered))
+            if hit is None:
+                hit = self._source_pairs(i, gamma, answered)
+                made.clear()    # den may have widened: numerators now mean other values
+            pairs, mine, rho, num = hit
+            if num:
+                n = nums[i] = nums[i] + num
+                v = made.get(n)
+                if v is None:
+                    # The same normalised rational running[sid] + rho would give.
+                    v = made[n] = Fraction(n, self._den)
+                vals[i] = running[sid] = v
+            charges += pairs
+            parts.append(Participation(sid, gamma, status, reason, mine, rho, vals[i]))
         return tuple(parts), tuple(charges)
 
     def _renderer(self, query_id, release, parts, commitments: bytes, num_classes: int):
-        ids = self.policy.ids
+        ids = self._id_list
         gamma = entry.pack_u32([int(p.gamma * 65536) for p in parts])   # on the grid: exact
         status = "".join(entry.STATUS_CODES[p.status] for p in parts)
         invalid = {p.source_id: p.reason for p in parts if p.reason}

@@ -145,6 +145,7 @@ def run_enclave_demo(out: Path, state: Path, num_sources: int = 5, num_queries: 
             "status": "active" if can_continue else "exhausted"})
     data = {
         "backend": "enclave", "noise_mode": "private", "private": True,
+        "votes_sent": "by each source to the attested enclave, sealed to its key, over gRPC+TLS",
         "mechanism": policy.mechanism.to_dict(), "policy_digest": policy.digest(),
         "calibration_queries": 0, "answered": answered, "refused": len(released) - answered,
         "accuracy": (correct / answered) if answered else None,

@@ -173,6 +173,28 @@ def commitment(query_id: str, source_id: str, nonce: bytes, payload: bytes) -> b
 
 
 ABSENT_COMMITMENT = bytes(COMMITMENT_SIZE)
+_COMMITMENT_DOMAIN = b"dvsecure/submission/v1\x00"
+
+
+# `commitment` for many sources of one query, the same bytes: SHA-256 is fed the
+# same byte string, only in fewer pieces, and the state after the query id is
+# computed once and copied for each source.
+def commitment_frame(part: bytes) -> bytes:
+    """One framed field of a commitment: 4-byte big-endian length, then the bytes."""
+    return len(part).to_bytes(4, "big") + part
+
+
+def commitment_base(query_id: str):
+    """The commitment's hash state after the domain and the query id."""
+    return hashlib.sha256(_COMMITMENT_DOMAIN + commitment_frame(query_id.encode()))
+
+
+def commitment_from(base, source_frame: bytes, nonce: bytes, payload: bytes) -> bytes:
+    """`commitment(query_id, source_id, nonce, payload)`, given `commitment_base(query_id)`
+    and `commitment_frame(source_id.encode())`."""
+    h = base.copy()
+    h.update(b"".join((source_frame, len(nonce).to_bytes(4, "big"), nonce, len(payload).to_bytes(4, "big"), payload)))
+    return h.digest()
 
 
 def genesis(origin: str, policy_digest: str, policy_toml: bytes, source_ids) -> bytes:
@@ -188,7 +210,9 @@ def log_origin(policy) -> str:
 
 def columns(source_ids, spent, charged) -> tuple[bytes, bytes]:
     """The packed cumulative-spend and charged-count columns, in policy order."""
-    return (pack_f64([float(spent[s]) for s in source_ids]), pack_u32([charged[s] for s in source_ids]))
+    floats = getattr(spent, "floats", None)   # the ledger's exact spends: nearest floats without Fractions
+    values = floats(source_ids) if floats is not None else [float(spent[s]) for s in source_ids]
+    return pack_f64(values), pack_u32([charged[s] for s in source_ids])
 
 
 def per_source(e: Query | Calibration, source_ids) -> list[dict]:

@@ -11,6 +11,7 @@ published directory).
 """
 from __future__ import annotations
 
+import math
 import sqlite3
 from dataclasses import dataclass
 from fractions import Fraction
@@ -60,6 +61,58 @@ def _frac(text: str) -> Fraction:
 # charged count once this record's charges are added.
 Render = Callable[[int, Mapping[str, Fraction], Mapping[str, int]], bytes]
 
+_ROW_CACHE_MAX = 1 << 16
+
+
+class _Spends(Mapping):
+    """Every source's cumulative spend during a commit, exactly: integer numerators
+    over one common denominator `den` (a multiple of every denominator seen), so
+    adding charges and checking budgets are integer + and >. Looks up as the
+    exact Fraction; `floats` gives the nearest float64 of each spend directly
+    (int / int true division is correctly rounded, as Fraction's float() is)."""
+
+    def __init__(self, spent: Mapping[str, Fraction], budgets: Mapping[str, Fraction]):
+        den = 1
+        for f in (*spent.values(), *budgets.values()):
+            den = math.lcm(den, f.denominator)
+        self.den = den
+        self.nums = {sid: f.numerator * (den // f.denominator) for sid, f in spent.items()}
+        self.caps = {sid: f.numerator * (den // f.denominator) for sid, f in budgets.items()}
+        self.mult: dict[int, int] = {}   # a charge's denominator -> den // it
+
+    def scaled(self, num: int, d: int, pending: dict[str, int]) -> int:
+        """num/d as a numerator over `den`, first widening `den` to a multiple of d
+        if it is not one already (rescaling every value held, and `pending`: the
+        caller's partial sums over the old `den`)."""
+        m = self.mult.get(d)
+        if m is None:
+            if self.den % d:
+                k = d // math.gcd(self.den, d)
+                self.den *= k
+                for col in (self.nums, self.caps, pending):
+                    for sid in col:
+                        col[sid] *= k
+                for x in self.mult:      # in place: callers hold this dict
+                    self.mult[x] *= k
+            m = self.mult[d] = self.den // d
+        return num * m
+
+    def float(self, sid: str) -> float:
+        return self.nums[sid] / self.den
+
+    def floats(self, source_ids) -> list[float]:
+        nums, den = self.nums, self.den
+        return [nums[s] / den for s in source_ids]
+
+    def __getitem__(self, sid: str) -> Fraction:
+        return Fraction(self.nums[sid], self.den)
+
+    def __iter__(self):
+        return iter(self.nums)
+
+    def __len__(self) -> int:
+        return len(self.nums)
+
 
 @dataclass(frozen=True)
 class LedgerRecord:
@@ -85,6 +138,8 @@ class Ledger:
         except sqlite3.DatabaseError as e:
             raise LedgerError(f"cannot open ledger {self.path}: {e}") from None
         self._bind_policy()
+        self._source_ids = frozenset(s.id for s in policy.sources)
+        self._rows: dict[int, tuple] = {}
 
     def _bind_policy(self) -> None:
         digest = self.policy.digest()
@@ -165,6 +220,27 @@ class Ledger:
             self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
 
     # ---- the one write -----------------------------------------------------
+    def _charge_row(self, pair) -> tuple:
+        """(pair, source id, rho as numerator and denominator, the charges row
+        without its seq) for one
+        (source_id, Charge) pair, memoised by identity: the aggregator hands over
+        the same immutable pairs query after query. The cache holds the pair
+        itself, so its id cannot be reused while the entry exists."""
+        hit = self._rows.get(id(pair))
+        if hit is not None and hit[0] is pair:
+            return hit
+        sid, ch = pair
+        if sid not in self._source_ids:
+            raise LedgerError(f"charge for unknown source {sid!r}")
+        rho = ch.rho
+        n, d = rho.numerator, rho.denominator
+        hit = (pair, sid, n, d, (sid, ch.mechanism, ch.sigma, ch.gamma, int(ch.answered), f"{n}/{d}"))
+        if type(pair) is tuple and type(ch) is Charge:   # immutable: safe to memoise
+            if len(self._rows) >= _ROW_CACHE_MAX:
+                self._rows.clear()
+            self._rows[id(pair)] = hit
+        return hit
+
     def commit(self, records: Iterable[LedgerRecord]) -> list[int]:
         """Append records atomically; returns their sequence numbers. Raises
         DuplicateQueryError or BudgetExceededError and records nothing."""
@@ -175,40 +251,62 @@ class Ledger:
             budgets = self.budgets()
             counts = self.charged_counts()
             seq = self.next_seq()
+            # Exact arithmetic on integers: every spend, budget and charge is held as
+            # its numerator over one common denominator (int + and > are exact, and
+            # Fraction(num, den) is the same rational the Fraction sums gave).
+            acc = _Spends(spent, budgets)
+            nums, caps = acc.nums, acc.caps
+            memo, mult = self._rows, acc.mult
+            taken = self._existing(r.query_id for r in records)
             changed: set[str] = set()
             for rec in records:
-                if self.has_query(rec.query_id):
+                if rec.query_id in taken:
                     raise DuplicateQueryError(f"query id {rec.query_id!r} is already in the ledger")
-                per_source: dict[str, Fraction] = {}
+                taken.add(rec.query_id)
+                per_source: dict[str, int] = {}
                 rows = []
-                for sid, ch in rec.charges:
-                    if sid not in spent:
-                        raise LedgerError(f"charge for unknown source {sid!r}")
-                    rho = ch.rho
-                    if rho:
-                        prev = per_source.get(sid)
-                        per_source[sid] = rho if prev is None else prev + rho
-                    rows.append((seq, sid, ch.mechanism, ch.sigma, ch.gamma, int(ch.answered),
-                                 f"{rho.numerator}/{rho.denominator}"))
-                for sid, rho in per_source.items():
-                    spent[sid] += rho
+                for pair in rec.charges:
+                    hit = memo.get(id(pair))
+                    if hit is None or hit[0] is not pair:
+                        hit = self._charge_row(pair)
+                    _, sid, num, den, row = hit
+                    if num:
+                        m = mult.get(den)
+                        # acc.scaled may widen den and rescale per_source: call it first
+                        n = num * m if m is not None else acc.scaled(num, den, per_source)
+                        per_source[sid] = per_source.get(sid, 0) + n
+                    rows.append((seq,) + row)
+                for sid, n in per_source.items():
+                    nums[sid] += n
                     counts[sid] += 1
                     changed.add(sid)
-                    if spent[sid] > budgets[sid]:
+                    if nums[sid] > caps[sid]:
                         raise BudgetExceededError(
-                            f"query {rec.query_id!r} would take source {sid!r} to rho={float(spent[sid]):.6g} "
+                            f"query {rec.query_id!r} would take source {sid!r} to rho={acc.float(sid):.6g} "
                             f"over its budget {float(budgets[sid]):.6g}; nothing was recorded")
-                body = rec.render(seq, spent, counts)
+                body = rec.render(seq, acc, counts)
                 if b"\n" in body:
                     raise LedgerError(f"record {rec.query_id!r}: a log entry may not contain a newline")
                 self._db.execute("INSERT INTO records VALUES (?, ?, ?, ?)", (seq, rec.query_id, rec.kind, body))
                 self._db.executemany("INSERT INTO charges VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
                 seqs.append(seq)
                 seq += 1
-            self._db.executemany("UPDATE spend SET spent=?, charged=? WHERE source_id=?",
-                                 [(f"{spent[sid].numerator}/{spent[sid].denominator}", counts[sid], sid)
-                                  for sid in changed])
+            updates = []
+            for sid in changed:
+                value = acc[sid]
+                updates.append((f"{value.numerator}/{value.denominator}", counts[sid], sid))
+            self._db.executemany("UPDATE spend SET spent=?, charged=? WHERE source_id=?", updates)
         return seqs
+
+    def _existing(self, query_ids: Iterable[str]) -> set[str]:
+        """Which of these query ids the ledger already holds (one SELECT per 500)."""
+        ids = list(query_ids)
+        found: set[str] = set()
+        for i in range(0, len(ids), 500):
+            chunk = ids[i:i + 500]
+            sql = f"SELECT query_id FROM records WHERE query_id IN ({','.join('?' * len(chunk))})"
+            found.update(q for (q,) in self._db.execute(sql, chunk))
+        return found
 
     def verify(self) -> None:
         """Consistency check: every stored spend equals the sum of its charges."""

@@ -17,15 +17,24 @@ import numpy as np
 from . import entry
 
 
+# What json.dumps(vote, separators=(",", ":"), allow_nan=True) builds on every
+# call; encode() keeps no state between calls, so one instance serves them all.
+_COMPACT_JSON = json.JSONEncoder(separators=(",", ":"), allow_nan=True)
+
+
 def vote_payload(vote) -> bytes:
     """The bytes committed to for a plaintext vote: its compact JSON (the vote as
     submitted, valid or not; NaN and infinities included as JSON extensions)."""
+    if type(vote) is int:
+        return int.__repr__(vote).encode()    # exactly what the JSON encoder writes for an int
     if isinstance(vote, np.ndarray):
         vote = vote.tolist()
     elif isinstance(vote, np.generic):
         vote = vote.item()
+        if type(vote) is int:
+            return int.__repr__(vote).encode()
     try:
-        return json.dumps(vote, separators=(",", ":"), allow_nan=True).encode()
+        return _COMPACT_JSON.encode(vote).encode()
     except (TypeError, ValueError):
         return repr(vote).encode()
 

@@ -1,6 +1,11 @@
 """Noise sources: one interface, three modes (see package docstring)."""
 from __future__ import annotations
 
+import atexit
+import os
+import threading
+import weakref
+from collections import deque
 from fractions import Fraction
 from functools import lru_cache
 
@@ -47,13 +52,74 @@ def _opendp_measurement(sigma: float):
     return dp.m.make_gaussian(dp.vector_domain(dp.atom_domain(T="i64")), dp.l2_distance(T="i64"), scale=sigma)
 
 
+class _Pool:
+    """Drawn, not yet used samples of one scale, in order; each is handed out once."""
+
+    def __init__(self):
+        self.chunks: deque[np.ndarray] = deque()
+        self.pos = 0          # next unused sample of chunks[0]
+        self.ready = 0        # unused samples in all chunks
+        self.used = 0         # samples handed out so far
+
+    def add(self, samples: np.ndarray) -> None:
+        if len(samples):
+            self.chunks.append(samples)
+            self.ready += len(samples)
+
+    def take(self, size: int) -> np.ndarray:
+        pieces = []
+        while size:
+            head = self.chunks[0]
+            n = min(size, len(head) - self.pos)
+            pieces.append(head[self.pos:self.pos + n])
+            self.pos += n
+            size -= n
+            if self.pos == len(head):
+                self.chunks.popleft()
+                self.pos = 0
+        out = pieces[0].copy() if len(pieces) == 1 else np.concatenate(pieces)
+        self.ready -= len(out)
+        self.used += len(out)
+        return out
+
+
 class PrivateNoise(NoiseSource):
     """OpenDP's exact discrete Gaussian (CKS 2020 algorithm, CSPRNG-driven).
 
     OpenDP takes the scale as a float64; grid scales are sigma * 2**32 with sigma
-    a float64, which is exactly representable, so nothing is rounded."""
+    a float64, which is exactly representable, so nothing is rounded.
+
+    Samples are drawn from OpenDP in chunks and handed out in order, each once:
+    one OpenDP call costs about as much as several samples, and a query needs
+    only 1 + C. The samples are i.i.d. and independent of everything else, so
+    which drawn sample serves which query changes nothing in the distribution.
+    A synchronous chunk is at most what the scale has used so far (a one-off
+    caller draws only what it asks for). Once a scale is in steady use (CHUNK
+    samples), a background thread keeps AHEAD samples of it drawn: OpenDP runs
+    without the GIL, so on a second core the noise costs the caller nothing.
+    The thread ends after IDLE seconds without demand; a forked child drops
+    every drawn sample (it must never reuse its parent's)."""
 
     mode = PRIVATE
+    CHUNK = 1024
+    AHEAD = 8192
+    IDLE = 2.0
+
+    def __init__(self):
+        self._reset()
+        _live.add(self)
+
+    def __reduce__(self):
+        # A copy starts with no drawn samples: noise is never handed out twice.
+        return (PrivateNoise, ())
+
+    def _reset(self) -> None:
+        self._lock = threading.Lock()
+        self._pools: dict[float, _Pool] = {}
+        self._pid = os.getpid()
+        self._wake = threading.Event()
+        self._worker: threading.Thread | None = None
+        self._stop = False
 
     def sample(self, sigma: Fraction, size: int) -> np.ndarray:
         self._check(sigma, size)
@@ -62,7 +128,121 @@ class PrivateNoise(NoiseSource):
             raise ParameterError(f"noise scale {sigma} is not exactly a float64")
         if size == 0:
             return np.zeros(0, dtype=np.int64)
-        return np.asarray(_opendp_measurement(s)([0] * size), dtype=np.int64)
+        if size >= self.CHUNK:
+            return _draw(s, size)
+        with self._lock:
+            if self._pid != os.getpid():   # belt and braces: the at-fork hook already reset us
+                self._reset_pools()
+            pool = self._pools.get(s)
+            if pool is None:
+                pool = self._pools[s] = _Pool()
+            if pool.ready < size:
+                pool.add(_draw(s, max(size - pool.ready, min(pool.used, self.CHUNK))))
+            out = pool.take(size)
+            if pool.used >= self.CHUNK and pool.ready < self.AHEAD // 2 and not self._stop:
+                self._kick()
+        return out
+
+    def _reset_pools(self) -> None:
+        self._pools.clear()
+        self._pid = os.getpid()
+        self._worker = None
+
+    # ---- the background refill (called with self._lock held) ----------------
+    def _kick(self) -> None:
+        if self._worker is None:
+            self._wake.clear()
+            self._worker = threading.Thread(target=_refill, args=(weakref.ref(self),),
+                                             name="dvsecure-noise", daemon=True)
+            self._worker.start()
+        else:
+            self._wake.set()
+
+    def _wanted(self) -> float | None:
+        """A scale in steady use with fewer than AHEAD samples ready, if any."""
+        for s, pool in self._pools.items():
+            if pool.used >= self.CHUNK and pool.ready < self.AHEAD:
+                return s
+        return None
+
+
+def _refill(ref) -> None:
+    """Background thread: tops up every scale in steady use to AHEAD samples."""
+    while True:
+        noise = ref()
+        if noise is None:
+            return
+        with noise._lock:
+            if noise._stop or noise._pid != os.getpid():
+                if noise._worker is threading.current_thread():
+                    noise._worker = None
+                return
+            s = noise._wanted()
+            if s is None:
+                noise._wake.clear()
+        if s is None:
+            wake = noise._wake
+            del noise
+            if not wake.wait(PrivateNoise.IDLE):
+                noise = ref()
+                if noise is None:
+                    return
+                with noise._lock:
+                    if not noise._wake.is_set():    # no demand meanwhile: end (sample() restarts one)
+                        if noise._worker is threading.current_thread():
+                            noise._worker = None
+                        return
+            continue
+        pid = noise._pid
+        del noise
+        try:
+            fresh = _draw(s, PrivateNoise.CHUNK)     # outside the lock: OpenDP releases the GIL
+        except Exception:   # the caller's own draw will raise it
+            noise = ref()
+            if noise is not None:
+                with noise._lock:
+                    if noise._worker is threading.current_thread():
+                        noise._worker = None
+            return
+        noise = ref()
+        if noise is None:
+            return
+        with noise._lock:
+            if noise._pid == pid == os.getpid() and s in noise._pools:
+                noise._pools[s].add(fresh)
+        del noise
+
+
+def _draw(s: float, size: int) -> np.ndarray:
+    return np.asarray(_opendp_measurement(s)([0] * size), dtype=np.int64)
+
+
+# Every PrivateNoise, so that a forked child drops their samples before anything
+# else runs (its locks are fresh, its threads did not survive the fork), and so
+# that interpreter exit stops the refill threads first.
+_live: "weakref.WeakSet[PrivateNoise]" = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for noise in list(_live):
+        noise._reset()
+
+
+def _stop_all() -> None:
+    workers = []
+    for noise in list(_live):
+        with noise._lock:
+            noise._stop = True
+            if noise._worker is not None:
+                workers.append(noise._worker)
+            noise._wake.set()
+    for w in workers:
+        w.join(timeout=1.0)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+atexit.register(_stop_all)
 
 
 class SeededNoise(NoiseSource):
