@@ -61,6 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="pin a signer's verifier key (the string, or a file holding it); repeatable")
     a.add_argument("--allow-nonprivate", action="store_true",
                    help="do not fail on no-noise or seeded entries (they are still reported)")
+    a.add_argument("--enclave-pcr0", metavar="HEX",
+                   help="require every checkpoint signer to be an enclave key attested with this PCR0 "
+                        "(its attestation, recorded in the signers entry, is verified at its own time)")
+    a.add_argument("--trust-sim-root", action="append", default=[], type=Path, metavar="PEM",
+                   help="with --enclave-pcr0: also accept attestations from this SIMULATED root")
     a.add_argument("--json", action="store_true", help="print one JSON object")
 
     b = sub.add_parser("bench", help="measure the MPC secure pipeline against CrypTen's own argmax")
@@ -105,10 +110,44 @@ def _key_arg(text: str) -> str:
 def _audit(args) -> int:
     from .audit import audit
 
+    if args.trust_sim_root and not args.enclave_pcr0:
+        raise ParameterError("--trust-sim-root only applies with --enclave-pcr0")
+    attested = None
+    if args.enclave_pcr0:
+        attested = _attested_signer_problems(args)
     report = audit(args.path, source=args.source, policy=args.policy, witness=args.witness,
                    trusted_keys=[_key_arg(k) for k in args.trust_key], allow_nonprivate=args.allow_nonprivate)
-    print(json.dumps(report.to_dict(), indent=2) if args.json else report.to_text())
-    return 0 if report.ok else 1
+    if args.json:
+        out = report.to_dict()
+        if attested is not None:
+            out["attested_signers"] = {"ok": not attested, "findings": attested}
+        print(json.dumps(out, indent=2))
+    else:
+        print(report.to_text())
+        if attested is not None:
+            print("attested signers: " + ("OK" if not attested else "FAILED"))
+            for problem in attested:
+                print(f"  [attestation] {problem}")
+    return 0 if report.ok and not attested else 1
+
+
+def _attested_signer_problems(args) -> list[str]:
+    from .enclave_client import check_attested_signers
+    from .translog import ENTRIES
+
+    try:
+        pcr0 = bytes.fromhex(args.enclave_pcr0)
+    except ValueError:
+        raise ParameterError(f"--enclave-pcr0 is not hex: {args.enclave_pcr0!r}") from None
+    if not (args.path / ENTRIES).is_file():
+        raise ParameterError(f"--enclave-pcr0 needs a log directory with {ENTRIES}; {args.path} has none")
+    roots = []
+    for path in args.trust_sim_root:
+        try:
+            roots.append(path.read_bytes())
+        except OSError as e:
+            raise ParameterError(f"cannot read --trust-sim-root {path}: {e}") from None
+    return check_attested_signers(args.path, expected_pcr0=pcr0, trusted_sim_roots=roots)
 
 
 def _party(args) -> int:

@@ -104,3 +104,24 @@ def test_the_cli_runs_the_enclave_demo_and_refuses_non_private_noise(tmp_path, c
     capsys.readouterr()
     assert main(["demo", "--backend", "enclave", "--no-noise", "--out", str(tmp_path / "n")]) == 2
     assert "private noise only" in capsys.readouterr().err
+
+
+def test_the_auditor_checks_that_every_signer_is_an_attested_enclave_key(tmp_path, capsys):
+    from dvsecure.cli import main
+    from dvsecure.enclave_protocol import enclave_measurement
+
+    run_enclave_demo(tmp_path / "o", tmp_path / "s", num_sources=3, num_queries=10, num_classes=3)
+    pcr0, root = enclave_measurement().hex(), str(tmp_path / "s" / "sim-ca" / "root.pem")
+    capsys.readouterr()
+    assert main(["audit", str(tmp_path / "o"), "--enclave-pcr0", pcr0, "--trust-sim-root", root]) == 0
+    assert "attested signers: OK" in capsys.readouterr().out
+    assert main(["audit", str(tmp_path / "o"), "--enclave-pcr0", pcr0]) == 1          # simulated: not trusted
+    assert "sim_untrusted" in capsys.readouterr().out
+    assert main(["audit", str(tmp_path / "o"), "--enclave-pcr0", "ab" * 48, "--trust-sim-root", root]) == 1
+    assert "attestation refused (pcr)" in capsys.readouterr().out
+    # A log signed by an operator key (here: the plaintext demo) has no attested signer.
+    assert main(["demo", "--backend", "plaintext", "--out", str(tmp_path / "p"), "--queries", "10"]) == 0
+    capsys.readouterr()
+    assert main(["audit", str(tmp_path / "p"), "--enclave-pcr0", pcr0, "--trust-sim-root", root]) == 1
+    assert "not an attested enclave key" in capsys.readouterr().out
+    assert main(["audit", str(tmp_path / "p"), "--trust-sim-root", root]) == 2
