@@ -39,8 +39,9 @@ from nacl.signing import SigningKey
 from . import entry as E
 from . import enclave_protocol as proto
 from .attestation.nitro import AttestationDocument, verify
-from .errors import AttestationError, EnclaveError
-from .note import Verifier, open_note, Checkpoint
+from .errors import AttestationError, EnclaveError, ProofError
+from .merkle import verify_consistency
+from .note import Checkpoint, Verifier, open_note
 from .policy import ConsortiumPolicy
 from .proto import dvsecure_pb2 as pb
 from .proto import dvsecure_pb2_grpc as pb_grpc
@@ -226,6 +227,33 @@ def verify_checkpoint_from(conn: Connection, identity: EnclaveIdentity) -> Check
     opened = open_note(note, [Verifier.from_key_string(identity.signer_vkey)],
                        required=[Verifier.from_key_string(identity.signer_vkey).name])
     return Checkpoint.parse(opened.text)
+
+
+def check_not_rolled_back(conn: Connection, identity: EnclaveIdentity, witness: Checkpoint | None) -> Checkpoint:
+    """Before sending votes: the attested instance's latest checkpoint must extend
+    `witness` — the latest checkpoint this source saw before (from any earlier
+    instance; None the first time). The host keeps the ledger, so it could restart
+    the enclave on an older copy to free spent budget; a source that refuses to
+    submit to a log shorter than, or forked from, what it saw gives it nothing.
+    Returns the new checkpoint: the source keeps it as its next witness."""
+    latest = verify_checkpoint_from(conn, identity)
+    if witness is None:
+        return latest
+    if latest.origin != witness.origin:
+        raise EnclaveError(f"the enclave serves log {latest.origin!r}, not {witness.origin!r}", "FAILED_PRECONDITION")
+    if latest.size < witness.size:
+        raise EnclaveError(f"rolled back: the enclave's log has {latest.size} entries, but this source saw a "
+                           f"checkpoint of {witness.size}", "DATA_LOSS")
+    proof = []
+    if 0 < witness.size < latest.size:
+        proof = list(conn.call("GetProofs", pb.ProofsRequest(tree_size=latest.size, old_sizes=[witness.size]))
+                     .consistency[0].hashes)
+    try:
+        verify_consistency(witness.size, latest.size, proof, witness.root_hash, latest.root_hash)
+    except ProofError as e:
+        raise EnclaveError(f"forked: the enclave's log does not extend the checkpoint of {witness.size} entries "
+                           f"this source saw ({e})", "DATA_LOSS") from None
+    return latest
 
 
 def _document_time(document: bytes) -> datetime | None:

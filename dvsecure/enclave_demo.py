@@ -3,7 +3,8 @@
 Layout of `state` (private): policy.toml and principals.json given to the
 enclave, sim-ca/ (the simulated attestation CA: stands in for the hardware
 vendor), tls/ (the certificate the enclave wrote), enclave/ (its ledger),
-enclave.stderr (its log, with the SIMULATED banner). `out` is the enclave's
+enclave.stderr (its log, with the SIMULATED banner), witnesses/ (the last
+checkpoint each source saw: it refuses a log that does not extend it). `out` is the enclave's
 published log, which the sources mirror over gRPC and audit.
 """
 from __future__ import annotations
@@ -19,12 +20,13 @@ from nacl.signing import SigningKey
 from .audit import audit
 from .calibration import hedge_baseline
 from .demo import DemoReport, default_policy, synthetic_votes
-from .enclave_client import (CoordinatorClient, SourceClient, check_attested_signers, check_commitments, connect,
-                             fetch_log, verify_enclave)
+from .enclave_client import (CoordinatorClient, SourceClient, check_attested_signers, check_commitments,
+                             check_not_rolled_back, connect, fetch_log, verify_enclave)
 from .enclave_process import start_enclave
 from .enclave_protocol import Principals, enclave_measurement
 from .errors import ParameterError
 from .filter import BudgetFilter
+from .note import Checkpoint
 from .policy import ConsortiumPolicy
 from .proto import dvsecure_pb2 as pb
 from .translog import write_atomic
@@ -97,6 +99,13 @@ def run_enclave_demo(out: Path, state: Path, num_sources: int = 5, num_queries: 
             agreed = (state / "principals.json").read_bytes()
             ids = {sid: verify_enclave(c, expected_pcr0=pcr0, expected_principals=agreed, trusted_sim_roots=roots)
                    for sid, c in conns.items()}
+            # ... and that the log extends the last checkpoint it saw (no rolled-back ledger).
+            witnesses = state / "witnesses"
+            witnesses.mkdir(exist_ok=True)
+            for sid in policy.ids:
+                saved = witnesses / f"{sid}.checkpoint"
+                seen = Checkpoint.parse(saved.read_bytes()) if saved.exists() else None
+                check_not_rolled_back(conns[sid], ids[sid], seen)
             coordinator = CoordinatorClient(COORDINATOR, coordinator_key, conns[COORDINATOR], ids[COORDINATOR])
             sources = [SourceClient(sid, keys[sid], conns[sid], ids[sid]) for sid in policy.ids]
             # Each run continues the log: query ids continue where the last run stopped.
@@ -111,6 +120,9 @@ def run_enclave_demo(out: Path, state: Path, num_sources: int = 5, num_queries: 
                     sent[src.name].update(src.submit(batch, votes[b:b + BATCH, j].tolist(), num_classes))
                 released += coordinator.release(batch).releases
             mirror = fetch_log(conns[policy.ids[0]], policy, state / "mirror")
+            for sid in policy.ids:
+                latest = check_not_rolled_back(conns[sid], ids[sid], None)
+                write_atomic(witnesses / f"{sid}.checkpoint", latest.to_text())
         finally:
             for c in conns.values():
                 c.close()

@@ -71,3 +71,42 @@ def test_kill_and_restart_keeps_the_log_and_records_the_new_keys(dep):
     assert [r.query_id for r in rel] == ["r3", "r4"]
     assert dep.check() == []
     assert len(entries(dep)) == len(old_log) + 1 + 2
+
+
+def test_a_source_refuses_an_enclave_restarted_on_a_rolled_back_ledger(dep, tmp_path):
+    """The host keeps the ledger: it could restart the enclave on an older copy
+    to free spent budget. A source that kept the last checkpoint it saw refuses
+    to submit to a log shorter than it (or forked from it)."""
+    import shutil
+
+    from dvsecure.enclave_client import check_not_rolled_back
+
+    dep.start()
+    dep.batch(["a1"], {"src0": [1], "src1": [1], "src2": [0]})
+    snapshot = tmp_path / "snapshot"
+    shutil.copytree(dep.root / "state", snapshot / "state")
+    shutil.copytree(dep.out, snapshot / "out")
+    dep.batch(["a2", "a3"], {"src0": [1, 2], "src1": [1, 2], "src2": [0, 0]})
+    witness = check_not_rolled_back(dep.conn, dep.identity, None)           # what src0 saw last
+    assert witness.size == len(entries(dep))
+
+    # An honest restart extends the log: accepted, and the witness moves forward.
+    dep.stop()
+    dep.start()
+    newer = check_not_rolled_back(dep.conn, dep.identity, witness)
+    assert newer.size == witness.size + 1                                   # the new signers entry
+
+    # The host rolls ledger and log back to the snapshot and restarts the enclave.
+    dep.stop()
+    for name in ("state", "out"):
+        shutil.rmtree(dep.root / name)
+        shutil.copytree(snapshot / name, dep.root / name)
+    dep.start()
+    with pytest.raises(EnclaveError, match="rolled back") as err:
+        check_not_rolled_back(dep.conn, dep.identity, newer)
+    assert err.value.code == "DATA_LOSS"
+    # Growing the rolled-back log past the witness does not help: it is a fork.
+    dep.batch([f"f{i}" for i in range(6)], {s: [1] * 6 for s in ("src0", "src1", "src2")})
+    assert len(entries(dep)) > newer.size
+    with pytest.raises(EnclaveError, match="forked"):
+        check_not_rolled_back(dep.conn, dep.identity, newer)
