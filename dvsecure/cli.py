@@ -224,7 +224,13 @@ def main(argv: list[str] | None = None) -> int:
                 return 0
             backend = None
             if args.backend == "mpc":
+                import importlib.util
+
                 from .backends.mpc import MPCBackend
+
+                if importlib.util.find_spec("torch") is None or importlib.util.find_spec("crypten") is None:
+                    raise ParameterError("--backend mpc (the default) needs the mpc extra: torch 2.13.0 and "
+                                         "CrypTen 0.4.1 (`make install` sets them up); or run --backend plaintext")
 
                 # Local parties take the sources' shares over gRPC; with remote parties
                 # (--rendezvous) the coordinator relays the sealed shares through party 0.

@@ -45,6 +45,10 @@ def test_audit_and_receipt_in_a_venv_without_torch(tmp_path):
     # Without --allow-nonprivate the seeded (non-private) log is a finding: exit 1.
     strict = subprocess.run([str(dvsecure), "audit", str(log)], capture_output=True, text=True, timeout=300)
     assert strict.returncode == 1 and "non-private" in strict.stdout
+    # The demo's default (MPC) needs the mpc extra: a clear error, not a dead party.
+    bare = subprocess.run([str(dvsecure), "demo", "--out", str(tmp_path / "d")], capture_output=True, text=True,
+                          timeout=300)
+    assert bare.returncode == 2 and "needs the mpc extra" in bare.stderr, bare.stdout + bare.stderr
     loaded = subprocess.run([str(py), "-c", "import sys, dvsecure.audit, dvsecure.receipt; "
                              "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'crypten')))"],
                             capture_output=True, text=True, timeout=120)
