@@ -5,6 +5,7 @@ Not a test module; the tests use it through a fixture that always stops it.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 from dvsecure.audit import audit
@@ -84,3 +85,13 @@ class Deployment:
             for sid in self.policy.ids:
                 findings += check_commitments(mirror, sid, self.sent[sid], complete=True)
         return findings
+
+
+@contextmanager
+def deployed(root: Path, start: bool = True, **kw):
+    """A Deployment (started unless start=False), always stopped afterwards."""
+    d = Deployment(root, **kw)
+    try:
+        yield d.start() if start else d
+    finally:
+        d.stop()

@@ -15,16 +15,13 @@ from dvsecure.errors import AttestationError, EnclaveError
 from dvsecure.proto import dvsecure_pb2 as pb
 from dvsecure.translog import ENTRIES, KEYS, key_file_name
 
-from enclave_harness import Deployment
+from enclave_harness import Deployment, deployed
 
 
 @pytest.fixture
 def dep(tmp_path):
-    d = Deployment(tmp_path)
-    try:
-        yield d.start()
-    finally:
-        d.stop()
+    with deployed(tmp_path) as d:
+        yield d
 
 
 def test_simulated_attestation_is_refused_without_explicit_trust(dep):

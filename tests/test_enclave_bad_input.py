@@ -14,18 +14,15 @@ from dvsecure.errors import EnclaveError
 from dvsecure.proto import dvsecure_pb2 as pb
 from dvsecure.translog import ENTRIES
 
-from enclave_harness import Deployment
+from enclave_harness import deployed
 
 MAX_MESSAGE = 1 << 20
 
 
 @pytest.fixture(scope="module")
 def dep(tmp_path_factory):
-    d = Deployment(tmp_path_factory.mktemp("bad-input"), extra=("--max-message-bytes", str(MAX_MESSAGE)))
-    try:
-        yield d.start()
-    finally:
-        d.stop()
+    with deployed(tmp_path_factory.mktemp("bad-input"), extra=("--max-message-bytes", str(MAX_MESSAGE))) as d:
+        yield d
 
 
 def refused(fn, code: str, *words: str) -> str:

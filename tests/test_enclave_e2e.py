@@ -19,16 +19,13 @@ from dvsecure.receipt import export_receipt
 from dvsecure.submission import Submission
 from dvsecure.translog import ENTRIES
 
-from enclave_harness import CLASSES, Deployment
+from enclave_harness import CLASSES, deployed
 
 
 @pytest.fixture
 def dep(tmp_path):
-    d = Deployment(tmp_path)
-    try:
-        yield d.start()
-    finally:
-        d.stop()
+    with deployed(tmp_path) as d:
+        yield d
 
 
 def test_votes_released_logged_and_audited(dep, tmp_path):

@@ -12,16 +12,13 @@ from dvsecure.enclave_client import check_attested_signers, verify_enclave
 from dvsecure.errors import EnclaveError
 from dvsecure.translog import CHECKPOINTS, ENTRIES
 
-from enclave_harness import Deployment
+from enclave_harness import deployed
 
 
 @pytest.fixture
 def dep(tmp_path):
-    d = Deployment(tmp_path)
-    try:
+    with deployed(tmp_path, start=False) as d:
         yield d
-    finally:
-        d.stop()
 
 
 def entries(dep) -> list[bytes]:
