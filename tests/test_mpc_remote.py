@@ -91,3 +91,39 @@ def test_a_remote_party_refuses_non_private_noise_unless_allowed(tmp_path):
     finally:
         backend.close()
     assert stop(procs) == [0, 0, 0]
+
+
+def test_remote_parties_take_the_sources_shares_over_grpc(tmp_path):
+    """The whole networked deployment as separate processes: parties 1 and 2 and the
+    dealer via `dvsecure party --listen`, party 0 with the coordinator; every
+    source sends each party its own share over gRPC with TLS."""
+    from nacl.signing import SigningKey
+
+    from dvsecure.backends import FROM_SOURCES
+    from dvsecure.enclave_protocol import Principals
+    from dvsecure.mpc_client import PartySubmitter
+
+    keys = {sid: SigningKey.generate() for sid in POLICY.ids}
+    principals = tmp_path / "principals.json"
+    principals.write_text(Principals(sources={s: k.verify_key for s, k in keys.items()}, coordinators={}).to_json())
+    url = f"tcp://127.0.0.1:{free_port()}"
+    procs = start_remote(tmp_path, url, "--listen", "127.0.0.1:0", "--principals", str(principals))
+    backend = MPCBackend(num_parties=3, timeout=120, rendezvous=url, spawn_ranks=[0], principals=principals,
+                         state_dir=str(tmp_path / "local"))
+    try:
+        with Ledger(tmp_path / "ledger.sqlite", POLICY) as ledger:
+            log = LogWriter(tmp_path / "log", ledger, [operator_signer(tmp_path, POLICY), *backend.cosigners(ledger)])
+            agg = Aggregator(POLICY, ledger, backend=backend, noise=make_noise("private"), log=log)
+            endpoints = backend.endpoints()
+            assert endpoints[1]["tls"] == (tmp_path / "remote-1" / "tls.pem").read_bytes()   # published by party 1
+            qids = [f"g{i}" for i in range(4)]
+            for sid, key in keys.items():
+                with PartySubmitter(sid, key, endpoints) as submitter:
+                    submitter.submit(qids, [i % 4 for i in range(4)], 4)
+            results = agg.query_batch([(q, FROM_SOURCES) for q in qids], 4)
+            assert all(p.status == "active" for r in results for p in r.participants)
+            assert all(r.answered for r in results)            # GNMax answers every query
+    finally:
+        backend.close()
+    assert stop(procs) == [0, 0, 0]
+    assert audit(tmp_path / "log").ok
