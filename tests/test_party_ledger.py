@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from fractions import Fraction
 
+import msgspec
 import numpy as np
 import pytest
 
+from dvsecure import entry
 from dvsecure.aggregator import Aggregator
 from dvsecure.backends.plaintext import PlaintextBackend
 from dvsecure.errors import BudgetExceededError, LedgerError
@@ -143,3 +145,28 @@ def test_a_failed_attempt_stays_charged_and_a_revealed_query_cannot_rerun(tmp_pa
     party.record_labels(["q"], [1])
     with pytest.raises(LedgerError, match="already revealed"):
         party.record_charges(["q"], row, yes, "private")
+
+
+def test_a_query_entered_twice_in_one_batch_is_refused(tmp_path):
+    ledger, log, vkey, seen = operator_log(tmp_path, ITEMS)
+    party = party_with(tmp_path, vkey, seen)
+    entries = ledger.record_bytes(0, None)
+    # The operator replays the last query as a new entry with the next sequence
+    # number (its checkpoint root is never reached: the repeat is refused first).
+    replay = msgspec.structs.replace(entry.decode(entries[-1]), seq=len(entries))
+    cp = Checkpoint.parse(latest_checkpoint(tmp_path))
+    forged = Checkpoint(cp.origin, cp.size + 1, cp.root_hash).to_text()
+    with pytest.raises(CosignError, match=r"query 'q3' appears twice"):
+        party.check_and_cosign(entries + [entry.encode(replay)], forged)
+    assert party.size == 0                                   # nothing was taken in
+
+
+def test_settling_releases_only_the_gnmax_reservation_of_refused_queries(tmp_path):
+    party = PartyLedger(tmp_path / "p.sqlite", POLICY, VKEY)
+    row = np.array([[16384, 8192, 8192], [16384, 8192, 8192]])
+    party.record_charges(["a", "b"], row, np.array([True, True]), "private")      # worst case reserved
+    reserved = party.spent()["s0"]
+    party.settle(["a", "b"], [True, False])                                        # b was refused
+    # s0 at 0.25, sigma 1: threshold 1/32 always, GNMax 1/16 only for the answered query.
+    assert reserved == 2 * (Fraction(1, 32) + Fraction(1, 16))
+    assert party.spent()["s0"] == 2 * Fraction(1, 32) + Fraction(1, 16)

@@ -199,6 +199,8 @@ class MPCBackend(Backend):
         query_ids = list(query_ids)
         if any(v is FROM_SOURCES for row in submissions for v in row):
             return self._evaluate_from_sources(parties, gammas, query_ids, num_classes, noise)
+        if self.takes_votes_from_sources:
+            raise ParameterError("these parties take votes only from the sources over gRPC: ask with FROM_SOURCES")
         problems = [[None] * s_count for _ in range(q_count)]
         present = np.zeros((q_count, s_count), dtype=bool)
         per_party: list[list[bytes]] = [[] for _ in range(self.num_parties)]

@@ -7,12 +7,14 @@ from fractions import Fraction
 
 import numpy as np
 
-from ..errors import DvsecureError, SubmissionError
+from ..errors import DvsecureError, LedgerError, SubmissionError
 from ..fixedpoint import threshold_to_tally
 from ..noise import make_noise
 from ..policy import ONE_HOT
 from ..sharing import open_submission
 from . import secure
+
+MAX_CLASSES = 4096
 
 
 def _noise_shares(crypten, noise, sigma, shape):
@@ -70,32 +72,59 @@ def _relayed_inputs(cmd, rank, world, party_key, S, Q, C):
     return x, opened
 
 
+def _public_checks(cmd: dict, policy, world: int, inbox):
+    """Everything public in a batch command, checked before anything is revealed:
+    (present bool[Q, S], gammas int64[Q, S], noise source, sigma1, sigma2).
+    Raises DvsecureError naming the problem."""
+    from .party import job_arrays
+
+    C = int(cmd["num_classes"])
+    if tuple(cmd["source_ids"]) != tuple(policy.ids):
+        raise SubmissionError("the batch's sources are not the policy's, in the policy's order")
+    if cmd.get("inbox") and inbox is None:
+        raise SubmissionError("this party takes no submissions over the network (start it with --listen)")
+    if not cmd.get("inbox") and inbox is not None:
+        # Relayed shares would come with keys the coordinator chose, not this party's principals.
+        raise SubmissionError("this party takes shares only from its sources over gRPC, not relayed ones")
+    if not 2 <= C <= MAX_CLASSES:
+        raise SubmissionError(f"num_classes {C} is outside 2..{MAX_CLASSES}")
+    try:
+        present, gammas = job_arrays(cmd)
+    except (ValueError, TypeError) as e:
+        raise SubmissionError(f"malformed batch arrays: {e}") from None
+    for src, column in zip(policy.sources, gammas.T):
+        outside = column[(column != 0) & ((column < round(src.grid_min * 65536)) |
+                                          (column > round(src.grid_max * 65536)))]
+        if outside.size:
+            raise LedgerError(f"weight {int(outside[0]) / 65536} of {src.id!r} is outside its band "
+                              f"[{src.grid_min}, {src.grid_max}]")
+    sigma1, sigma2 = party_sigmas(policy, world, C)
+    return present, gammas, sigma1, sigma2
+
+
 def evaluate_batch(crypten, cmd: dict, rank: int, world: int, party_key, ledger, peers, inbox=None) -> dict:
-    """One batch at one party. Reveals, in order: how many parties hold each
-    source's share of each query, whether each vote is valid, the answered bits;
-    then, once this party's charges are durable (and every other party's, or the
-    labels cannot be reconstructed), the labels of answered queries.
+    """One batch at one party. Every public check comes first. Then it reveals,
+    in order: how many parties hold each source's share of each query, whether
+    each vote is valid; then — once this party has checked every budget at the
+    worst case and reserved it durably (and so has every other party, or no
+    answered bit can be reconstructed) — the answered bits; then, once the
+    reservations of refused queries are settled, the labels of answered queries.
 
     Shares come either relayed in the command (sealed to each party) or, with
     cmd["inbox"], from what the sources sent this party over gRPC (`ShareInbox`)."""
     import torch
 
-    from .party import job_arrays
-
     policy = ledger.policy
     source_ids, query_ids, C = list(cmd["source_ids"]), list(cmd["query_ids"]), int(cmd["num_classes"])
     error = None
-    if tuple(source_ids) != tuple(policy.ids):
-        error = "the batch's sources are not the policy's, in the policy's order"
-    if cmd.get("inbox") and inbox is None:
-        error = "this party takes no submissions over the network (start it with --listen)"
     try:
-        sigma1, sigma2 = party_sigmas(policy, world, C)
-    except DvsecureError as e:
+        present, gammas_np, sigma1, sigma2 = _public_checks(cmd, policy, world, inbox)
+        seed = cmd["noise_seeds"][rank] if cmd.get("noise_seeds") else None
+        noise = make_noise(cmd["noise_mode"], seed)
+    except (DvsecureError, KeyError, IndexError) as e:
         error = str(e)
     peers.agree(error)
     S, Q = len(source_ids), len(query_ids)
-    present, gammas_np = job_arrays(cmd)
     comm = crypten.communicator.get()
     commitments = None
     if cmd.get("inbox"):
@@ -103,16 +132,18 @@ def evaluate_batch(crypten, cmd: dict, rank: int, world: int, party_key, ledger,
         present = np.ones((Q, S), dtype=bool)
     else:
         x_np, opened_np = _relayed_inputs(cmd, rank, world, party_key, S, Q, C)
-    x = torch.from_numpy(x_np)
     # Every party must hold a source's share for its vote to count ...
     counts = comm.all_reduce(torch.from_numpy(opened_np))                   # returns a new tensor
     agreed = counts == world
     if commitments is not None:
-        # ... and, when the source sent its commitments, the same one at every party.
-        digest = torch.from_numpy(np.ascontiguousarray(commitments[..., :8]).view(np.int64)[..., 0])
-        views = comm.all_gather(digest)
-        for other in views:
-            agreed &= other == digest
+        # ... and, when the source sent its commitments, the same ones at every party.
+        digest = torch.from_numpy(np.ascontiguousarray(commitments).view(np.int64))      # [S, Q, 4]: all 32 bytes
+        for other in comm.all_gather(digest):
+            agreed &= (other == digest).all(-1)
+    # A share that not every party holds is zeroed by every party before anything is
+    # computed: otherwise the parties that do hold theirs would reconstruct the vote
+    # minus the missing share, and validation would reveal a function of it.
+    x = torch.from_numpy(x_np) * agreed.long().unsqueeze(-1)
 
     one_hot = [s.votes == ONE_HOT for s in policy.sources]
     shared = crypten.mpc.MPCTensor.from_shares(x, precision=0)
@@ -120,8 +151,16 @@ def evaluate_batch(crypten, cmd: dict, rank: int, world: int, party_key, ledger,
     valid = valid & torch.from_numpy(present.T.copy()) & agreed
     gammas = torch.from_numpy(gammas_np) * valid.t().long()
     tallies = secure.tally(secure.to_tally_scale(shared, one_hot), gammas)
-    seed = cmd["noise_seeds"][rank] if cmd.get("noise_seeds") else None
-    noise = make_noise(cmd["noise_mode"], seed)
+
+    # Worst-case charges (every query answered) checked and durable before any
+    # answered bit can be reconstructed.
+    error = None
+    try:
+        ledger.record_charges(query_ids, gammas.numpy(), np.ones(Q, dtype=bool), cmd["noise_mode"])
+    except DvsecureError as e:
+        error = str(e)
+    peers.agree(error)
+
     if not policy.mechanism.confident:
         answered = torch.ones(Q, dtype=torch.bool)
     else:
@@ -129,14 +168,9 @@ def evaluate_batch(crypten, cmd: dict, rank: int, world: int, party_key, ledger,
         noisy_top = top + _noise_shares(crypten, noise, sigma1, (Q,))
         threshold = threshold_to_tally(policy.mechanism.threshold)
         answered = (noisy_top - threshold).ge(0).get_plain_text().long().bool()     # reveal: answered bits
-
-    # Charges durable here before this party sends its share of any label.
-    error = None
-    try:
-        ledger.record_charges(query_ids, gammas.numpy(), answered.numpy(), cmd["noise_mode"])
-    except DvsecureError as e:
-        error = str(e)
-    peers.agree(error)
+        # A refused query's GNMax step never runs: its reservation is released,
+        # durably, before any label share is sent.
+        ledger.settle(query_ids, answered.numpy())
 
     rows = torch.nonzero(answered).flatten()
     labels = torch.full((Q,), -1, dtype=torch.long)

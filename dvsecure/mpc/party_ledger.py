@@ -2,14 +2,16 @@
 
 Every party, not only the operator, enforces the policy and vouches for the log:
 
-1. After the answered bits are revealed and before its share of any label is
-   sent, a party computes every source's charge from public data (the weights,
-   the validity and answered bits, the policy's mechanism), checks each weight
-   is 0 or inside its band and each spend stays within its budget, and commits
-   the charges here (SQLite, WAL, synchronous=FULL). A label can only be
-   reconstructed once every party has sent its share, so no label exists
-   anywhere before every party's charge is durable.
-2. Once the labels are revealed, it records them.
+1. Before any answered bit is revealed, a party computes every source's charge
+   from public data (the weights, the validity bits, the policy's mechanism) as
+   if every query were answered (the worst case), checks each weight is 0 or
+   inside its band and each spend stays within its budget, and commits it here
+   (SQLite, WAL, synchronous=FULL). An answered bit or a label can only be
+   reconstructed once every party has sent its share, so none exists anywhere
+   before every party's charge is durable.
+2. Once the answered bits are out, the GNMax reservation of each refused query
+   (whose GNMax step never runs) is released (`settle`), durably, before any
+   label share is sent; once the labels are revealed, it records them.
 3. Asked to cosign a checkpoint, it receives the log entries added since the
    last checkpoint it cosigned, checks each one against its own records
    (query entries: weights, answered bit, label, noise mode, mechanism, and the
@@ -96,7 +98,8 @@ class PartyLedger:
         return {q for (q,) in self._db.execute("SELECT query_id FROM queries")}
 
     def record_charges(self, query_ids, gammas: np.ndarray, answered: np.ndarray, noise: str) -> None:
-        """gammas: int[Q, S] the weights actually tallied (2**-16 units); answered: bool[Q]."""
+        """gammas: int[Q, S] the weights actually tallied (2**-16 units); answered:
+        bool[Q] (all True to reserve the worst case before the answered bits exist)."""
         mech = self.policy.mechanism
         spent = self.spent()
         rows = []
@@ -120,6 +123,31 @@ class PartyLedger:
             self._db.execute("BEGIN IMMEDIATE")
             self._db.executemany("INSERT OR REPLACE INTO queries (query_id, attempts, gamma, answered, noise) "
                                  "VALUES (?, ?, ?, ?, ?)", rows)
+            self._db.executemany("UPDATE spend SET spent=? WHERE source_id=?",
+                                 [(f"{v.numerator}/{v.denominator}", k) for k, v in spent.items()])
+
+    def settle(self, query_ids, answered) -> None:
+        """After the answered bits: a refused query's GNMax step never runs, so the
+        worst case `record_charges` reserved for it is released (its threshold check
+        stays charged). Durable before any label share is sent."""
+        mech = self.policy.mechanism
+        spent = self.spent()
+        refused = []
+        for qid, ans in zip(query_ids, answered):
+            if ans:
+                continue
+            (gamma,) = self._db.execute("SELECT gamma FROM queries WHERE query_id=?", (qid,)).fetchone()
+            for src, g in zip(self.policy.sources, entry.unpack(gamma, "<u4", len(self.ids))):
+                reserved = query_charges(mech, int(g) / 65536, True)
+                actual = query_charges(mech, int(g) / 65536, False)
+                spent[src.id] -= sum((c.rho for c in reserved), Fraction(0)) - sum((c.rho for c in actual),
+                                                                                    Fraction(0))
+            refused.append((qid,))
+        if not refused:
+            return
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.executemany("UPDATE queries SET answered=0 WHERE query_id=?", refused)
             self._db.executemany("UPDATE spend SET spent=? WHERE source_id=?",
                                  [(f"{v.numerator}/{v.denominator}", k) for k, v in spent.items()])
 
@@ -148,7 +176,7 @@ class PartyLedger:
         spent = {sid: v[0] for sid, v in logged.items()}
         charged = {sid: v[1] for sid, v in logged.items()}
         tree = self._tree.copy()
-        seen = []
+        seen: dict[str, None] = {}          # query ids in this batch, in order
         for offset, data in enumerate(entries):
             seq = self.size + offset
             try:
@@ -166,8 +194,10 @@ class PartyLedger:
                 if self.signer_vkey not in [k.vkey for k in e.keys]:
                     raise CosignError(f"signers entry {seq} does not name this party's key")
             elif isinstance(e, entry.Query):
+                if e.query_id in seen:
+                    raise CosignError(f"entry {seq}: query {e.query_id!r} appears twice")
                 self._check_query(seq, e, spent, charged)
-                seen.append(e.query_id)
+                seen[e.query_id] = None
             else:
                 raise CosignError(f"entry {seq} ({type(e).__name__}) was not computed by the parties")
             tree.append(leaf_hash(data))
