@@ -1,0 +1,104 @@
+"""What a listening party accepts before any secure computation, without CrypTen:
+the share inbox's limits and a batch command's public checks."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from nacl.signing import SigningKey
+
+from dvsecure.errors import LedgerError, PartyRefusal, SubmissionError
+from dvsecure.mpc.evaluate import MAX_CLASSES, _public_checks
+from dvsecure.mpc.inbox import ShareInbox
+from dvsecure.policy import Budget, ConsortiumPolicy, MechanismPolicy, SourcePolicy
+from dvsecure.sharing import PartyKeys, encode_batch, seal_submissions
+
+WORLD = 3
+KEYS = [PartyKeys.generate() for _ in range(WORLD)]
+SOURCE = SigningKey.generate()
+
+
+def envelope_for_party0(query_ids, num_classes, labels=None):
+    labels = labels if labels is not None else [0] * len(query_ids)
+    encoded = encode_batch(labels, num_classes)
+    return seal_submissions("s0", SOURCE, query_ids, encoded, [k.public for k in KEYS])[0]
+
+
+def inbox(**limits) -> ShareInbox:
+    return ShareInbox(0, WORLD, KEYS[0].private, {"s0": SOURCE.verify_key}, evaluated=set(), **limits)
+
+
+def test_too_many_classes_are_refused_before_anything_is_held():
+    box = inbox(max_classes=8)
+    with pytest.raises(PartyRefusal, match="9 classes; at most 8") as e:
+        box.submit(envelope_for_party0(["q"], 9))
+    assert e.value.code == "INVALID_ARGUMENT"
+    assert box.submit(envelope_for_party0(["q"], 8)) == 1        # the same query, within the limit
+
+
+def test_pending_bytes_are_bounded_and_freed_when_taken():
+    one = envelope_for_party0(["a"], 4)
+    box = inbox(max_pending_bytes=2 * (4 * 8 + 256))              # room for exactly two pending shares
+    box.submit(one)
+    box.submit(envelope_for_party0(["b"], 4))
+    with pytest.raises(PartyRefusal, match="bytes of shares pending") as e:
+        box.submit(envelope_for_party0(["c"], 4))
+    assert e.value.code == "RESOURCE_EXHAUSTED"
+    x, opened, _ = box.take(["a"], ["s0"], 4)                      # evaluating 'a' frees its room
+    assert opened.tolist() == [[1]] and x.shape == (1, 1, 4)
+    assert box.submit(envelope_for_party0(["c"], 4)) == 1
+    with pytest.raises(PartyRefusal, match="late"):
+        box.submit(one)                                           # 'a' was evaluated: never again
+
+
+def test_many_tiny_shares_count_their_overhead():
+    # 2 classes are 16 bytes each; without the per-share overhead 1000 of them would fit in 16 KB.
+    box = inbox(max_pending_bytes=16_000)
+    with pytest.raises(PartyRefusal, match="bytes of shares pending"):
+        box.submit(envelope_for_party0([f"q{i}" for i in range(1000)], 2))
+
+
+POLICY = ConsortiumPolicy(
+    sources=(SourcePolicy("s0", 0.25, 0.5, Budget("rho", 1.0)), SourcePolicy("s1", 0.125, 1.0, Budget("rho", 1.0))),
+    mechanism=MechanismPolicy("gnmax", 2.0), name="inbox")
+
+
+def command(**overrides) -> dict:
+    cmd = {"source_ids": ["s0", "s1"], "query_ids": ["q0", "q1"], "num_classes": 3, "inbox": True,
+           "present": np.ones((2, 2), dtype=np.uint8).tobytes(),
+           "gammas": np.array([[16384, 8192], [32768, 0]], dtype="<i8").tobytes()}
+    cmd.update(overrides)
+    return cmd
+
+
+LISTENING = inbox()
+
+
+def test_a_well_formed_batch_passes_the_public_checks():
+    present, gammas, sigma1, sigma2 = _public_checks(command(), POLICY, WORLD, LISTENING)
+    assert present.all() and gammas.tolist() == [[16384, 8192], [32768, 0]]
+    assert sigma1 is None and sigma2 > 0
+
+
+@pytest.mark.parametrize("overrides, inbox_, error, message", [
+    ({"source_ids": ["s1", "s0"]}, LISTENING, SubmissionError, "not the policy's, in the policy's order"),
+    ({"inbox": False}, LISTENING, SubmissionError, "only from its sources over gRPC, not relayed"),
+    ({}, None, SubmissionError, "takes no submissions over the network"),
+    ({"num_classes": MAX_CLASSES + 1}, LISTENING, SubmissionError, "outside 2..4096"),
+    ({"num_classes": 1}, LISTENING, SubmissionError, "outside 2..4096"),
+    ({"gammas": b"\x00" * 8}, LISTENING, SubmissionError, "malformed batch arrays"),
+    # s0's band is [0.25, 0.5]: 0.125 is outside (a weight of 0 is an exclusion, allowed)
+    ({"gammas": np.array([[8192, 8192], [0, 8192]], dtype="<i8").tobytes()}, LISTENING, LedgerError,
+     "weight 0.125 of 's0' is outside its band"),
+    ({"gammas": np.array([[16384, 65536 + 1], [0, 0]], dtype="<i8").tobytes()}, LISTENING, LedgerError,
+     "of 's1' is outside its band"),
+])
+def test_a_bad_batch_is_refused_before_anything_is_revealed(overrides, inbox_, error, message):
+    with pytest.raises(error, match=message):
+        _public_checks(command(**overrides), POLICY, WORLD, inbox_)
+
+
+def test_a_policy_tolerating_every_party_colluding_is_refused():
+    import dataclasses
+    policy = dataclasses.replace(POLICY, collusion_tolerance=WORLD)
+    with pytest.raises(SubmissionError, match="needs at least t \\+ 1"):
+        _public_checks(command(), policy, WORLD, LISTENING)
