@@ -69,7 +69,7 @@ def enclave(pol: ConsortiumPolicy, votes: np.ndarray, batch: int, num_classes: i
         roots = [(work / "state" / "sim-ca" / "root.pem").read_bytes()]
         conns = [connect(proc.address, proc.tls_cert, max_message_bytes=64 << 20) for _ in range(4)]
         ident = verify_enclave(conns[0], expected_pcr0=enclave_measurement(),
-                               expected_principals=(work / "state" / "principals.json").read_bytes(),
+                               expected_principals=(work / "state" / "principals.json").read_bytes(), expected_policy=pol,
                                trusted_sim_roots=roots)
         coordinator = CoordinatorClient(COORDINATOR, coordinator_key, conns[0], ident)
         sources = [SourceClient(sid, keys[sid], conns[j % len(conns)], ident) for j, sid in enumerate(pol.ids)]

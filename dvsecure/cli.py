@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(its attestation, recorded in the signers entry, is verified at its own time)")
     a.add_argument("--trust-sim-root", action="append", default=[], type=Path, metavar="PEM",
                    help="with --enclave-pcr0: also accept attestations from this SIMULATED root")
+    a.add_argument("--enclave-principals", type=Path, metavar="FILE",
+                   help="with --enclave-pcr0: every attested instance must have run with exactly this "
+                        "principals file (who may submit in a source's name)")
     a.add_argument("--json", action="store_true", help="print one JSON object")
 
     b = sub.add_parser("bench", help="measure the MPC secure pipeline against CrypTen's own argmax")
@@ -110,8 +113,8 @@ def _key_arg(text: str) -> str:
 def _audit(args) -> int:
     from .audit import audit
 
-    if args.trust_sim_root and not args.enclave_pcr0:
-        raise ParameterError("--trust-sim-root only applies with --enclave-pcr0")
+    if (args.trust_sim_root or args.enclave_principals) and not args.enclave_pcr0:
+        raise ParameterError("--trust-sim-root and --enclave-principals only apply with --enclave-pcr0")
     attested = None
     if args.enclave_pcr0:
         attested = _attested_signer_problems(args)
@@ -147,7 +150,14 @@ def _attested_signer_problems(args) -> list[str]:
             roots.append(path.read_bytes())
         except OSError as e:
             raise ParameterError(f"cannot read --trust-sim-root {path}: {e}") from None
-    return check_attested_signers(args.path, expected_pcr0=pcr0, trusted_sim_roots=roots)
+    principals = None
+    if args.enclave_principals is not None:
+        try:
+            principals = args.enclave_principals.read_bytes()
+        except OSError as e:
+            raise ParameterError(f"cannot read --enclave-principals {args.enclave_principals}: {e}") from None
+    return check_attested_signers(args.path, expected_pcr0=pcr0, expected_principals=principals,
+                                  trusted_sim_roots=roots)
 
 
 def _party(args) -> int:

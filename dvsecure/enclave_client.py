@@ -98,9 +98,11 @@ class EnclaveIdentity:
 
 
 def verify_enclave(conn: Connection, *, expected_pcr0: bytes, expected_principals: bytes,
-                   trusted_sim_roots: Iterable = (), root=None) -> EnclaveIdentity:
-    """Fetch a fresh attestation and check it binds this instance's keys, its TLS endpoint
-    and the agreed principals file (`expected_principals`: its exact bytes)."""
+                   expected_policy: ConsortiumPolicy, trusted_sim_roots: Iterable = (),
+                   root=None) -> EnclaveIdentity:
+    """Fetch a fresh attestation and check it binds this instance's keys, its TLS endpoint,
+    the agreed principals file (`expected_principals`: its exact bytes) and the agreed
+    policy — before a single vote is sent to it."""
     nonce = os.urandom(32)
     raw = conn.call("GetAttestation", pb.AttestationRequest(nonce=nonce)).document
     doc = verify(raw, root_der_or_pem=root, expected_pcrs={0: expected_pcr0}, expected_nonce=nonce,
@@ -114,6 +116,9 @@ def verify_enclave(conn: Connection, *, expected_pcr0: bytes, expected_principal
     if binding.principals_sha256 != hashlib.sha256(expected_principals).digest():
         raise EnclaveError("the enclave was started with other principals than the agreed file: someone else "
                            "could submit in a source's name", "UNAUTHENTICATED")
+    if not binding.policy_is(expected_policy):
+        raise EnclaveError("the enclave enforces another policy than the agreed one (other bands, budgets or "
+                           "mechanism)", "UNAUTHENTICATED")
     Verifier.from_key_string(binding.signer_vkey)   # well-formed, or NoteError
     return EnclaveIdentity(doc.public_key, binding.signer_vkey, doc, doc.simulated)
 
@@ -270,13 +275,15 @@ def check_attested_signers(log_dir: str | Path, *, expected_pcr0: bytes, expecte
                            trusted_sim_roots: Iterable = (), root=None) -> list[str]:
     """Problems with the log's signers: every key that may sign a checkpoint must be an
     enclave key whose attestation (checked at its own time: the keys were attested
-    then) chains to a trusted root, carries the expected PCR0 and binds that key
-    (and, if given, the agreed principals file). An empty list means every signer
+    then) chains to a trusted root, carries the expected PCR0 and binds that key and
+    the log's policy (and, if given, the agreed principals file). An empty list means every signer
     set of the log is attested."""
     roots = list(trusted_sim_roots)
-    problems, seen = [], 0
+    problems, seen, policy_digest = [], 0, None
     for line in (Path(log_dir) / ENTRIES).read_bytes().split(b"\n")[:-1]:
         e = E.decode(line)
+        if isinstance(e, E.Genesis):
+            policy_digest = bytes.fromhex(e.policy_digest)
         if not isinstance(e, E.Signers):
             continue
         seen += 1
@@ -295,6 +302,8 @@ def check_attested_signers(log_dir: str | Path, *, expected_pcr0: bytes, expecte
                 if expected_principals is not None and \
                         binding.principals_sha256 != hashlib.sha256(expected_principals).digest():
                     problems.append(f"{where}: that instance ran with other principals than the agreed file")
+                if binding.policy_sha256 != policy_digest:
+                    problems.append(f"{where}: that instance enforced another policy than the log's")
             except AttestationError as err:
                 problems.append(f"{where}: attestation refused ({err.reason}): {err}")
             except (EnclaveError, ValueError) as err:

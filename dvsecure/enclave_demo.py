@@ -97,7 +97,8 @@ def run_enclave_demo(out: Path, state: Path, num_sources: int = 5, num_queries: 
         try:
             # Each source checks the attestation itself before sending anything.
             agreed = (state / "principals.json").read_bytes()
-            ids = {sid: verify_enclave(c, expected_pcr0=pcr0, expected_principals=agreed, trusted_sim_roots=roots)
+            ids = {sid: verify_enclave(c, expected_pcr0=pcr0, expected_principals=agreed, expected_policy=policy,
+                                        trusted_sim_roots=roots)
                    for sid, c in conns.items()}
             # ... and that the log extends the last checkpoint it saw (no rolled-back ledger).
             witnesses = state / "witnesses"

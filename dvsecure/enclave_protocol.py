@@ -10,10 +10,12 @@ install: no grpc needed here, only nacl, cbor2 and the generated messages).
   (by name) may Open and Query. A JSON file maps each to its Ed25519 public key.
 - Key binding: the attestation's user_data is CBOR {"v": 1, "signer": the
   checkpoint verifier key, "tls_sha256": SHA-256 of the TLS certificate (DER),
-  "principals_sha256": SHA-256 of the principals file's exact bytes}; its
+  "principals_sha256": SHA-256 of the principals file's exact bytes,
+  "policy_sha256": the policy's digest (SHA-256 of its canonical JSON)}; its
   public_key is the X25519 key votes are sealed to. So one document binds the
-  log's signing key, the sealing key, the TLS endpoint and who may submit to
-  the measurement: a host cannot slip in a key of its own for a source.
+  log's signing key, the sealing key, the TLS endpoint, who may submit and the
+  policy enforced to the measurement: a host cannot slip in a key of its own
+  for a source, nor run the enclave under a looser policy than the one agreed.
 - Measurement: what the simulated provider's PCR0 covers (`enclave_measurement`).
 """
 from __future__ import annotations
@@ -113,9 +115,10 @@ class Principals:
 
 # ---- key binding --------------------------------------------------------------------------
 
-def binding_user_data(signer_vkey: str, tls_cert_der: bytes, principals: bytes) -> bytes:
+def binding_user_data(signer_vkey: str, tls_cert_der: bytes, principals: bytes, policy_digest: str) -> bytes:
     return cbor2.dumps({"v": VERSION, "signer": signer_vkey, "tls_sha256": hashlib.sha256(tls_cert_der).digest(),
-                        "principals_sha256": hashlib.sha256(principals).digest()})
+                        "principals_sha256": hashlib.sha256(principals).digest(),
+                        "policy_sha256": bytes.fromhex(policy_digest)})
 
 
 @dataclass(frozen=True)
@@ -123,6 +126,10 @@ class Binding:
     signer_vkey: str
     tls_sha256: bytes
     principals_sha256: bytes
+    policy_sha256: bytes
+
+    def policy_is(self, policy) -> bool:
+        return self.policy_sha256 == bytes.fromhex(policy.digest())
 
 
 def parse_binding(user_data: bytes | None) -> Binding:
@@ -131,9 +138,9 @@ def parse_binding(user_data: bytes | None) -> Binding:
     except (cbor2.CBORDecodeError, ValueError, TypeError, EOFError):
         d = None
     if not (isinstance(d, dict) and d.get("v") == VERSION and isinstance(d.get("signer"), str)
-            and all(isinstance(d.get(k), bytes) and len(d[k]) == 32 for k in ("tls_sha256", "principals_sha256"))):
+            and all(isinstance(d.get(k), bytes) and len(d[k]) == 32 for k in ("tls_sha256", "principals_sha256", "policy_sha256"))):
         raise EnclaveError("the attestation's user_data is not a dvsecure enclave key binding", "UNAUTHENTICATED")
-    return Binding(d["signer"], d["tls_sha256"], d["principals_sha256"])
+    return Binding(d["signer"], d["tls_sha256"], d["principals_sha256"], d["policy_sha256"])
 
 
 # ---- measurement --------------------------------------------------------------------------

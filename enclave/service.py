@@ -59,6 +59,7 @@ from dvsecure.translog import CHECKPOINTS, LogWriter, checkpoint_name
 MAX_CLASSES = 4096
 MAX_QUERY_ID = 256
 MAX_ENTRIES_BYTES = 4 << 20       # per GetEntries reply, well under the message limit
+MAX_PROOFS = 1024                 # per GetProofs request: an open call must not exhaust memory
 
 
 @dataclass
@@ -82,7 +83,8 @@ class Enclave:
         self.box_key = PrivateKey.generate()
         self.public_key = bytes(self.box_key.public_key)
         self.signer = Signer(f"{entry.log_origin(policy)}/enclave-{secrets.token_hex(4)}", os.urandom(32))
-        self.user_data = proto.binding_user_data(self.signer.verifier_key_string, tls_cert_der, principals_raw)
+        self.user_data = proto.binding_user_data(self.signer.verifier_key_string, tls_cert_der, principals_raw,
+                                                  policy.digest())
         document = provider.attest(public_key=self.public_key, user_data=self.user_data, nonce=None)
         state.mkdir(parents=True, exist_ok=True)
         os.chmod(state, 0o700)
@@ -192,6 +194,9 @@ class Enclave:
                 kind = v.WhichOneof("value")
                 if kind is None:
                     fail(f"vote of {sid!r} for {q!r} is empty")
+                if kind == "probabilities" and len(v.probabilities.p) != body.num_classes:
+                    fail(f"vote of {sid!r} for {q!r} has {len(v.probabilities.p)} entries, "
+                         f"the query has {body.num_classes} classes")
                 # Invalid values (out of range, not one-hot) are not errors: the mechanism
                 # excludes the source from that query and the log says why.
                 opened.append(Submission(v.label if kind == "label" else list(v.probabilities.p), v.nonce))
@@ -247,16 +252,19 @@ class Enclave:
 
     def get_proofs(self, raw: bytes) -> pb.Proofs:
         req = parse(pb.ProofsRequest, raw, "ProofsRequest")
+        if len(req.leaf_indices) + len(req.old_sizes) > MAX_PROOFS:
+            fail(f"at most {MAX_PROOFS} proofs per request", "RESOURCE_EXHAUSTED")
         with self.lock:
             n = req.tree_size
             if not 0 < n <= len(self.leaves):
                 fail(f"tree size {n} is not in 1..{len(self.leaves)}", "OUT_OF_RANGE")
-            bad = [i for i in req.leaf_indices if i >= n] + [m for m in req.old_sizes if not 0 < m <= n]
-            if bad:
-                fail(f"leaf indices or old sizes out of range for tree size {n}: {bad[:5]}", "OUT_OF_RANGE")
-            tree = MerkleTree(self.leaves[:n])
-            return pb.Proofs(inclusion=[pb.Proof(hashes=tree.inclusion_proof(i)) for i in req.leaf_indices],
-                             consistency=[pb.Proof(hashes=tree.consistency_proof(m)) for m in req.old_sizes])
+            leaves = self.leaves[:n]
+        bad = [i for i in req.leaf_indices if i >= n] + [m for m in req.old_sizes if not 0 < m <= n]
+        if bad:
+            fail(f"leaf indices or old sizes out of range for tree size {n}: {bad[:5]}", "OUT_OF_RANGE")
+        tree = MerkleTree(leaves)        # outside the lock: an open read must not stall submissions
+        return pb.Proofs(inclusion=[pb.Proof(hashes=tree.inclusion_proof(i)) for i in req.leaf_indices],
+                         consistency=[pb.Proof(hashes=tree.consistency_proof(m)) for m in req.old_sizes])
 
     def close(self) -> None:
         with self.lock:

@@ -42,6 +42,7 @@ class Deployment:
         self.proc = launch(self.state, self.out, self.extra)
         self.conn = connect(self.proc.address, self.proc.tls_cert)
         self.identity = verify_enclave(self.conn, expected_pcr0=self.pcr0, expected_principals=self.principals,
+                                       expected_policy=self.policy,
                                        trusted_sim_roots=self.roots)
         self.coordinator = CoordinatorClient(COORDINATOR, self.coordinator_key, self.conn, self.identity)
         self.sources = {sid: SourceClient(sid, k, self.conn, self.identity) for sid, k in self.keys.items()}

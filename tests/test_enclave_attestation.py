@@ -3,6 +3,7 @@ refused unless its root is trusted explicitly, and what is attested (measurement
 nonce, keys, TLS endpoint) must be what the source expects."""
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 
@@ -12,6 +13,7 @@ from dvsecure import entry as E
 from dvsecure.enclave_client import check_attested_signers, verify_checkpoint_from, verify_enclave
 from dvsecure.enclave_protocol import REPO_ROOT, enclave_measurement
 from dvsecure.errors import AttestationError, EnclaveError
+from dvsecure.policy import Budget
 from dvsecure.proto import dvsecure_pb2 as pb
 from dvsecure.translog import ENTRIES, KEYS, key_file_name
 
@@ -26,7 +28,7 @@ def dep(tmp_path):
 
 def test_simulated_attestation_is_refused_without_explicit_trust(dep):
     with pytest.raises(AttestationError) as err:
-        verify_enclave(dep.conn, expected_pcr0=dep.pcr0, expected_principals=dep.principals)
+        verify_enclave(dep.conn, expected_pcr0=dep.pcr0, expected_principals=dep.principals, expected_policy=dep.policy)
     assert err.value.reason == "sim_untrusted"
     assert "SIMULATED" in str(err.value)
     # The log's record of the key is refused the same way.
@@ -36,6 +38,7 @@ def test_simulated_attestation_is_refused_without_explicit_trust(dep):
 
 def test_trusted_simulated_attestation_binds_the_keys_the_log_uses(dep):
     ident = verify_enclave(dep.conn, expected_pcr0=dep.pcr0, expected_principals=dep.principals,
+                           expected_policy=dep.policy,
                            trusted_sim_roots=dep.roots)
     assert ident.simulated and len(ident.public_key) == 32
     assert ident.document.pcrs[0] == enclave_measurement()
@@ -54,6 +57,7 @@ def test_wrong_measurement_is_refused(dep):
     other = bytes(48)
     with pytest.raises(AttestationError) as err:
         verify_enclave(dep.conn, expected_pcr0=other, expected_principals=dep.principals,
+                           expected_policy=dep.policy,
                        trusted_sim_roots=dep.roots)
     assert err.value.reason == "pcr"
     problems = check_attested_signers(dep.out, expected_pcr0=other, trusted_sim_roots=dep.roots)
@@ -65,6 +69,7 @@ def test_a_tls_endpoint_other_than_the_attested_one_is_refused(dep):
     dep.conn.tls_cert_der = b"a certificate the enclave never saw"
     with pytest.raises(EnclaveError) as err:
         verify_enclave(dep.conn, expected_pcr0=dep.pcr0, expected_principals=dep.principals,
+                           expected_policy=dep.policy,
                            trusted_sim_roots=dep.roots)
     assert err.value.code == "UNAUTHENTICATED" and "TLS certificate" in str(err.value)
 
@@ -73,11 +78,23 @@ def test_principals_other_than_the_agreed_ones_are_refused(dep):
     # As if the host had added a key of its own for a source before starting the enclave.
     agreed = dep.principals.replace(b"src0", b"srcX")
     with pytest.raises(EnclaveError) as err:
-        verify_enclave(dep.conn, expected_pcr0=dep.pcr0, expected_principals=agreed, trusted_sim_roots=dep.roots)
+        verify_enclave(dep.conn, expected_pcr0=dep.pcr0, expected_principals=agreed, expected_policy=dep.policy,
+                       trusted_sim_roots=dep.roots)
     assert err.value.code == "UNAUTHENTICATED" and "other principals" in str(err.value)
     problems = check_attested_signers(dep.out, expected_pcr0=dep.pcr0, expected_principals=agreed,
                                       trusted_sim_roots=dep.roots)
     assert len(problems) == 1 and "other principals" in problems[0]
+
+
+def test_a_policy_other_than_the_agreed_one_is_refused_before_any_vote_is_sent(dep):
+    # As if the host had started the enclave under a policy of its own choosing: the
+    # sources agreed on budgets ten times smaller than the ones it enforces.
+    agreed = dataclasses.replace(dep.policy, sources=tuple(
+        dataclasses.replace(s, budget=Budget("rho", s.budget.value / 10)) for s in dep.policy.sources))
+    with pytest.raises(EnclaveError) as err:
+        verify_enclave(dep.conn, expected_pcr0=dep.pcr0, expected_principals=dep.principals, expected_policy=agreed,
+                       trusted_sim_roots=dep.roots)
+    assert err.value.code == "UNAUTHENTICATED" and "another policy than the agreed one" in str(err.value)
 
 
 def test_each_attestation_carries_the_callers_nonce_and_bad_nonces_are_refused(dep):

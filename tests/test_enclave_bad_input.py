@@ -64,8 +64,10 @@ def test_bad_requests_are_refused_and_the_run_continues(dep):
     refused(lambda: dep.conn.call("Query", proto.sign("Query", "coordinator", dep.coordinator_key, extra)),
             "INVALID_ARGUMENT", "fields this server does not know")
 
-    # Oversized: over the server's receive limit.
+    # Oversized: over the server's receive limit; or asking for more proofs than a call may.
     raw_refused(dep, "Submit", b"\x0a" + b"\x80" * (MAX_MESSAGE + 10), grpc.StatusCode.RESOURCE_EXHAUSTED)
+    many = pb.ProofsRequest(tree_size=1, leaf_indices=[0] * 2000).SerializeToString()
+    raw_refused(dep, "GetProofs", many, grpc.StatusCode.RESOURCE_EXHAUSTED, "at most")
 
     # Unknown source; a source posing as the coordinator; a body naming another source.
     stranger = SourceClient("mallory", SigningKey.generate(), dep.conn, dep.identity)

@@ -112,6 +112,15 @@ def test_the_auditor_checks_that_every_signer_is_an_attested_enclave_key(tmp_pat
     capsys.readouterr()
     assert main(["audit", str(tmp_path / "o"), "--enclave-pcr0", pcr0, "--trust-sim-root", root]) == 0
     assert "attested signers: OK" in capsys.readouterr().out
+    agreed = str(tmp_path / "s" / "principals.json")
+    assert main(["audit", str(tmp_path / "o"), "--enclave-pcr0", pcr0, "--trust-sim-root", root,
+                 "--enclave-principals", agreed]) == 0
+    other = tmp_path / "other-principals.json"
+    other.write_bytes((tmp_path / "s" / "principals.json").read_bytes() + b" ")
+    capsys.readouterr()
+    assert main(["audit", str(tmp_path / "o"), "--enclave-pcr0", pcr0, "--trust-sim-root", root,
+                 "--enclave-principals", str(other)]) == 1
+    assert "other principals" in capsys.readouterr().out
     assert main(["audit", str(tmp_path / "o"), "--enclave-pcr0", pcr0]) == 1          # simulated: not trusted
     assert "sim_untrusted" in capsys.readouterr().out
     assert main(["audit", str(tmp_path / "o"), "--enclave-pcr0", "ab" * 48, "--trust-sim-root", root]) == 1

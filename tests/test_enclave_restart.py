@@ -61,6 +61,7 @@ def test_kill_and_restart_keeps_the_log_and_records_the_new_keys(dep):
     assert err.value.code == "NOT_FOUND"
     # A source holding the old attestation would learn that from a fresh one: it differs.
     assert verify_enclave(dep.conn, expected_pcr0=dep.pcr0, expected_principals=dep.principals,
+                           expected_policy=dep.policy,
                           trusted_sim_roots=dep.roots).public_key == dep.identity.public_key
 
     # The run continues: the lost query is opened again and every source resubmits.
