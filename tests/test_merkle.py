@@ -93,7 +93,6 @@ ALL_CASES = [(kind, p) for kind in KINDS for p in VECTORS[kind]]
 @pytest.mark.parametrize(("kind", "path"), ALL_CASES, ids=[_rel(p) for _, p in ALL_CASES])
 def test_vector(kind, path):
     d = _load(path)
-    rel = _rel(path)
     if d["wantErr"]:
         with pytest.raises(ProofError):
             _call(kind, d)
@@ -104,7 +103,7 @@ def test_vector(kind, path):
 def test_every_vector_file_is_run():
     on_disk = sorted(VECTOR_ROOT.rglob("*.json"))
     assert len(on_disk) == len(ALL_CASES), "vector files outside the four known kinds"
-    names = {_rel(p) for _, p in ALL_CASES}
+    assert len({_rel(p) for _, p in ALL_CASES}) == len(ALL_CASES), "two vector files share a name"
     # Sanity on the shape of the vector set (guards against an empty checkout).
     for kind in KINDS:
         cases = [_load(p) for p in VECTORS[kind]]

@@ -1,7 +1,6 @@
 """The consortium policy: TOML format, validation, budgets and weight bands."""
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
 from fractions import Fraction
