@@ -132,6 +132,28 @@ def test_malicious_vote_cannot_move_the_tally(mpc, tmp_path):
     assert got[0].participant("src3").reason == REJECTED
 
 
+def test_malformed_commands_are_refused_by_every_party_and_none_dies(mpc, tmp_path):
+    parties = mpc._ensure_started()
+    policy = ConsortiumPolicy(
+        sources=tuple(SourcePolicy(f"src{i}", 0.25, 0.25, Budget("rho", 100.0)) for i in range(4)),
+        mechanism=MechanismPolicy("gnmax", 1.0), name="malformed")
+    toml = policy.to_toml()
+    good = {"op": "batch", "policy": toml, "query_ids": ["x"], "source_ids": list(policy.ids), "source_keys": {},
+            "messages": [[], [], []], "present": bytes(4), "gammas": bytes(32), "num_classes": 4,
+            "noise_mode": "no_noise", "noise_seeds": None}
+    for cmd, message in [({"op": "reboot"}, "malformed command"),
+                         ({"op": "cosign", "policy": toml}, "missing required field `start`"),
+                         (dict(good, num_classes="four"), "Expected `int`"),
+                         (dict(good, messages=[[]]), "relays messages for 1 parties, not 3"),
+                         (dict(good, gammas=bytes(3)), "malformed batch arrays")]:
+        with pytest.raises(PartyError, match=message):
+            parties.call(cmd)
+    # Every party is still up and in step: a real batch goes through.
+    got, _, _ = run(policy, [("after", {"src0": 2, "src1": 2, "src2": 1, "src3": None})], mpc,
+                    tmp_path / "a.sqlite")
+    assert got[0].label == 2
+
+
 RING_TRICKS = [
     [1, 1 << 32, -(1 << 32), 0],            # sums to 1; entries far from bits
     [1 + (1 << 62), -(1 << 62), 0, 0],      # sums to 1

@@ -86,6 +86,8 @@ def _public_checks(cmd: dict, policy, world: int, inbox):
     if not cmd.get("inbox") and inbox is not None:
         # Relayed shares would come with keys the coordinator chose, not this party's principals.
         raise SubmissionError("this party takes shares only from its sources over gRPC, not relayed ones")
+    if not cmd.get("inbox") and len(cmd["messages"]) != world:
+        raise SubmissionError(f"the batch relays messages for {len(cmd['messages'])} parties, not {world}")
     if not 2 <= C <= MAX_CLASSES:
         raise SubmissionError(f"num_classes {C} is outside 2..{MAX_CLASSES}")
     try:

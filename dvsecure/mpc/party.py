@@ -110,6 +110,59 @@ class Peers:
             raise PartyError("; ".join(problems))
 
 
+# ---- commands -----------------------------------------------------------------------------
+# Every party decodes the same broadcast bytes against these types, so a malformed
+# command is refused by all of them alike, before any collective step, and none dies.
+
+class _Command(msgspec.Struct, tag_field="op", forbid_unknown_fields=True):
+    pass
+
+
+class _Stop(_Command, tag="stop"):
+    pass
+
+
+class _Keys(_Command, tag="keys"):
+    pass
+
+
+class _Size(_Command, tag="size"):
+    policy: str
+
+
+class _Cosign(_Command, tag="cosign"):
+    policy: str
+    start: int
+    entries: list[bytes]
+    text: bytes
+
+
+class _Batch(_Command, tag="batch"):
+    policy: str
+    query_ids: list[str]
+    source_ids: list[str]
+    source_keys: dict[str, bytes]
+    messages: list[list[bytes]]
+    present: bytes
+    gammas: bytes
+    num_classes: int
+    noise_mode: str
+    noise_seeds: list[int] | None = None
+    inbox: bool = False
+
+
+_command_decoder = msgspec.msgpack.Decoder(_Stop | _Keys | _Size | _Cosign | _Batch)
+
+
+def decode_command(raw: bytes) -> dict:
+    """The command as a dict (with its "op"); raises PartyError naming what is malformed."""
+    try:
+        cmd = _command_decoder.decode(raw)
+    except (msgspec.DecodeError, msgspec.ValidationError) as e:
+        raise PartyError(f"malformed command: {e}") from None
+    return {"op": type(cmd).__struct_config__.tag, **msgspec.structs.asdict(cmd)}
+
+
 # ---- the command loop ---------------------------------------------------------------------
 
 class Party:
@@ -183,10 +236,10 @@ class Party:
         answers to `reply`; the others take them from party 0."""
         while True:
             raw = self.peers.broadcast(receive() if self.rank == 0 else None)
-            cmd = msgspec.msgpack.decode(raw)
-            if cmd["op"] == "stop":
-                return
             try:
+                cmd = decode_command(raw)          # the same bytes everywhere: refused everywhere alike
+                if cmd["op"] == "stop":
+                    return
                 answer = self.handle(cmd)
             except PartyError as e:          # refused by some party, in step: stay ready
                 answer = {"error": str(e)}
