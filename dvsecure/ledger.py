@@ -180,7 +180,9 @@ class Ledger:
         return {sid: _frac(s) for sid, s in self._db.execute("SELECT source_id, spent FROM spend")}
 
     def budgets(self) -> dict[str, Fraction]:
-        return {sid: _frac(b) for sid, b in self._db.execute("SELECT source_id, budget FROM spend")}
+        # From the policy, never from the file: whoever holds the file (the enclave's
+        # host) must not be able to raise a budget.
+        return {s.id: s.budget_rho for s in self.policy.sources}
 
     def charged_counts(self) -> dict[str, int]:
         return dict(self._db.execute("SELECT source_id, charged FROM spend"))
@@ -307,6 +309,28 @@ class Ledger:
             sql = f"SELECT query_id FROM records WHERE query_id IN ({','.join('?' * len(chunk))})"
             found.update(q for (q,) in self._db.execute(sql, chunk))
         return found
+
+    def check_against_records(self) -> None:
+        """Recompute every source's spend and charge count from the ledger's own
+        records — the log's entries, which sources pin with the checkpoints they
+        witness — and refuse a ledger whose derived state differs: a host that
+        edits the spend table to free budget is caught before the next query.
+        Raises LedgerError naming the first problems."""
+        from .recompute import Context, check_entries
+
+        bodies = self.record_bytes(0)
+        shards = check_entries(b"".join(b + b"\n" for b in bodies), range(len(bodies)),
+                               Context(self.policy, frozenset(self.policy.ids)), workers=1)
+        problems = [f"entry {seq}: {message}" for shard in shards for _, message, seq in shard.findings]
+        spent, counts = self.spent(), self.charged_counts()
+        for sid in self.policy.ids:
+            exact = sum((shard.stats[sid].exact for shard in shards if sid in shard.stats), Fraction(0))
+            charged = sum(shard.stats[sid].charged for shard in shards if sid in shard.stats)
+            if spent.get(sid) != exact or counts.get(sid) != charged:
+                problems.append(f"source {sid!r}: the ledger says spent {spent.get(sid)} over {counts.get(sid)} "
+                                f"charges, its records add up to {exact} over {charged}")
+        if problems:
+            raise LedgerError(f"ledger {self.path} does not match its own records: " + "; ".join(problems[:3]))
 
     def verify(self) -> None:
         """Consistency check: every stored spend equals the sum of its charges."""

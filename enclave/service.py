@@ -89,6 +89,7 @@ class Enclave:
         state.mkdir(parents=True, exist_ok=True)
         os.chmod(state, 0o700)
         self.ledger = Ledger(state / "ledger.sqlite", policy)
+        self.ledger.check_against_records()     # the host holds the file: derived state is recomputed
         self.log = LogWriter(out, self.ledger, [self.signer], role="enclave",
                              attestations={self.signer.name: base64.b64encode(document).decode()})
         self.log.sync()     # records the new signers entry; catches up whatever a crash left unlogged

@@ -4,6 +4,8 @@ records them with the new attestation, nothing signed for the old instance is
 accepted, and the sources' audits pass across the restart."""
 from __future__ import annotations
 
+import sqlite3
+
 import pytest
 
 from dvsecure import entry as E
@@ -108,3 +110,16 @@ def test_a_source_refuses_an_enclave_restarted_on_a_rolled_back_ledger(dep, tmp_
     assert len(entries(dep)) > newer.size
     with pytest.raises(EnclaveError, match="forked"):
         check_not_rolled_back(dep.conn, dep.identity, newer)
+
+
+def test_a_host_that_edits_the_spend_table_cannot_restart_the_enclave_on_it(dep):
+    dep.start()
+    dep.batch(["h1", "h2"], {"src0": [1, 1], "src1": [1, 1], "src2": [0, 0]})
+    dep.stop()
+    # The host frees src0's budget in the file it holds, then restarts the enclave.
+    db = sqlite3.connect(dep.state / "enclave" / "ledger.sqlite")
+    with db:
+        db.execute("UPDATE spend SET spent='0', charged=0 WHERE source_id='src0'")
+    db.close()
+    with pytest.raises(EnclaveError, match="does not match its own records.*'src0'"):
+        dep.start()
