@@ -199,6 +199,8 @@ def open_submission(message: bytes, party_index: int, num_parties: int, party_ke
     except CryptoError:
         raise SubmissionError(f"the share of {sub.source_id!r} does not decrypt with this party's key") from None
     q, c = len(sub.query_ids), sub.num_classes
+    if len(set(sub.query_ids)) != q:
+        raise SubmissionError(f"submission of {sub.source_id!r} names a query twice")
     if c < 2 or len(raw) != 8 * q * c:
         raise SubmissionError(f"share of {sub.source_id!r} holds {len(raw)} bytes, expected {8 * q * c} "
                               f"({q} queries x {c} classes)")

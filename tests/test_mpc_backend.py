@@ -145,7 +145,9 @@ def test_malformed_commands_are_refused_by_every_party_and_none_dies(mpc, tmp_pa
                          ({"op": "cosign", "policy": toml}, "missing required field `start`"),
                          (dict(good, num_classes="four"), "Expected `int`"),
                          (dict(good, messages=[[]]), "relays messages for 1 parties, not 3"),
-                         (dict(good, gammas=bytes(3)), "malformed batch arrays")]:
+                         (dict(good, gammas=bytes(3)), "malformed batch arrays"),
+                         (dict(good, query_ids=["x", "x"], present=bytes(8), gammas=bytes(64)), "distinct query ids"),
+                         (dict(good, source_keys={"src0": b"short"}), "source key for 'src0'")]:
         with pytest.raises(PartyError, match=message):
             parties.call(cmd)
     # Every party is still up and in step: a real batch goes through.

@@ -63,7 +63,7 @@ POLICY = ConsortiumPolicy(
 
 
 def command(**overrides) -> dict:
-    cmd = {"source_ids": ["s0", "s1"], "query_ids": ["q0", "q1"], "num_classes": 3, "inbox": True,
+    cmd = {"source_ids": ["s0", "s1"], "query_ids": ["q0", "q1"], "num_classes": 3, "inbox": True, "source_keys": {},
            "present": np.ones((2, 2), dtype=np.uint8).tobytes(),
            "gammas": np.array([[16384, 8192], [32768, 0]], dtype="<i8").tobytes()}
     cmd.update(overrides)
@@ -102,3 +102,39 @@ def test_a_policy_tolerating_every_party_colluding_is_refused():
     policy = dataclasses.replace(POLICY, collusion_tolerance=WORLD)
     with pytest.raises(SubmissionError, match="needs at least t \\+ 1"):
         _public_checks(command(), policy, WORLD, LISTENING)
+
+
+def test_a_submission_naming_a_query_twice_is_refused_and_holds_nothing():
+    # Signed by the real source key, so only the duplicate is wrong.
+    import msgspec
+    from nacl.public import SealedBox
+
+    from dvsecure.sharing import _DOMAIN, ShareSubmission, Signed
+
+    body = msgspec.msgpack.encode(ShareSubmission(
+        v=1, source_id="s0", query_ids=["q", "q"], num_classes=2, party_index=0, num_parties=WORLD,
+        sealed=bytes(SealedBox(KEYS[0].public).encrypt(bytes(32)))))
+    envelope = msgspec.msgpack.encode(Signed("s0", body, SOURCE.sign(_DOMAIN + body).signature))
+    box = inbox(max_pending_bytes=1000)
+    with pytest.raises(PartyRefusal, match="names a query twice"):
+        box.submit(envelope)
+    box.submit(envelope_for_party0(["q"], 2))
+    box.take(["q"], ["s0"], 2)
+    assert box._bytes == 0                    # nothing drifted: the whole limit is free again
+
+
+def test_batch_limits_on_query_ids_size_and_source_keys(monkeypatch):
+    import dvsecure.mpc.evaluate as ev
+
+    with pytest.raises(SubmissionError, match="distinct query ids"):
+        _public_checks(command(query_ids=["q0", "q0"]), POLICY, WORLD, LISTENING)
+    monkeypatch.setattr(ev, "MAX_BATCH_ENTRIES", 2 * 2 * 3)           # two queries of 2 sources x 3 classes
+    _public_checks(command(), POLICY, WORLD, LISTENING)
+    with pytest.raises(SubmissionError, match="3 queries x 2 sources x 3 classes is more than 12 entries"):
+        _public_checks(command(query_ids=["q0", "q1", "q2"], present=bytes(6), gammas=bytes(48)),
+                       POLICY, WORLD, LISTENING)
+    relayed = {"inbox": False, "messages": [[], [], []]}
+    with pytest.raises(SubmissionError, match="source key for 's0'"):
+        _public_checks(command(source_keys={"s0": b"short"}, **relayed), POLICY, WORLD, None)
+    with pytest.raises(SubmissionError, match="source key for 'intruder'"):
+        _public_checks(command(source_keys={"intruder": bytes(32)}, **relayed), POLICY, WORLD, None)

@@ -15,6 +15,7 @@ from ..sharing import open_submission
 from . import secure
 
 MAX_CLASSES = 4096
+MAX_BATCH_ENTRIES = 1 << 25        # sources x queries x classes in one batch: bounds every party's memory
 
 
 def _noise_shares(crypten, noise, sigma, shape):
@@ -90,6 +91,15 @@ def _public_checks(cmd: dict, policy, world: int, inbox):
         raise SubmissionError(f"the batch relays messages for {len(cmd['messages'])} parties, not {world}")
     if not 2 <= C <= MAX_CLASSES:
         raise SubmissionError(f"num_classes {C} is outside 2..{MAX_CLASSES}")
+    query_ids = cmd["query_ids"]
+    if not query_ids or len(set(query_ids)) != len(query_ids):
+        raise SubmissionError("a batch needs distinct query ids")
+    if len(policy.ids) * len(query_ids) * C > MAX_BATCH_ENTRIES:
+        raise SubmissionError(f"{len(query_ids)} queries x {len(policy.ids)} sources x {C} classes is more than "
+                              f"{MAX_BATCH_ENTRIES} entries in one batch")
+    for sid, key in cmd["source_keys"].items():
+        if sid not in policy.ids or len(key) != 32:
+            raise SubmissionError(f"source key for {sid!r}: not a policy source's 32-byte Ed25519 key")
     try:
         present, gammas = job_arrays(cmd)
     except (ValueError, TypeError) as e:
@@ -159,8 +169,8 @@ def evaluate_batch(crypten, cmd: dict, rank: int, world: int, party_key, ledger,
     error = None
     try:
         ledger.record_charges(query_ids, gammas.numpy(), np.ones(Q, dtype=bool), cmd["noise_mode"])
-    except DvsecureError as e:
-        error = str(e)
+    except Exception as e:             # a budget refusal, or a local fault (disk): every party stops in step
+        error = str(e) if isinstance(e, DvsecureError) else f"{type(e).__name__}: {e}"
     peers.agree(error)
 
     if not policy.mechanism.confident:
@@ -172,7 +182,12 @@ def evaluate_batch(crypten, cmd: dict, rank: int, world: int, party_key, ledger,
         answered = (noisy_top - threshold).ge(0).get_plain_text().long().bool()     # reveal: answered bits
         # A refused query's GNMax step never runs: its reservation is released,
         # durably, before any label share is sent.
-        ledger.settle(query_ids, answered.numpy())
+        error = None
+        try:
+            ledger.settle(query_ids, answered.numpy())
+        except Exception as e:         # the worst case stays charged; every party stops in step
+            error = f"{type(e).__name__}: {e}"
+        peers.agree(error)
 
     rows = torch.nonzero(answered).flatten()
     labels = torch.full((Q,), -1, dtype=torch.long)

@@ -235,9 +235,11 @@ class Party:
         """Party 0 takes commands (msgpack bytes) from `receive()` and hands
         answers to `reply`; the others take them from party 0."""
         while True:
-            raw = self.peers.broadcast(receive() if self.rank == 0 else None)
+            data = receive() if self.rank == 0 else None
             try:
-                cmd = decode_command(raw)          # the same bytes everywhere: refused everywhere alike
+                # The same size and bytes reach every party: an oversized or malformed
+                # command is refused everywhere alike.
+                cmd = decode_command(self.peers.broadcast(data))
                 if cmd["op"] == "stop":
                     return
                 answer = self.handle(cmd)

@@ -100,6 +100,9 @@ class PartyLedger:
     def record_charges(self, query_ids, gammas: np.ndarray, answered: np.ndarray, noise: str) -> None:
         """gammas: int[Q, S] the weights actually tallied (2**-16 units); answered:
         bool[Q] (all True to reserve the worst case before the answered bits exist)."""
+        query_ids = list(query_ids)
+        if len(set(query_ids)) != len(query_ids):
+            raise LedgerError("a batch names the same query twice")
         mech = self.policy.mechanism
         spent = self.spent()
         rows = []
@@ -130,6 +133,9 @@ class PartyLedger:
         """After the answered bits: a refused query's GNMax step never runs, so the
         worst case `record_charges` reserved for it is released (its threshold check
         stays charged). Durable before any label share is sent."""
+        query_ids = list(query_ids)
+        if len(set(query_ids)) != len(query_ids):
+            raise LedgerError("a batch names the same query twice")
         mech = self.policy.mechanism
         spent = self.spent()
         refused = []
