@@ -276,14 +276,19 @@ def check_attested_signers(log_dir: str | Path, *, expected_pcr0: bytes, expecte
     """Problems with the log's signers: every key that may sign a checkpoint must be an
     enclave key whose attestation (checked at its own time: the keys were attested
     then) chains to a trusted root, carries the expected PCR0 and binds that key and
-    the log's policy (and, if given, the agreed principals file). An empty list means every signer
+    the log's policy (and, if given, the agreed principals file). That the log's
+    policy is the one a source agreed to is the audit's check (`audit --policy`, or
+    a receipt's policy), not this one's. An empty list means every signer
     set of the log is attested."""
     roots = list(trusted_sim_roots)
     problems, seen, policy_digest = [], 0, None
     for line in (Path(log_dir) / ENTRIES).read_bytes().split(b"\n")[:-1]:
         e = E.decode(line)
         if isinstance(e, E.Genesis):
-            policy_digest = bytes.fromhex(e.policy_digest)
+            try:
+                policy_digest = bytes.fromhex(e.policy_digest)
+            except ValueError:
+                problems.append(f"entry {e.seq}: the genesis entry's policy digest is not hex")
         if not isinstance(e, E.Signers):
             continue
         seen += 1

@@ -8,7 +8,7 @@ install: no grpc needed here, only nacl, cbor2 and the generated messages).
   method in the domain stops a body signed for one call being used for another.
 - Principals: who may call what. Sources (by policy id) may Submit; coordinators
   (by name) may Open and Query. A JSON file maps each to its Ed25519 public key.
-- Key binding: the attestation's user_data is CBOR {"v": 1, "signer": the
+- Key binding: the attestation's user_data is CBOR {"v": 2, "signer": the
   checkpoint verifier key, "tls_sha256": SHA-256 of the TLS certificate (DER),
   "principals_sha256": SHA-256 of the principals file's exact bytes,
   "policy_sha256": the policy's digest (SHA-256 of its canonical JSON)}; its
@@ -39,6 +39,7 @@ VERSION = 1
 VOTE_NONCE_BYTES = 32                  # the commitment nonce of each vote
 ATTESTATION_NONCE_BYTES = (16, 64)     # accepted length of a client's attestation nonce
 X25519_KEY_BYTES = 32
+BINDING_VERSION = 2                    # 2: the policy is bound too (1 bound no policy: refused)
 SIGNED_METHODS = ("Open", "Submit", "Query")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MEASURED_DIRS = ("enclave", "dvsecure")
@@ -116,7 +117,8 @@ class Principals:
 # ---- key binding --------------------------------------------------------------------------
 
 def binding_user_data(signer_vkey: str, tls_cert_der: bytes, principals: bytes, policy_digest: str) -> bytes:
-    return cbor2.dumps({"v": VERSION, "signer": signer_vkey, "tls_sha256": hashlib.sha256(tls_cert_der).digest(),
+    return cbor2.dumps({"v": BINDING_VERSION, "signer": signer_vkey,
+                        "tls_sha256": hashlib.sha256(tls_cert_der).digest(),
                         "principals_sha256": hashlib.sha256(principals).digest(),
                         "policy_sha256": bytes.fromhex(policy_digest)})
 
@@ -137,7 +139,10 @@ def parse_binding(user_data: bytes | None) -> Binding:
         d = cbor2.loads(user_data) if user_data is not None else None
     except (cbor2.CBORDecodeError, ValueError, TypeError, EOFError):
         d = None
-    if not (isinstance(d, dict) and d.get("v") == VERSION and isinstance(d.get("signer"), str)
+    if isinstance(d, dict) and d.get("v") == 1:
+        raise EnclaveError("the attestation's key binding (version 1) does not bind the enforced policy",
+                           "UNAUTHENTICATED")
+    if not (isinstance(d, dict) and d.get("v") == BINDING_VERSION and isinstance(d.get("signer"), str)
             and all(isinstance(d.get(k), bytes) and len(d[k]) == 32 for k in ("tls_sha256", "principals_sha256", "policy_sha256"))):
         raise EnclaveError("the attestation's user_data is not a dvsecure enclave key binding", "UNAUTHENTICATED")
     return Binding(d["signer"], d["tls_sha256"], d["principals_sha256"], d["policy_sha256"])
