@@ -310,25 +310,39 @@ class Ledger:
             found.update(q for (q,) in self._db.execute(sql, chunk))
         return found
 
-    def check_against_records(self) -> None:
+    def check_against_records(self, chunk: int = 20_000) -> None:
         """Recompute every source's spend and charge count from the ledger's own
         records — the log's entries, which sources pin with the checkpoints they
         witness — and refuse a ledger whose derived state differs: a host that
         edits the spend table to free budget is caught before the next query.
-        Raises LedgerError naming the first problems."""
-        from .recompute import Context, check_entries
+        Reads `chunk` records at a time. Raises LedgerError naming the first problems."""
+        from .recompute import Context, check_shard
 
-        bodies = self.record_bytes(0)
-        shards = check_entries(b"".join(b + b"\n" for b in bodies), range(len(bodies)),
-                               Context(self.policy, frozenset(self.policy.ids)), workers=1)
-        problems = [f"entry {seq}: {message}" for shard in shards for _, message, seq in shard.findings]
+        ctx = Context(self.policy, frozenset(self.policy.ids))
+        problems: list[str] = []
+        exact = {sid: Fraction(0) for sid in self.policy.ids}
+        charged = dict.fromkeys(self.policy.ids, 0)
+        carry = b""          # the last query or calibration entry so far: its stated columns carry over
+        start, end = 0, self.next_seq()
+        while start < end:
+            rows = self._db.execute("SELECT kind, body FROM records WHERE seq>=? AND seq<? ORDER BY seq",
+                                    (start, start + chunk)).fetchall()
+            prefix = carry + b"\n" if carry else b""
+            data = prefix + b"".join(bytes(b) + b"\n" for _, b in rows)
+            # Line i of `data` is entry seqs[i]; the carry line (if any) stands just before `start`.
+            seqs = range(start - 1 if carry else start, start + len(rows))
+            shard = check_shard(data, len(prefix), len(data), 1 if carry else 0, seqs, ctx)
+            problems += [f"entry {seq}: {message}" for _, message, seq in shard.findings]
+            for sid, st in shard.stats.items():
+                exact[sid] += st.exact
+                charged[sid] += st.charged
+            carry = next((bytes(b) for k, b in reversed(rows) if k in ("query", "calibration")), carry)
+            start += chunk
         spent, counts = self.spent(), self.charged_counts()
         for sid in self.policy.ids:
-            exact = sum((shard.stats[sid].exact for shard in shards if sid in shard.stats), Fraction(0))
-            charged = sum(shard.stats[sid].charged for shard in shards if sid in shard.stats)
-            if spent.get(sid) != exact or counts.get(sid) != charged:
+            if spent.get(sid) != exact[sid] or counts.get(sid) != charged[sid]:
                 problems.append(f"source {sid!r}: the ledger says spent {spent.get(sid)} over {counts.get(sid)} "
-                                f"charges, its records add up to {exact} over {charged}")
+                                f"charges, its records add up to {exact[sid]} over {charged[sid]}")
         if problems:
             raise LedgerError(f"ledger {self.path} does not match its own records: " + "; ".join(problems[:3]))
 

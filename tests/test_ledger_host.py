@@ -74,5 +74,17 @@ def test_an_edited_record_is_caught_too(tmp_path):
                                                              else bytes(body).replace(b'"answered":false',
                                                                                       b'"answered":true'),))
     db.close()
-    with Ledger(path, POLICY) as ledger, pytest.raises(LedgerError, match="does not match its own records"):
-        ledger.check_against_records()
+    for chunk in (1, 5, 1000):               # the edited entry alone, first of a chunk, inside one
+        with Ledger(path, POLICY) as ledger, pytest.raises(LedgerError, match="does not match its own records"):
+            ledger.check_against_records(chunk=chunk)
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 5, 1000])
+def test_the_check_reads_in_chunks_with_the_same_verdict(tmp_path, chunk):
+    path = tmp_path / "l.sqlite"
+    run(path, 12)
+    with Ledger(path, POLICY) as ledger:
+        ledger.check_against_records(chunk=chunk)
+    edit(path, "UPDATE spend SET spent='1/1000' WHERE source_id='b'")
+    with Ledger(path, POLICY) as ledger, pytest.raises(LedgerError, match="'b': the ledger says spent 1/1000"):
+        ledger.check_against_records(chunk=chunk)
