@@ -51,6 +51,10 @@ def start_enclave(*, policy: Path, principals: Path, state: Path, out: Path, tls
                   run_dir: Path, attestation: str = "sim", extra: tuple[str, ...] = (),
                   timeout: float = 60) -> EnclaveProcess:
     """Start the enclave on a free loopback port; `run_dir` receives its port file and stderr."""
+    # The enclave runs from the repository root: every path it gets is made absolute here.
+    policy, principals, state, out, tls_dir, run_dir = (Path(p).resolve() for p in
+                                                        (policy, principals, state, out, tls_dir, run_dir))
+    sim_ca = Path(sim_ca).resolve() if sim_ca is not None else None
     run_dir.mkdir(parents=True, exist_ok=True)
     port_file, stderr_path = run_dir / "enclave.port.json", run_dir / "enclave.stderr"
     port_file.unlink(missing_ok=True)

@@ -89,12 +89,13 @@ def test_enclave_demo_report_matches_the_other_backends(tmp_path):
     assert isinstance(report.to_text(), str) and "enclave" in report.to_text()
 
 
-def test_the_cli_runs_the_enclave_demo_and_refuses_non_private_noise(tmp_path, capsys):
+def test_the_cli_runs_the_enclave_demo_and_refuses_non_private_noise(tmp_path, capsys, monkeypatch):
     import json
 
     from dvsecure.cli import main
 
-    assert main(["demo", "--backend", "enclave", "--out", str(tmp_path / "o"), "--queries", "20", "--json"]) == 0
+    monkeypatch.chdir(tmp_path)         # a relative --out, from outside the repository, as a user types it
+    assert main(["demo", "--backend", "enclave", "--out", "o", "--queries", "20", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["backend"] == "enclave" and data["audit"]["ok"] and len(data["labels"]) == 20
     assert main(["audit", str(tmp_path / "o")]) == 0
