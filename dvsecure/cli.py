@@ -184,6 +184,14 @@ def _party(args) -> int:
     return 0
 
 
+def _require_mpc_extra(what: str, alternative: str = "") -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None or importlib.util.find_spec("crypten") is None:
+        raise ParameterError(f"{what} needs the mpc extra: torch 2.13.0 and CrypTen 0.4.1 "
+                             f"(`make install` sets them up){alternative}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -192,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "bench":
             from .mpc.bench import run_bench
 
+            _require_mpc_extra("bench")
             if args.parties < 2 or args.classes < 2:
                 raise ParameterError("--parties and --classes must be at least 2")
             result = json.dumps(run_bench(args.queries, args.classes, args.sources, args.parties), indent=2)
@@ -234,13 +243,9 @@ def main(argv: list[str] | None = None) -> int:
                 return 0
             backend = None
             if args.backend == "mpc":
-                import importlib.util
-
                 from .backends.mpc import MPCBackend
 
-                if importlib.util.find_spec("torch") is None or importlib.util.find_spec("crypten") is None:
-                    raise ParameterError("--backend mpc (the default) needs the mpc extra: torch 2.13.0 and "
-                                         "CrypTen 0.4.1 (`make install` sets them up); or run --backend plaintext")
+                _require_mpc_extra("--backend mpc (the default)", "; or run --backend plaintext")
 
                 # Local parties take the sources' shares over gRPC; with remote parties
                 # (--rendezvous) the coordinator relays the sealed shares through party 0.

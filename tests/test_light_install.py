@@ -49,6 +49,8 @@ def test_audit_and_receipt_in_a_venv_without_torch(tmp_path):
     bare = subprocess.run([str(dvsecure), "demo", "--out", str(tmp_path / "d")], capture_output=True, text=True,
                           timeout=300)
     assert bare.returncode == 2 and "needs the mpc extra" in bare.stderr, bare.stdout + bare.stderr
+    bench = subprocess.run([str(dvsecure), "bench", "--queries", "20"], capture_output=True, text=True, timeout=300)
+    assert bench.returncode == 2 and "bench needs the mpc extra" in bench.stderr, bench.stdout + bench.stderr
     loaded = subprocess.run([str(py), "-c", "import sys, dvsecure.audit, dvsecure.receipt; "
                              "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'crypten')))"],
                             capture_output=True, text=True, timeout=120)
