@@ -120,6 +120,8 @@ def _audit(args) -> int:
         attested = _attested_signer_problems(args)
     report = audit(args.path, source=args.source, policy=args.policy, witness=args.witness,
                    trusted_keys=[_key_arg(k) for k in args.trust_key], allow_nonprivate=args.allow_nonprivate)
+    for problem in attested or ():
+        report.add("attestation", problem)          # part of the verdict, in the header and the exit code
     if args.json:
         out = report.to_dict()
         if attested is not None:
@@ -128,10 +130,8 @@ def _audit(args) -> int:
     else:
         print(report.to_text())
         if attested is not None:
-            print("attested signers: " + ("OK" if not attested else "FAILED"))
-            for problem in attested:
-                print(f"  [attestation] {problem}")
-    return 0 if report.ok and not attested else 1
+            print("attested signers: " + ("OK" if not attested else "FAILED (findings above)"))
+    return 0 if report.ok else 1
 
 
 def _attested_signer_problems(args) -> list[str]:

@@ -123,7 +123,8 @@ def test_the_auditor_checks_that_every_signer_is_an_attested_enclave_key(tmp_pat
                  "--enclave-principals", str(other)]) == 1
     assert "other principals" in capsys.readouterr().out
     assert main(["audit", str(tmp_path / "o"), "--enclave-pcr0", pcr0]) == 1          # simulated: not trusted
-    assert "sim_untrusted" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "sim_untrusted" in out and ": 1 finding(s)" in out.splitlines()[0]           # the header says so too
     assert main(["audit", str(tmp_path / "o"), "--enclave-pcr0", "ab" * 48, "--trust-sim-root", root]) == 1
     assert "attestation refused (pcr)" in capsys.readouterr().out
     # A log signed by an operator key (here: the plaintext demo) has no attested signer.
