@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--rendezvous", metavar="URL",
                    help="--backend mpc across machines: run party 0 here, joining URL (tcp://HOST:PORT); "
                         "parties 1..N-1 and the dealer run `dvsecure party` elsewhere")
-    d.add_argument("--sources", type=_positive_int, default=5, help="number of sources (default 5)")
+    d.add_argument("--sources", type=_positive_int, help="number of sources of the embedded consortium (default 5)")
     d.add_argument("--queries", type=_positive_int, default=300,
                    help="queries, the first third labelled for calibration (default 300)")
     d.add_argument("--classes", type=_positive_int, default=10, help="classes per query (default 10)")
@@ -231,6 +231,11 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 noise = make_noise(PRIVATE)
             policy = ConsortiumPolicy.load(args.policy) if args.policy else None
+            if policy is not None and args.sources is not None:
+                raise ParameterError("--sources applies to the embedded consortium; with --policy the sources "
+                                     "are the policy's")
+            if args.sources is None:
+                args.sources = len(policy.sources) if policy is not None else 5
             state = args.state or args.out.with_name(args.out.name + ".state")
             if args.backend == "enclave":
                 from .enclave_demo import run_enclave_demo

@@ -103,6 +103,10 @@ def test_policy_file_and_mismatched_state(tmp_path, capsys):
     pol.write_text(default_policy(3).to_toml())
     data = run_json(capsys, "--out", str(tmp_path / "o"), "--policy", str(pol), "--queries", "30")
     assert [s["id"] for s in data["sources"]] == ["inst-1", "inst-2", "inst-3"]
+    # --sources sizes the embedded consortium only: with --policy it is an error, not silently ignored
+    assert main(["demo", "--backend", "plaintext", "--out", str(tmp_path / "x"), "--policy", str(pol),
+                 "--sources", "2"]) == 2
+    assert "--sources applies to the embedded consortium" in capsys.readouterr().err
     # the same state with a different policy is refused, not silently mixed
     assert main(["demo", "--backend", "plaintext", "--out", str(tmp_path / "o"), "--queries", "30"]) == 2
     assert "another policy" in capsys.readouterr().err
