@@ -301,7 +301,9 @@ def test_cli(tmp_path, capsys):
     assert out["valid"] is False and out["reason"] == "public_key" and "0103" in out["error"]
     assert _cli([str(doc), "--at", at, "--root", root, "--nonce", "0x12"]) == 2
     assert _cli([str(doc), "--at", at, "--root", str(tmp_path / "no-root.pem")]) == 2
-    assert _cli([str(doc), "--at", at, "--root", str(doc)]) == 2  # not a certificate
+    capsys.readouterr()
+    assert _cli([str(doc), "--at", at, "--root", str(doc)]) == 2  # not a certificate: the file is named
+    assert f"--root {doc}: not a PEM or DER X.509 certificate" in capsys.readouterr().err
     # Without --at the time is now: the document made for T0 is not yet valid, one made now verifies.
     assert _cli([str(doc), "--root", root]) == 1
     assert "(not_yet_valid)" in capsys.readouterr().err

@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ..errors import AttestationError, ParameterError
-from .nitro import AttestationDocument, verify
+from .nitro import AttestationDocument, load_certificate, verify
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -81,7 +81,12 @@ def run(args) -> int:
         nonce = None if args.nonce is None else _hex(args.nonce, "--nonce")
         public_key = None if args.public_key is None else _hex(args.public_key, "--public-key")
         at = _at(args.at)
-        root = args.root.read_bytes() if args.root is not None else None
+        root = None
+        if args.root is not None:
+            try:
+                root = load_certificate(args.root.read_bytes())
+            except ParameterError:
+                raise ParameterError(f"--root {args.root}: not a PEM or DER X.509 certificate") from None
         document = args.file.read_bytes()
         doc = verify(document, root_der_or_pem=root, at=at, expected_pcrs=pcrs or None,
                      expected_nonce=nonce, expected_public_key=public_key)
