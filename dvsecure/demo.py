@@ -166,7 +166,9 @@ def run_demo(*, out: Path, state: Path, num_sources: int = 5, num_queries: int =
         labels, votes = synthetic_votes(num_queries, num_sources, num_classes, seed + start)
         weights = stored_weights(ledger)
         secure = backend is not None and backend.name != "plaintext"
-        n_cal = 0 if secure else num_queries // 3
+        # The first third is labelled for calibration only on the first run: a run that
+        # continues a calibrated ledger keeps its weights and answers every query.
+        n_cal = 0 if secure or weights is not None else num_queries // 3
         if secure and weights is None:
             # Calibration reads votes where it runs; under MPC it would have to run inside
             # the parties, which is not built yet, so the sources keep their ceilings.

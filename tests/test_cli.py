@@ -83,7 +83,9 @@ def test_second_run_continues_from_state(tmp_path, capsys):
         ledger.verify()
     assert kinds[:2] == ["genesis", "signers"]      # one log, one signer set across runs
     assert kinds.count("calibration") == 1          # calibrated once, reused afterwards
-    assert kinds.count("query") == 2 * 40
+    assert (first["calibration_queries"], second["calibration_queries"]) == (20, 0)
+    assert kinds.count("query") == 40 + 60          # the second run answers all of its queries
+    assert len(second["labels"]) == 60
     assert data_audits_clean(second)
 
 
