@@ -4,6 +4,13 @@ Pure functions of (tally, parameters, noise). Every backend's release must equal
 this one's for the same tally and the same noise draws, drawn in this order:
 one threshold sample per query (Confident-GNMax), then C GNMax samples for each
 answered query, in query order.
+
+A query in which no source takes part (every weight 0: excluded, absent or
+invalid) is refused, under GNMax as under Confident-GNMax: its tally is all zero,
+so any label would be noise alone, and an answer carrying no information is not
+released as one. Whether a source takes part is public (its weight and validity
+bit), so every backend applies the rule without looking at a vote; it costs no
+privacy (no participant, no charge).
 """
 from __future__ import annotations
 
@@ -33,11 +40,13 @@ def release_batch(tallies: np.ndarray, mechanism: MechanismPolicy, noise: NoiseS
     Ties break to the lowest index (np.argmax returns the first maximum)."""
     tallies = np.asarray(tallies, dtype=np.int64)
     q, c = tallies.shape
+    # A participant's valid vote adds a positive total to its row: a zero row has none.
+    taken_part = tallies.any(axis=1)
     if mechanism.confident:
         z = tallies.max(axis=1) + noise.sample(sigma_on_tally_grid(mechanism.sigma1), q)
-        answered = z >= threshold_to_tally(mechanism.threshold)
+        answered = (z >= threshold_to_tally(mechanism.threshold)) & taken_part
     else:
-        answered = np.ones(q, dtype=bool)
+        answered = taken_part
     idx = np.flatnonzero(answered)
     out = [Release(False, None)] * q
     if len(idx):

@@ -182,8 +182,6 @@ def check_shard(data: bytes, begin: int, end: int, start: int, seqs: list[int], 
         add(("release", f"answered with label {queries[i][2].label!r} outside [0, {classes[i]})", queries[i][1]))
     for i in np.nonzero(~ans_q & has_label)[0]:
         add(("release", "a refused query released a label", queries[i][1]))
-    for i in np.nonzero(~ans_q & ~has_label & plain)[0]:
-        add(("release", "plain GNMax never refuses, but this entry is a refusal", queries[i][1]))
     groups: dict[tuple, list[int]] = {}                # (mechanism key, answered) -> row indices
     for k, _, e in queries:
         m = e.mechanism
@@ -231,6 +229,14 @@ def check_shard(data: bytes, begin: int, end: int, start: int, seqs: list[int], 
              int(seq_arr[k])))
     for k, j in zip(*np.nonzero(q & (status == S_) & ~shrink_ok)):
         add(("status", f"source {ids[j]!r} was shrunk but its policy says exclude", int(seq_arr[k])))
+    # Releases against participation: a query no source took part in is refused (its
+    # label would be noise alone); plain GNMax refuses nothing else.
+    anyone = takes_part[qk].any(axis=1)
+    for i in np.nonzero(ans_q & ~anyone)[0]:
+        add(("release", "answered although no source took part (the label is noise alone)", queries[i][1]))
+    for i in np.nonzero(~ans_q & ~has_label & plain & anyone)[0]:
+        add(("release", "plain GNMax refuses only a query no source took part in, but this entry is a refusal",
+             queries[i][1]))
 
     # Charges recomputed from each entry's own data: a float per entry for the
     # per-entry checks, and exact rationals per distinct group for the totals.

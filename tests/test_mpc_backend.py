@@ -320,7 +320,12 @@ def test_a_killed_party_fails_the_batch_and_records_nothing(tmp_path):
             log = LogWriter(log_dir, ledger, [operator_signer(state, policy), *backend.cosigners(ledger)])
             agg = Aggregator(policy, ledger, backend=backend, noise=make_noise("no_noise"), log=log)
             again = agg.query_batch(lost, 2)
-            assert [r.label for r in again] == [0] * 300 and ledger.next_seq() == before[1] + 300
+            # Label 0 (a tie to the lowest index) while a source takes part; once both are
+            # out of budget a query has no participant and is refused.
+            took_part = [any(p.gamma for p in r.participants) for r in again]
+            assert took_part[0] and not took_part[-1]
+            assert [r.label for r in again] == [0 if t else None for t in took_part]
+            assert ledger.next_seq() == before[1] + 300
             operator_spent = ledger.spent()
         backend.close()
         report = audit(log_dir, allow_nonprivate=True)

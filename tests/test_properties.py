@@ -296,11 +296,12 @@ class Model:
 
 
 def expected_release(model: Model, gammas, encodings, num_classes):
-    """No-noise release: answered iff max tally >= T; label = lowest-index argmax."""
+    """No-noise release: refused if no source took part; else answered iff max
+    tally >= T (always, under plain GNMax); label = lowest-index argmax."""
     tally = [sum((g * Fraction(e[j], SCALE) for g, e in zip(gammas, encodings) if g), Fraction(0))
              for j in range(num_classes)]
     top = max(tally)
-    answered = True if model.T is None else top >= model.T
+    answered = any(gammas) and (model.T is None or top >= model.T)
     return answered, (tally.index(top) if answered else None)
 
 
@@ -367,7 +368,9 @@ def check_query(model: Model, policy, result, query, num_classes, noise_mode, de
 
     event(f"{m.kind} {'answered' if result.answered else 'refused'}")
     if not m.confident:
-        assert result.answered
+        assert result.answered == any(gammas)       # plain GNMax refuses only a query no source took part in
+    if not any(gammas):
+        assert not result.answered
     if result.answered:
         assert result.label in range(num_classes)
     else:

@@ -315,6 +315,20 @@ def test_dishonest_excluded_source_with_weight_and_changed_mechanism(copy):
     assert any(f.check == "charge" and f.seq == seq for f in report.findings)
 
 
+def test_dishonest_answer_without_any_participant(copy):
+    """A label released for a query every source sat out (all excluded): noise alone,
+    presented as an answer. Charges are zero, so only the release check catches it."""
+    log, state = copy
+    lines = lines_of(log)
+    prev = _last_query(lines)
+    seq = len(lines)
+    forged = _forge(prev, seq, gamma=np.zeros(5, np.int64), status="BBBBB", answered=True, label=3)
+    _resign(log, state, lines + [forged])
+    report = audit(log, allow_nonprivate=True)
+    assert [(f.check, f.seq) for f in report.findings] == [("release", seq)], [str(f) for f in report.findings]
+    assert "no source took part" in report.findings[0].message
+
+
 def test_sharded_audit_reports_the_same_findings(copy):
     log, state = copy
     lines = lines_of(log)

@@ -173,13 +173,18 @@ def evaluate_batch(crypten, cmd: dict, rank: int, world: int, party_key, ledger,
         error = str(e) if isinstance(e, DvsecureError) else f"{type(e).__name__}: {e}"
     peers.agree(error)
 
+    # A query in which no source takes part is refused (`mechanism`): public, from
+    # the weights and validity bits alone.
+    taken_part = (gammas != 0).any(dim=1)
     if not policy.mechanism.confident:
-        answered = torch.ones(Q, dtype=torch.bool)
+        answered = taken_part.clone()
     else:
         top, _ = secure.argmax_tree(tallies)
         noisy_top = top + _noise_shares(crypten, noise, sigma1, (Q,))
         threshold = threshold_to_tally(policy.mechanism.threshold)
         answered = (noisy_top - threshold).ge(0).get_plain_text().long().bool()     # reveal: answered bits
+        answered &= taken_part
+    if not answered.all():
         # A refused query's GNMax step never runs: its reservation is released,
         # durably, before any label share is sent.
         error = None
