@@ -60,6 +60,13 @@ class CosignError(DvsecureError):
     """A party refuses to cosign a checkpoint: the log disagrees with its records."""
 
 
+def _distinct(query_ids) -> list[str]:
+    query_ids = list(query_ids)
+    if len(set(query_ids)) != len(query_ids):
+        raise LedgerError("a batch names the same query twice")
+    return query_ids
+
+
 class PartyLedger:
     def __init__(self, path: str | Path, policy, signer_vkey: str):
         self.policy = policy
@@ -100,9 +107,7 @@ class PartyLedger:
     def record_charges(self, query_ids, gammas: np.ndarray, answered: np.ndarray, noise: str) -> None:
         """gammas: int[Q, S] the weights actually tallied (2**-16 units); answered:
         bool[Q] (all True to reserve the worst case before the answered bits exist)."""
-        query_ids = list(query_ids)
-        if len(set(query_ids)) != len(query_ids):
-            raise LedgerError("a batch names the same query twice")
+        query_ids = _distinct(query_ids)
         mech = self.policy.mechanism
         spent = self.spent()
         rows = []
@@ -126,16 +131,13 @@ class PartyLedger:
             self._db.execute("BEGIN IMMEDIATE")
             self._db.executemany("INSERT OR REPLACE INTO queries (query_id, attempts, gamma, answered, noise) "
                                  "VALUES (?, ?, ?, ?, ?)", rows)
-            self._db.executemany("UPDATE spend SET spent=? WHERE source_id=?",
-                                 [(f"{v.numerator}/{v.denominator}", k) for k, v in spent.items()])
+            self._store_spent(spent)
 
     def settle(self, query_ids, answered) -> None:
         """After the answered bits: a refused query's GNMax step never runs, so the
         worst case `record_charges` reserved for it is released (its threshold check
         stays charged). Durable before any label share is sent."""
-        query_ids = list(query_ids)
-        if len(set(query_ids)) != len(query_ids):
-            raise LedgerError("a batch names the same query twice")
+        query_ids = _distinct(query_ids)
         mech = self.policy.mechanism
         spent = self.spent()
         refused = []
@@ -154,8 +156,12 @@ class PartyLedger:
         with self._db:
             self._db.execute("BEGIN IMMEDIATE")
             self._db.executemany("UPDATE queries SET answered=0 WHERE query_id=?", refused)
-            self._db.executemany("UPDATE spend SET spent=? WHERE source_id=?",
-                                 [(f"{v.numerator}/{v.denominator}", k) for k, v in spent.items()])
+            self._store_spent(spent)
+
+    def _store_spent(self, spent: dict[str, Fraction]) -> None:
+        """Inside the caller's transaction: every source's exact spend."""
+        self._db.executemany("UPDATE spend SET spent=? WHERE source_id=?",
+                             [(f"{v.numerator}/{v.denominator}", k) for k, v in spent.items()])
 
     def record_labels(self, query_ids, labels) -> None:
         with self._db:
