@@ -31,10 +31,10 @@ bench: install
 	$(VENV)/bin/dvsecure bench --backend mpc --queries 200 --classes 10 --sources 50 --parties 3
 	$(PY) benchmarks/bench_enclave.py
 
-# The committed gRPC code in dvsecure/proto/ is generated from protocols/*.proto;
+# The committed gRPC code in dvsecure/wire/proto/ is generated from protocols/*.proto;
 # tests/test_protocols_current.py fails if it is stale.
 proto: install
-	$(PY) -m grpc_tools.protoc -Idvsecure/proto=protocols --python_out=. --grpc_python_out=. protocols/dvsecure.proto
+	$(PY) -m grpc_tools.protoc -Idvsecure/wire/proto=protocols --python_out=. --grpc_python_out=. protocols/dvsecure.proto
 
 clean:
 	rm -rf $(VENV) demo-out demo-out.state .pytest_cache .hypothesis

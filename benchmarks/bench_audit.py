@@ -2,7 +2,7 @@
 
 A log of --entries query entries is written through the real ledger and log
 writer (real charges, spends, counts, commitments, signed checkpoints every
---checkpoint-every entries), then audited end to end by `dvsecure.audit.audit`:
+--checkpoint-every entries), then audited end to end by `dvsecure.audit.check.audit`:
 file checks, decoding every entry, leaf hashes and Merkle roots at every
 checkpoint, signatures, bands, recomputation of every charge, exact budget
 totals. Measured in the same run, the baseline is the least any auditor must
@@ -20,13 +20,13 @@ from pathlib import Path
 
 import numpy as np
 
-from dvsecure import entry
+from dvsecure.log import entry
 from dvsecure.accounting.charges import GNMAX, THRESHOLD, Charge
-from dvsecure.audit import audit
-from dvsecure.ledger import Ledger, LedgerRecord
-from dvsecure.merkle import CompactRange, leaf_hash
+from dvsecure.audit.check import audit
+from dvsecure.engine.ledger import Ledger, LedgerRecord
+from dvsecure.log.merkle import CompactRange, leaf_hash
 from dvsecure.policy import Budget, ConsortiumPolicy, MechanismPolicy, SourcePolicy
-from dvsecure.translog import ENTRIES, LogWriter, operator_signer
+from dvsecure.log.writer import ENTRIES, LogWriter, operator_signer
 
 
 def policy(num_sources: int) -> ConsortiumPolicy:

@@ -21,10 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from dvsecure.aggregator import Aggregator
-from dvsecure.fixedpoint import SCALE
-from dvsecure.ledger import Ledger
-from dvsecure.mechanism import release_batch, tally
+from dvsecure.engine.aggregator import Aggregator
+from dvsecure.mechanism.fixedpoint import SCALE
+from dvsecure.engine.ledger import Ledger
+from dvsecure.mechanism.release import release_batch, tally
 from dvsecure.noise import PrivateNoise
 from dvsecure.policy import Budget, ConsortiumPolicy, MechanismPolicy, SourcePolicy
 

@@ -11,8 +11,8 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "ConsortiumPolicy": "policy", "SourcePolicy": "policy", "MechanismPolicy": "policy",
     "Budget": "policy", "CalibrationPolicy": "policy",
-    "Aggregator": "aggregator", "QueryResult": "aggregator",
-    "Ledger": "ledger",
+    "Aggregator": "engine.aggregator", "QueryResult": "engine.aggregator",
+    "Ledger": "engine.ledger",
     "Charge": "accounting.charges",
     "PrivateNoise": "noise", "SeededNoise": "noise", "NoNoise": "noise",
     "DvsecureError": "errors",

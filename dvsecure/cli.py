@@ -111,7 +111,7 @@ def _key_arg(text: str) -> str:
 
 
 def _audit(args) -> int:
-    from .audit import audit
+    from .audit.check import audit
 
     if (args.trust_sim_root or args.enclave_principals) and not args.enclave_pcr0:
         raise ParameterError("--trust-sim-root and --enclave-principals only apply with --enclave-pcr0")
@@ -135,8 +135,8 @@ def _audit(args) -> int:
 
 
 def _attested_signer_problems(args) -> list[str]:
-    from .enclave_client import check_attested_signers
-    from .translog import ENTRIES
+    from .tee.client import check_attested_signers
+    from .log.writer import ENTRIES
 
     try:
         pcr0 = bytes.fromhex(args.enclave_pcr0)
@@ -214,13 +214,13 @@ def main(argv: list[str] | None = None) -> int:
             from .attestation.cli import run as run_attestation
             return run_attestation(args)
         if args.command == "receipt":
-            from .receipt import export_receipt
+            from .audit.receipt import export_receipt
 
             out = export_receipt(args.log, args.source, args.out or Path(f"receipt-{args.source}"))
             print(f"receipt for {args.source} written to {out}")
             return 0
         if args.command == "demo":
-            from .demo import run_demo
+            from .demo.run import run_demo
             from .noise import NO_NOISE, PRIVATE, SEEDED, make_noise
             from .policy import ConsortiumPolicy
 
@@ -238,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.sources = len(policy.sources) if policy is not None else 5
             state = args.state or args.out.with_name(args.out.name + ".state")
             if args.backend == "enclave":
-                from .enclave_demo import run_enclave_demo
+                from .demo.enclave import run_enclave_demo
 
                 if args.no_noise or args.noise_seed is not None:
                     raise ParameterError("the enclave runs private noise only; drop --no-noise / --noise-seed")
@@ -256,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
                 # (--rendezvous) the coordinator relays the sealed shares through party 0.
                 principals = None
                 if not args.rendezvous:
-                    from .demo import default_policy, demo_sources
+                    from .demo.run import default_policy, demo_sources
                     _, principals = demo_sources(state, policy or default_policy(args.sources))
                 backend = MPCBackend(num_parties=args.parties, provider=args.provider, allow_tfp=args.allow_tfp,
                                      state_dir=str(state / "parties"), principals=principals,

@@ -78,7 +78,7 @@ class SimulatedCAError(DvsecureError):
 
 class ServiceRefusal(DvsecureError):
     """A gRPC service (the enclave, an MPC party) refused a request; `code` names
-    the gRPC status it is sent with (dvsecure.rpc)."""
+    the gRPC status it is sent with (dvsecure.wire.rpc)."""
 
     def __init__(self, message: str, code: str = "INVALID_ARGUMENT"):
         super().__init__(message)

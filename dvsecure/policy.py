@@ -44,7 +44,7 @@ import tomli_w
 
 from .accounting.conversions import rho_from_eps_delta, rho_from_rdp_budget
 from .errors import PolicyError
-from .fixedpoint import SCALE, ceil_to_grid, floor_to_grid
+from .mechanism.fixedpoint import SCALE, ceil_to_grid, floor_to_grid
 
 GNMAX_KIND = "gnmax"
 CONFIDENT_KIND = "confident_gnmax"

@@ -3,7 +3,7 @@
 At start it generates, in memory only, an X25519 key (votes are sealed to it)
 and an Ed25519 checkpoint key (a note signer with role "enclave"), and obtains
 an attestation document binding them, its TLS certificate and the principals
-file to its measurement (dvsecure.enclave_protocol). The log's signers entry
+file to its measurement (dvsecure.tee.protocol). The log's signers entry
 records the checkpoint key with that document, so every restart (new keys) is
 visible in the log.
 
@@ -40,21 +40,21 @@ from pathlib import Path
 from nacl.exceptions import CryptoError
 from nacl.public import PrivateKey, SealedBox
 
-from dvsecure import entry
-from dvsecure import enclave_protocol as proto
-from dvsecure import rpc
-from dvsecure.aggregator import Aggregator
+from dvsecure.log import entry
+from dvsecure.tee import protocol as proto
+from dvsecure.wire import rpc
+from dvsecure.engine.aggregator import Aggregator
 from dvsecure.backends import PlaintextBackend
-from dvsecure.calibration import stored_weights
+from dvsecure.engine.calibration import stored_weights
 from dvsecure.errors import EnclaveError
-from dvsecure.ledger import Ledger
-from dvsecure.merkle import MerkleTree, leaf_hash
-from dvsecure.note import Signer
+from dvsecure.engine.ledger import Ledger
+from dvsecure.log.merkle import MerkleTree, leaf_hash
+from dvsecure.log.note import Signer
 from dvsecure.noise import PrivateNoise
 from dvsecure.policy import ConsortiumPolicy
-from dvsecure.proto import dvsecure_pb2 as pb
-from dvsecure.submission import Submission
-from dvsecure.translog import CHECKPOINTS, LogWriter, checkpoint_name
+from dvsecure.wire.proto import dvsecure_pb2 as pb
+from dvsecure.wire.submission import Submission
+from dvsecure.log.writer import CHECKPOINTS, LogWriter, checkpoint_name
 
 MAX_CLASSES = 4096
 MAX_QUERY_ID = 256

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from dvsecure.cli import main
-from dvsecure.demo import default_policy
-from dvsecure.ledger import Ledger
+from dvsecure.demo.run import default_policy
+from dvsecure.engine.ledger import Ledger
 
 REQUIRED_SOURCE_KEYS = {"id", "gamma_min", "gamma_max", "gamma_used_min", "gamma_used_max", "budget_rho",
                         "spent_rho", "epsilon", "delta", "status"}

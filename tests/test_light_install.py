@@ -51,7 +51,7 @@ def test_audit_and_receipt_in_a_venv_without_torch(tmp_path):
     assert bare.returncode == 2 and "needs the mpc extra" in bare.stderr, bare.stdout + bare.stderr
     bench = subprocess.run([str(dvsecure), "bench", "--queries", "20"], capture_output=True, text=True, timeout=300)
     assert bench.returncode == 2 and "bench needs the mpc extra" in bench.stderr, bench.stdout + bench.stderr
-    loaded = subprocess.run([str(py), "-c", "import sys, dvsecure.audit, dvsecure.receipt; "
+    loaded = subprocess.run([str(py), "-c", "import sys, dvsecure.audit.check, dvsecure.audit.receipt; "
                              "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'crypten')))"],
                             capture_output=True, text=True, timeout=120)
     assert loaded.stdout.strip() == "[]", loaded.stdout + loaded.stderr

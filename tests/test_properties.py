@@ -32,15 +32,15 @@ import pytest
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
-from dvsecure import entry
+from dvsecure.log import entry
 from dvsecure.accounting.charges import GNMAX, THRESHOLD
-from dvsecure.aggregator import Aggregator
+from dvsecure.engine.aggregator import Aggregator
 from dvsecure.backends import PlaintextBackend
 from dvsecure.errors import DuplicateQueryError, ParameterError, PolicyError
-from dvsecure.ledger import Ledger
+from dvsecure.engine.ledger import Ledger
 from dvsecure.noise import make_noise
 from dvsecure.policy import Budget, ConsortiumPolicy, MechanismPolicy, SourcePolicy
-from dvsecure.submission import Submission
+from dvsecure.wire.submission import Submission
 
 SCALE = 1 << 16
 
@@ -377,7 +377,7 @@ def check_query(model: Model, policy, result, query, num_classes, noise_mode, de
         assert result.label is None
     if noise_mode == "no_noise":
         assert result.noise_mode == "no_noise" and not result.private
-        from dvsecure.votes import encode_vote
+        from dvsecure.mechanism.votes import encode_vote
         encs = []
         for src, g, enc, (vote, _, _) in zip(policy.sources, gammas, encodings, votes):
             if g and enc is None:

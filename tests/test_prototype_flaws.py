@@ -13,16 +13,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import dvsecure.filter
+import dvsecure
 from dvsecure.accounting.charges import CALIBRATION, GNMAX, THRESHOLD, Charge
-from dvsecure.aggregator import Aggregator
-from dvsecure.calibration import PrivateCalibration, stored_weights
-from dvsecure.ledger import Ledger
+from dvsecure.engine.aggregator import Aggregator
+from dvsecure.engine.calibration import PrivateCalibration, stored_weights
+from dvsecure.engine.ledger import Ledger
 from dvsecure.noise import NoiseSource, make_noise
 from dvsecure.policy import (Budget, CalibrationPolicy, ConsortiumPolicy, MechanismPolicy, SourcePolicy)
 
 SCALE = 1 << 16
-PKG = Path(dvsecure.filter.__file__).resolve().parent
+PKG = Path(dvsecure.__file__).resolve().parent
 
 
 def grid(x: float) -> float:
@@ -453,7 +453,7 @@ def _imports(path: Path) -> set[str]:
     return names
 
 
-@pytest.mark.parametrize("module", ["filter.py", "aggregator.py", "ledger.py", "accounting/charges.py"])
+@pytest.mark.parametrize("module", ["mechanism/filter.py", "engine/aggregator.py", "engine/ledger.py", "accounting/charges.py"])
 def test_flaw5_accounting_modules_do_not_import_pate(module):
     assert (PKG / "accounting" / "pate.py").is_file()
     imported = _imports(PKG / module)
@@ -464,8 +464,8 @@ def test_flaw5_pate_not_loaded_by_the_query_path(tmp_path):
     """In a fresh interpreter, running queries never loads the PATE module."""
     script = f"""
 import sys
-from dvsecure.aggregator import Aggregator
-from dvsecure.ledger import Ledger
+from dvsecure.engine.aggregator import Aggregator
+from dvsecure.engine.ledger import Ledger
 from dvsecure.noise import make_noise
 from dvsecure.policy import Budget, ConsortiumPolicy, MechanismPolicy, SourcePolicy
 p = ConsortiumPolicy(sources=(SourcePolicy("a", 0.1, 0.5, Budget("rho", 1.0)),),
@@ -474,7 +474,7 @@ with Ledger({str(tmp_path / 'l.sqlite')!r}, p) as led:
     agg = Aggregator(p, led, noise=make_noise("private"))
     for q in range(3):
         agg.query(f"q{{q}}", [0], 2)
-    assert "dvsecure.filter" in sys.modules
+    assert "dvsecure.mechanism.filter" in sys.modules
     print("pate loaded" if "dvsecure.accounting.pate" in sys.modules else "pate not loaded")
 """
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import msgspec
 
-from . import entry as E
-from .audit import RECEIPT, Receipt
-from .errors import LogError, ParameterError
-from .merkle import MerkleTree, leaf_hash
-from .note import Checkpoint, parse_note
-from .translog import CHECKPOINTS, ENTRIES, KEYS, POLICY, write_atomic
+from ..log import entry as E
+from .check import RECEIPT, Receipt
+from ..errors import LogError, ParameterError
+from ..log.merkle import MerkleTree, leaf_hash
+from ..log.note import Checkpoint, parse_note
+from ..log.writer import CHECKPOINTS, ENTRIES, KEYS, POLICY, write_atomic
 
 
 def _b64(hs) -> list[str]:

@@ -27,11 +27,11 @@ from fractions import Fraction
 import msgspec
 import numpy as np
 
-from . import entry as E
-from .accounting.charges import CALIBRATION, GNMAX, THRESHOLD, Charge
-from .errors import DvsecureError
-from .fixedpoint import SCALE, gamma_to_fixed
-from .policy import SHRINK, ConsortiumPolicy
+from ..log import entry as E
+from ..accounting.charges import CALIBRATION, GNMAX, THRESHOLD, Charge
+from ..errors import DvsecureError
+from ..mechanism.fixedpoint import SCALE, gamma_to_fixed
+from ..policy import SHRINK, ConsortiumPolicy
 
 _RECOMPUTE_ERRORS = (DvsecureError, TypeError, ValueError, ZeroDivisionError, OverflowError)
 _DECODE_ERRORS = (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError)

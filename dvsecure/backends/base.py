@@ -6,7 +6,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..mechanism import Release
+from ..mechanism.release import Release
 from ..noise import NoiseSource
 from ..policy import MechanismPolicy
 

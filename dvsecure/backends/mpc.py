@@ -3,7 +3,7 @@ parties that reveal only validation bits, answered bits and labels.
 
 In this in-process form the backend also plays the sources: each source's
 votes for a batch are encoded, shared, sealed to the parties' keys (which the
-parties generate and keep) and signed (`dvsecure.sharing`), exactly as a
+parties generate and keep) and signed (`dvsecure.mpc.sharing`), exactly as a
 remote source would do; the parties open them. Networked sources are issue 5.
 
 Noise: every party adds its own exact discrete Gaussian to its own share (no
@@ -30,9 +30,9 @@ import numpy as np
 from nacl.signing import SigningKey
 
 from ..errors import ParameterError, VoteError
-from ..mechanism import Release
+from ..mechanism.release import Release
 from ..noise import SEEDED
-from ..sharing import encode_batch, seal_submissions, wire_scale
+from ..mpc.sharing import encode_batch, seal_submissions, wire_scale
 from .base import FROM_SOURCES, Backend, BackendOutput
 
 TFP_WARNING = ("TFP Beaver triples: party 0 generates every triple in the clear and so could unmask "
@@ -148,7 +148,7 @@ class MPCBackend(Backend):
     def cosigners(self, ledger) -> list:
         """One signer per party for the log's checkpoint policy: signing asks every
         party to check the new entries against its own records and cosign."""
-        from ..note import DelegatedSigner
+        from ..log.note import DelegatedSigner
 
         if self._policy is None:
             self.bind(ledger.policy)
@@ -163,7 +163,7 @@ class MPCBackend(Backend):
         return [DelegatedSigner(k["vkey"], sign_as(r), "party") for r, k in enumerate(parties.keys)]
 
     def _cosign(self, ledger, text: bytes) -> list[bytes]:
-        from ..note import Checkpoint
+        from ..log.note import Checkpoint
 
         parties = self._ensure_started()
         policy = self._policy.to_toml()

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..mechanism import release_batch, tally
-from ..votes import encode_votes
+from ..mechanism.release import release_batch, tally
+from ..mechanism.votes import encode_votes
 from .base import Backend, BackendOutput
 
 

@@ -17,20 +17,20 @@ from pathlib import Path
 import numpy as np
 from nacl.signing import SigningKey
 
-from .audit import audit
-from .calibration import hedge_baseline
-from .demo import DemoReport, default_policy, synthetic_votes
-from .enclave_client import (CoordinatorClient, SourceClient, check_attested_signers, check_commitments,
+from ..audit.check import audit
+from ..engine.calibration import hedge_baseline
+from .run import DemoReport, default_policy, synthetic_votes
+from ..tee.client import (CoordinatorClient, SourceClient, check_attested_signers, check_commitments,
                              check_not_rolled_back, connect, fetch_log, verify_enclave)
-from .enclave_process import start_enclave
-from .enclave_protocol import Principals, enclave_measurement
-from .errors import ParameterError
-from .filter import BudgetFilter
-from .note import Checkpoint
-from .policy import ConsortiumPolicy
-from .proto import dvsecure_pb2 as pb
-from .translog import write_atomic
-from .accounting.conversions import zcdp_eps_tight
+from ..tee.process import start_enclave
+from ..tee.protocol import Principals, enclave_measurement
+from ..errors import ParameterError
+from ..mechanism.filter import BudgetFilter
+from ..log.note import Checkpoint
+from ..policy import ConsortiumPolicy
+from ..wire.proto import dvsecure_pb2 as pb
+from ..log.writer import write_atomic
+from ..accounting.conversions import zcdp_eps_tight
 
 COORDINATOR = "coordinator"
 BATCH = 50
@@ -78,7 +78,7 @@ def run_enclave_demo(out: Path, state: Path, num_sources: int = 5, num_queries: 
                      seed: int = 0, policy: ConsortiumPolicy | None = None) -> DemoReport:
     """Start the sim enclave as its own process, run the sources and the coordinator as
     gRPC clients over TLS on loopback, stop the enclave, and audit what they received.
-    The report has the fields of `dvsecure.demo.run_demo`'s, backend "enclave", plus
+    The report has the fields of `dvsecure.demo.run.run_demo`'s, backend "enclave", plus
     "attestation"; its "audit" also covers the attested signers, each source's
     commitments and the sources' mirror of the log."""
     if num_queries < 2:

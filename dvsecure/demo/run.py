@@ -14,17 +14,17 @@ from pathlib import Path
 
 import numpy as np
 
-from .accounting.conversions import zcdp_eps_tight
-from .aggregator import Aggregator
-from .audit import audit
-from .backends import FROM_SOURCES, PlaintextBackend
-from .calibration import PrivateCalibration, hedge_baseline, stored_weights
-from .errors import ParameterError
-from .filter import BudgetFilter
-from .ledger import Ledger
-from .translog import LogWriter, operator_signer
-from .noise import NoiseSource
-from .policy import Budget, CalibrationPolicy, ConsortiumPolicy, MechanismPolicy, SourcePolicy
+from ..accounting.conversions import zcdp_eps_tight
+from ..engine.aggregator import Aggregator
+from ..audit.check import audit
+from ..backends import FROM_SOURCES, PlaintextBackend
+from ..engine.calibration import PrivateCalibration, hedge_baseline, stored_weights
+from ..errors import ParameterError
+from ..mechanism.filter import BudgetFilter
+from ..engine.ledger import Ledger
+from ..log.writer import LogWriter, operator_signer
+from ..noise import NoiseSource
+from ..policy import Budget, CalibrationPolicy, ConsortiumPolicy, MechanismPolicy, SourcePolicy
 
 # (gamma_min, gamma_max, RDP budget at order 2, voter accuracy)
 _TABLE = [
@@ -114,7 +114,7 @@ def demo_sources(state: Path, policy: ConsortiumPolicy) -> tuple[dict, Path]:
 
     from nacl.signing import SigningKey
 
-    from .enclave_protocol import Principals
+    from ..tee.protocol import Principals
 
     state.mkdir(parents=True, exist_ok=True)
     path, principals = state / "sources.json", state / "principals.json"
@@ -184,7 +184,7 @@ def run_demo(*, out: Path, state: Path, num_sources: int = 5, num_queries: int =
         items = [(f"run{start:06d}-q{i:05d}", votes[i].tolist()) for i in range(n_cal, num_queries)]
         submitters = []
         if getattr(backend, "takes_votes_from_sources", False):
-            from .mpc_client import PartySubmitter
+            from ..mpc.client import PartySubmitter
 
             keys, _ = demo_sources(state, policy)
             submitters = [PartySubmitter(sid, keys[sid], backend.endpoints()) for sid in policy.ids]

@@ -24,14 +24,14 @@ from fractions import Fraction
 
 import numpy as np
 
-from . import entry
-from .accounting.charges import CALIBRATION, Charge
-from .errors import ParameterError, VoteError
-from .fixedpoint import SCALE, floor_to_grid
+from ..log import entry
+from ..accounting.charges import CALIBRATION, Charge
+from ..errors import ParameterError, VoteError
+from ..mechanism.fixedpoint import SCALE, floor_to_grid
 from .ledger import Ledger, LedgerRecord
-from .noise import NoiseSource, PrivateNoise
-from .policy import ConsortiumPolicy
-from .votes import InvalidVote, encode_vote
+from ..noise import NoiseSource, PrivateNoise
+from ..policy import ConsortiumPolicy
+from ..mechanism.votes import InvalidVote, encode_vote
 
 
 @dataclass(frozen=True)

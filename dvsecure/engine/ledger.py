@@ -18,10 +18,10 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Mapping
 
-from . import entry
-from .accounting.charges import Charge
-from .errors import BudgetExceededError, DuplicateQueryError, LedgerError
-from .policy import ConsortiumPolicy
+from ..log import entry
+from ..accounting.charges import Charge
+from ..errors import BudgetExceededError, DuplicateQueryError, LedgerError
+from ..policy import ConsortiumPolicy
 
 SCHEMA_VERSION = "2"
 
@@ -37,7 +37,7 @@ CREATE TABLE IF NOT EXISTS records (
     seq INTEGER PRIMARY KEY,
     query_id TEXT NOT NULL UNIQUE,
     kind TEXT NOT NULL,           -- genesis | signers | calibration | query
-    body BLOB NOT NULL            -- the exact bytes of log entry seq (dvsecure.entry)
+    body BLOB NOT NULL            -- the exact bytes of log entry seq (dvsecure.log.entry)
 );
 CREATE TABLE IF NOT EXISTS charges (
     seq INTEGER NOT NULL REFERENCES records(seq),
@@ -316,7 +316,7 @@ class Ledger:
         witness — and refuse a ledger whose derived state differs: a host that
         edits the spend table to free budget is caught before the next query.
         Reads `chunk` records at a time. Raises LedgerError naming the first problems."""
-        from .recompute import Context, check_shard
+        from ..audit.recompute import Context, check_shard
 
         ctx = Context(self.policy, frozenset(self.policy.ids))
         problems: list[str] = []

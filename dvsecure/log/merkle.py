@@ -36,7 +36,7 @@ from __future__ import annotations
 import hashlib
 from typing import Iterable, Sequence
 
-from .errors import ParameterError, ProofError
+from ..errors import ParameterError, ProofError
 
 __all__ = [
     "HASH_SIZE",

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import nacl.exceptions
 import nacl.signing
 
-from .errors import NoteError
+from ..errors import NoteError
 
 __all__ = [
     "ALG_ED25519",

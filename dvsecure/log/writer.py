@@ -24,8 +24,8 @@ import stat
 from pathlib import Path
 
 from . import entry
-from .errors import LogError
-from .ledger import Ledger, LedgerRecord
+from ..errors import LogError
+from ..engine.ledger import Ledger, LedgerRecord
 from .merkle import CompactRange, leaf_hash
 from .note import Checkpoint, Signer, generate_signer, parse_note, sign_checkpoint
 

@@ -15,9 +15,9 @@ import math
 from dataclasses import dataclass
 from fractions import Fraction
 
-from .errors import ParameterError
+from ..errors import ParameterError
 from .fixedpoint import SCALE, gamma_to_fixed
-from .policy import SHRINK, MechanismPolicy, SourcePolicy
+from ..policy import SHRINK, MechanismPolicy, SourcePolicy
 
 ACTIVE = "active"
 SHRUNK = "shrunk"

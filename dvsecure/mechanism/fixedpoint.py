@@ -11,7 +11,7 @@ from fractions import Fraction
 
 import numpy as np
 
-from .errors import ParameterError
+from ..errors import ParameterError
 
 FRAC_BITS = 16
 SCALE = 1 << FRAC_BITS          # weights and vote entries

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .fixedpoint import sigma_on_tally_grid, threshold_to_tally
-from .noise import NoiseSource
-from .policy import MechanismPolicy
+from ..noise import NoiseSource
+from ..policy import MechanismPolicy
 
 
 @dataclass(frozen=True)

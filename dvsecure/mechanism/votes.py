@@ -16,9 +16,9 @@ import numbers
 
 import numpy as np
 
-from .errors import VoteError
+from ..errors import VoteError
 from .fixedpoint import SCALE
-from .policy import ONE_HOT, SIMPLEX
+from ..policy import ONE_HOT, SIMPLEX
 
 SIMPLEX_TOLERANCE = 1e-6  # |sum - 1| accepted before exact re-normalisation on the grid
 

@@ -21,7 +21,7 @@ from fractions import Fraction
 
 import numpy as np
 
-from ..sharing import share
+from .sharing import share
 from .compat import import_crypten, set_provider
 
 

@@ -16,11 +16,11 @@ import grpc
 from nacl.public import PublicKey
 from nacl.signing import SigningKey
 
-from .errors import PartyRefusal
-from .policy import ONE_HOT
-from .proto import dvsecure_pb2 as pb
+from ..errors import PartyRefusal
+from ..policy import ONE_HOT
+from ..wire.proto import dvsecure_pb2 as pb
 from .sharing import encode_batch, seal_submissions
-from .submission import Submission
+from ..wire.submission import Submission
 
 SERVICE = "/dvsecure.v1.Party/"
 

@@ -8,10 +8,10 @@ from fractions import Fraction
 import numpy as np
 
 from ..errors import DvsecureError, LedgerError, SubmissionError
-from ..fixedpoint import threshold_to_tally
+from ..mechanism.fixedpoint import threshold_to_tally
 from ..noise import make_noise
 from ..policy import ONE_HOT
-from ..sharing import open_submission
+from .sharing import open_submission
 from . import secure
 
 MAX_CLASSES = 4096
@@ -38,7 +38,7 @@ def party_sigmas(policy, world: int, num_classes: int):
     the policy alone: scaled so that the h = n - t honest parties' draws together
     cost no more than the plaintext charge (`accounting.distributed`)."""
     from ..accounting.distributed import party_noise_scale
-    from ..fixedpoint import sigma_on_tally_grid
+    from ..mechanism.fixedpoint import sigma_on_tally_grid
 
     mech, t = policy.mechanism, policy.collusion_tolerance
     if t >= world:

@@ -19,7 +19,7 @@ from typing import Mapping
 import numpy as np
 
 from ..errors import PartyRefusal, SubmissionError
-from ..sharing import open_submission
+from .sharing import open_submission
 
 _AUTH_PROBLEMS = ("unknown source", "bad signature", "signed by")
 # What one pending share costs beyond its bytes (dict slot, key tuple, array header),

@@ -40,7 +40,7 @@ def load_or_create_keys(state_dir: Path, rank: int):
     (checkpoint cosignatures), created on first use, mode 0600."""
     from nacl.public import PrivateKey
 
-    from ..note import Signer, generate_signer
+    from ..log.note import Signer, generate_signer
 
     state_dir.mkdir(parents=True, exist_ok=True)
     path = state_dir / f"party-{rank}.key"
@@ -180,11 +180,11 @@ class Party:
     def listen(self, address: str, principals_path: str, max_message: int = 64 << 20):
         """Take shares from sources over gRPC with TLS (`ShareInbox`); the
         certificate is written to <state>/tls.pem for sources to pin."""
-        from .. import rpc
-        from ..enclave_protocol import Principals
-        from ..proto import dvsecure_pb2 as pb
-        from ..tls import tls_identity
-        from ..translog import write_atomic
+        from ..wire import rpc
+        from ..tee.protocol import Principals
+        from ..wire.proto import dvsecure_pb2 as pb
+        from ..wire.tls import tls_identity
+        from ..log.writer import write_atomic
         from .inbox import ShareInbox
 
         if self.pinned is None:

@@ -33,11 +33,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import entry
+from ..log import entry
 from ..accounting.charges import query_charges
 from ..errors import BudgetExceededError, DvsecureError, LedgerError
-from ..merkle import CompactRange, leaf_hash
-from ..note import Checkpoint
+from ..log.merkle import CompactRange, leaf_hash
+from ..log.note import Checkpoint
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);

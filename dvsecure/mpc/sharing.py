@@ -29,9 +29,9 @@ from nacl.exceptions import BadSignatureError, CryptoError
 from nacl.public import PrivateKey, PublicKey, SealedBox
 from nacl.signing import SigningKey, VerifyKey
 
-from .errors import SubmissionError, VoteError
-from .policy import ONE_HOT
-from .votes import InvalidVote, encode_vote
+from ..errors import SubmissionError, VoteError
+from ..policy import ONE_HOT
+from ..mechanism.votes import InvalidVote, encode_vote
 
 VERSION = 1
 RING_BITS = 64

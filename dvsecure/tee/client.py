@@ -10,7 +10,7 @@ Light install (grpcio, protobuf, nacl, cryptography; no torch). A source:
    principals file the consortium agreed on (`verify_enclave`);
 3. seals its votes to that key and signs the request (`SourceClient.submit`),
    keeping each vote's commitment nonce;
-4. later mirrors the public log (`fetch_log`), audits it (`dvsecure.audit`),
+4. later mirrors the public log (`fetch_log`), audits it (`dvsecure.audit.check`),
    checks that every key that signed it was attested (`check_attested_signers`)
    and that the log commits to exactly the votes it sent (`check_commitments`).
 
@@ -36,17 +36,17 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from nacl.public import PublicKey, SealedBox
 from nacl.signing import SigningKey
 
-from . import entry as E
-from . import enclave_protocol as proto
-from .attestation.nitro import AttestationDocument, verify
-from .errors import AttestationError, EnclaveError, ProofError
-from .merkle import verify_consistency
-from .note import Checkpoint, Verifier, open_note
-from .policy import ConsortiumPolicy
-from .proto import dvsecure_pb2 as pb
-from .proto import dvsecure_pb2_grpc as pb_grpc
-from .submission import Submission
-from .translog import CHECKPOINTS, ENTRIES, KEYS, POLICY, PREVIOUS, checkpoint_name, key_file_name, write_atomic
+from ..log import entry as E
+from . import protocol as proto
+from ..attestation.nitro import AttestationDocument, verify
+from ..errors import AttestationError, EnclaveError, ProofError
+from ..log.merkle import verify_consistency
+from ..log.note import Checkpoint, Verifier, open_note
+from ..policy import ConsortiumPolicy
+from ..wire.proto import dvsecure_pb2 as pb
+from ..wire.proto import dvsecure_pb2_grpc as pb_grpc
+from ..wire.submission import Submission
+from ..log.writer import CHECKPOINTS, ENTRIES, KEYS, POLICY, PREVIOUS, checkpoint_name, key_file_name, write_atomic
 
 DEFAULT_TIMEOUT = 60.0            # seconds, every call has a deadline
 DEFAULT_MAX_MESSAGE = 16 << 20

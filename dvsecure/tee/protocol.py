@@ -32,8 +32,8 @@ import cbor2
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
-from .errors import EnclaveError
-from .proto import dvsecure_pb2 as pb
+from ..errors import EnclaveError
+from ..wire.proto import dvsecure_pb2 as pb
 
 VERSION = 1
 VOTE_NONCE_BYTES = 32                  # the commitment nonce of each vote
@@ -41,7 +41,7 @@ ATTESTATION_NONCE_BYTES = (16, 64)     # accepted length of a client's attestati
 X25519_KEY_BYTES = 32
 BINDING_VERSION = 2                    # 2: the policy is bound too (1 bound no policy: refused)
 SIGNED_METHODS = ("Open", "Submit", "Query")
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 MEASURED_DIRS = ("enclave", "dvsecure")
 
 
@@ -167,5 +167,5 @@ def measured_files(root: str | Path = REPO_ROOT) -> list[Path]:
 
 def enclave_measurement(root: str | Path = REPO_ROOT) -> bytes:
     """SHA-384 PCR0 of the simulated enclave built from the checkout at `root`."""
-    from .attestation.sim import measure
+    from ..attestation.sim import measure
     return measure(measured_files(root), base=root)

@@ -11,7 +11,7 @@ import grpc
 from google.protobuf.message import DecodeError
 from google.protobuf.unknown_fields import UnknownFieldSet
 
-from .errors import DuplicateQueryError, DvsecureError, ServiceRefusal
+from ..errors import DuplicateQueryError, DvsecureError, ServiceRefusal
 
 
 def parse(cls, raw: bytes, what: str, refusal=ServiceRefusal):

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import entry
+from ..log import entry
 
 
 # What json.dumps(vote, separators=(",", ":"), allow_nan=True) builds on every

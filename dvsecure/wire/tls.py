@@ -1,6 +1,6 @@
 """A server's TLS identity: a fresh self-signed certificate per start, its key
 only in memory. Clients pin the certificate: the enclave's SHA-256 is in its
-attestation (dvsecure.enclave_protocol); an MPC party publishes its own to its
+attestation (dvsecure.tee.protocol); an MPC party publishes its own to its
 sources out of band (or, locally, through its state directory). Valid for 30
 days: a longer-running server is restarted, which also renews its attested keys."""
 from __future__ import annotations

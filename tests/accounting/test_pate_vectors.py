@@ -17,7 +17,7 @@ import pytest
 from dvsecure.accounting import pate
 from dvsecure.errors import ParameterError
 
-VECTORS = Path(__file__).resolve().parents[1].parent / "shared/testvectors/pate/pate2018_reference.json"
+VECTORS = Path(__file__).resolve().parents[2].parent / "shared/testvectors/pate/pate2018_reference.json"
 
 RTOL = 1e-7
 # Used only where the reference value is exactly zero (e.g. RDP of a mechanism

@@ -27,7 +27,7 @@ from dvsecure.attestation.nitro import AWS_NITRO_ROOT_G1_SHA256, aws_nitro_root,
 from dvsecure.attestation.sim import SimulatedNSM
 from dvsecure.errors import AttestationError
 
-VECTORS = Path(__file__).resolve().parents[1].parent / "shared" / "testvectors" / "nitro"
+VECTORS = Path(__file__).resolve().parents[2].parent / "shared" / "testvectors" / "nitro"
 if not VECTORS.is_dir():  # deliberately no skip: missing vectors must fail loudly
     raise FileNotFoundError(f"Nitro test vectors not found at {VECTORS}")
 DOCS = sorted(p.name for p in VECTORS.glob("*.cbor"))

@@ -15,16 +15,16 @@ import msgspec
 import numpy as np
 import pytest
 
-from dvsecure import entry as E
-from dvsecure.audit import audit
+from dvsecure.log import entry as E
+from dvsecure.audit.check import audit
 from dvsecure.cli import main
-from dvsecure.demo import default_policy
-from dvsecure.ledger import Ledger
-from dvsecure.merkle import MerkleTree, leaf_hash
-from dvsecure.note import Checkpoint, Signer, generate_signer, sign_checkpoint, sign_note
+from dvsecure.demo.run import default_policy
+from dvsecure.engine.ledger import Ledger
+from dvsecure.log.merkle import MerkleTree, leaf_hash
+from dvsecure.log.note import Checkpoint, Signer, generate_signer, sign_checkpoint, sign_note
 from dvsecure.policy import ConsortiumPolicy
-from dvsecure.receipt import export_receipt
-from dvsecure.translog import ENTRIES, PREVIOUS, checkpoint_name, operator_signer
+from dvsecure.audit.receipt import export_receipt
+from dvsecure.log.writer import ENTRIES, PREVIOUS, checkpoint_name, operator_signer
 
 
 @pytest.fixture(scope="module")

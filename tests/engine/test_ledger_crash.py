@@ -22,14 +22,14 @@ from fractions import Fraction
 
 import pytest
 
-from dvsecure import entry
+from dvsecure.log import entry
 from dvsecure.accounting.charges import GNMAX, THRESHOLD, Charge
-from dvsecure.aggregator import Aggregator
+from dvsecure.engine.aggregator import Aggregator
 from dvsecure.errors import BudgetExceededError, DuplicateQueryError, LedgerError, ParameterError
-from dvsecure.ledger import Ledger, LedgerRecord
+from dvsecure.engine.ledger import Ledger, LedgerRecord
 from dvsecure.noise import make_noise
 from dvsecure.policy import Budget, ConsortiumPolicy, MechanismPolicy, SourcePolicy
-from dvsecure.submission import Submission
+from dvsecure.wire.submission import Submission
 
 NUM_CLASSES = 3
 
@@ -77,11 +77,11 @@ def submissions(query_id: str, votes: dict) -> dict:
 
 CHILD_STOP_AFTER_COMMIT = r"""
 import hashlib, json, os, signal, sys
-from dvsecure.aggregator import Aggregator
-from dvsecure.ledger import Ledger
+from dvsecure.engine.aggregator import Aggregator
+from dvsecure.engine.ledger import Ledger
 from dvsecure.noise import make_noise
 from dvsecure.policy import ConsortiumPolicy
-from dvsecure.submission import Submission
+from dvsecure.wire.submission import Submission
 
 policy = ConsortiumPolicy.load(sys.argv[1])
 ledger_path, kill_seq, batch_size = sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
@@ -233,8 +233,8 @@ def test_sigkill_right_after_commit_keeps_the_charge(tmp_path, setup, kill_seq, 
 
 CHILD_LOOP = r"""
 import json, sys
-from dvsecure.aggregator import Aggregator
-from dvsecure.ledger import Ledger
+from dvsecure.engine.aggregator import Aggregator
+from dvsecure.engine.ledger import Ledger
 from dvsecure.noise import make_noise
 from dvsecure.policy import ConsortiumPolicy
 

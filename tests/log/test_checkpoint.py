@@ -1,4 +1,4 @@
-"""C2SP signed notes and tlog checkpoints (dvsecure.note).
+"""C2SP signed notes and tlog checkpoints (dvsecure.log.note).
 
 Published vectors reproduced here, with their sources:
 
@@ -34,7 +34,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dvsecure.errors import NoteError
-from dvsecure.note import (
+from dvsecure.log.note import (
     MAX_NOTE_BYTES,
     MAX_SIGNATURES,
     Checkpoint,

@@ -16,13 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from dvsecure.aggregator import Aggregator
-from dvsecure.audit import audit
+from dvsecure.engine.aggregator import Aggregator
+from dvsecure.audit.check import audit
 from dvsecure.errors import LogError
-from dvsecure.ledger import Ledger
+from dvsecure.engine.ledger import Ledger
 from dvsecure.noise import make_noise
 from dvsecure.policy import Budget, ConsortiumPolicy, MechanismPolicy, SourcePolicy
-from dvsecure.translog import ENTRIES, LogWriter, operator_signer
+from dvsecure.log.writer import ENTRIES, LogWriter, operator_signer
 
 NUM_CLASSES = 3
 
@@ -43,11 +43,11 @@ def votes(q: int) -> dict:
 CHILD = r"""
 import os, signal, sys
 from pathlib import Path
-from dvsecure.aggregator import Aggregator
-from dvsecure.ledger import Ledger
+from dvsecure.engine.aggregator import Aggregator
+from dvsecure.engine.ledger import Ledger
 from dvsecure.noise import make_noise
 from dvsecure.policy import ConsortiumPolicy
-from dvsecure.translog import LogWriter, operator_signer
+from dvsecure.log.writer import LogWriter, operator_signer
 sys.path.insert(0, sys.argv[4])
 from test_log_crash import votes
 

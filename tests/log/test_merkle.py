@@ -1,4 +1,4 @@
-"""dvsecure.merkle against the transparency-dev Merkle test vectors and
+"""dvsecure.log.merkle against the transparency-dev Merkle test vectors and
 against a direct, recursive transcription of RFC 9162 §2.1.
 
 Vectors: ../shared/testvectors/merkle/{inclusion,consistency,subtreeinclusion,
@@ -25,10 +25,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dvsecure import merkle as m
+from dvsecure.log import merkle as m
 from dvsecure.errors import ParameterError, ProofError
 
-VECTOR_ROOT = Path(__file__).resolve().parents[1].parent / "shared/testvectors/merkle"
+VECTOR_ROOT = Path(__file__).resolve().parents[2].parent / "shared/testvectors/merkle"
 KINDS = ("inclusion", "consistency", "subtreeinclusion", "subtreeconsistency")
 
 

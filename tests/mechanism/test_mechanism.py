@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dvsecure.mechanism import release_batch
+from dvsecure.mechanism.release import release_batch
 from dvsecure.noise import make_noise
 from dvsecure.policy import MechanismPolicy
 

@@ -1,4 +1,4 @@
-"""Vote validation and fixed-point encoding (dvsecure/votes.py)."""
+"""Vote validation and fixed-point encoding (dvsecure/mechanism/votes.py)."""
 from __future__ import annotations
 
 import math
@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from dvsecure.errors import VoteError
-from dvsecure.votes import SIMPLEX_TOLERANCE, InvalidVote, encode_vote, encode_votes
+from dvsecure.mechanism.votes import SIMPLEX_TOLERANCE, InvalidVote, encode_vote, encode_votes
 
 SCALE = 2 ** 16
 ONE_HOT, SIMPLEX = "one-hot", "simplex"

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from dvsecure.mpc.compat import import_crypten, set_provider
-from dvsecure.sharing import encode_batch, reconstruct, share
+from dvsecure.mpc.sharing import encode_batch, reconstruct, share
 
 
 

@@ -14,11 +14,11 @@ import json
 import numpy as np
 import pytest
 
-from dvsecure.aggregator import Aggregator
+from dvsecure.engine.aggregator import Aggregator
 from dvsecure.backends.mpc import REJECTED, MPCBackend
 from dvsecure.backends.plaintext import PlaintextBackend
 from dvsecure.errors import ParameterError
-from dvsecure.ledger import Ledger
+from dvsecure.engine.ledger import Ledger
 from dvsecure.mpc.parties import PartyError
 from dvsecure.noise import make_noise
 from dvsecure.policy import Budget, ConsortiumPolicy, MechanismPolicy, SourcePolicy
@@ -253,8 +253,8 @@ def test_noisy_labels_match_the_plaintext_distribution(mpc, tmp_path):
     from scipy import stats
 
     from dvsecure.accounting.distributed import party_noise_scale
-    from dvsecure.fixedpoint import sigma_on_tally_grid
-    from dvsecure.mechanism import release_batch, tally
+    from dvsecure.mechanism.fixedpoint import sigma_on_tally_grid
+    from dvsecure.mechanism.release import release_batch, tally
 
     sigma = 0.3
     policy = ConsortiumPolicy(sources=tuple(SourcePolicy(f"src{i}", 0.25, 0.25, Budget("rho", 1e9))
@@ -285,9 +285,9 @@ def test_a_killed_party_fails_the_batch_and_records_nothing(tmp_path):
     operator records and releases nothing; restarted parties (same keys and
     ledgers) answer the same queries, charged once by the operator, and the log,
     cosigned by every party across the restart, audits clean."""
-    from dvsecure.audit import audit
+    from dvsecure.audit.check import audit
     from dvsecure.mpc.party_ledger import PartyLedger
-    from dvsecure.translog import LogWriter, operator_signer
+    from dvsecure.log.writer import LogWriter, operator_signer
 
     policy = ConsortiumPolicy(sources=tuple(SourcePolicy(f"src{i}", 0.25, 0.25, Budget("rho", 10.0))
                                             for i in range(2)),

@@ -10,14 +10,14 @@ import sys
 
 import pytest
 
-from dvsecure.aggregator import Aggregator
-from dvsecure.audit import audit
+from dvsecure.engine.aggregator import Aggregator
+from dvsecure.audit.check import audit
 from dvsecure.backends.mpc import MPCBackend
-from dvsecure.ledger import Ledger
+from dvsecure.engine.ledger import Ledger
 from dvsecure.mpc.parties import PartyError
 from dvsecure.noise import make_noise
 from dvsecure.policy import Budget, ConsortiumPolicy, MechanismPolicy, SourcePolicy
-from dvsecure.translog import LogWriter, operator_signer
+from dvsecure.log.writer import LogWriter, operator_signer
 
 pytestmark = pytest.mark.slow
 
@@ -100,8 +100,8 @@ def test_remote_parties_take_the_sources_shares_over_grpc(tmp_path):
     from nacl.signing import SigningKey
 
     from dvsecure.backends import FROM_SOURCES
-    from dvsecure.enclave_protocol import Principals
-    from dvsecure.mpc_client import PartySubmitter
+    from dvsecure.tee.protocol import Principals
+    from dvsecure.mpc.client import PartySubmitter
 
     keys = {sid: SigningKey.generate() for sid in POLICY.ids}
     principals = tmp_path / "principals.json"

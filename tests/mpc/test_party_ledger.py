@@ -9,16 +9,16 @@ import msgspec
 import numpy as np
 import pytest
 
-from dvsecure import entry
-from dvsecure.aggregator import Aggregator
+from dvsecure.log import entry
+from dvsecure.engine.aggregator import Aggregator
 from dvsecure.backends.plaintext import PlaintextBackend
 from dvsecure.errors import BudgetExceededError, LedgerError
-from dvsecure.ledger import Ledger
+from dvsecure.engine.ledger import Ledger
 from dvsecure.mpc.party_ledger import CosignError, PartyLedger
 from dvsecure.noise import make_noise
-from dvsecure.note import Checkpoint, generate_signer, parse_note
+from dvsecure.log.note import Checkpoint, generate_signer, parse_note
 from dvsecure.policy import Budget, ConsortiumPolicy, MechanismPolicy, SourcePolicy
-from dvsecure.translog import LogWriter, operator_signer
+from dvsecure.log.writer import LogWriter, operator_signer
 
 POLICY = ConsortiumPolicy(sources=tuple(SourcePolicy(f"s{i}", 0.125, 0.25, Budget("rho", 1.0)) for i in range(3)),
                           mechanism=MechanismPolicy("confident_gnmax", 1.0, sigma1=1.0, threshold=0.3),
@@ -33,7 +33,7 @@ class WholeBatch(PlaintextBackend):
 def operator_log(tmp_path, items):
     """The operator's ledger and log after `items`, and what a party would have
     recorded for each query: the tallied weights, answered bits and labels."""
-    from dvsecure.note import Signer
+    from dvsecure.log.note import Signer
 
     ledger = Ledger(tmp_path / "op.sqlite", POLICY)
     party_signer = Signer.from_key_string(generate_signer("dvsecure-mpc-party-0")[0])
@@ -80,7 +80,7 @@ def test_matching_entries_are_cosigned_and_persist(tmp_path):
 def test_an_entry_that_differs_from_the_partys_record_is_refused(tmp_path, field, value, message):
     import msgspec
 
-    from dvsecure import entry
+    from dvsecure.log import entry
 
     ledger, log, vkey, seen = operator_log(tmp_path, ITEMS)
     party = party_with(tmp_path, vkey, seen)

@@ -10,7 +10,7 @@ from dvsecure.errors import LedgerError, PartyRefusal, SubmissionError
 from dvsecure.mpc.evaluate import MAX_CLASSES, _public_checks
 from dvsecure.mpc.inbox import ShareInbox
 from dvsecure.policy import Budget, ConsortiumPolicy, MechanismPolicy, SourcePolicy
-from dvsecure.sharing import PartyKeys, encode_batch, seal_submissions
+from dvsecure.mpc.sharing import PartyKeys, encode_batch, seal_submissions
 
 WORLD = 3
 KEYS = [PartyKeys.generate() for _ in range(WORLD)]
@@ -109,7 +109,7 @@ def test_a_submission_naming_a_query_twice_is_refused_and_holds_nothing():
     import msgspec
     from nacl.public import SealedBox
 
-    from dvsecure.sharing import _DOMAIN, ShareSubmission, Signed
+    from dvsecure.mpc.sharing import _DOMAIN, ShareSubmission, Signed
 
     body = msgspec.msgpack.encode(ShareSubmission(
         v=1, source_id="s0", query_ids=["q", "q"], num_classes=2, party_index=0, num_parties=WORLD,

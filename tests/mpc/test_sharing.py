@@ -9,8 +9,8 @@ from nacl.signing import SigningKey
 from scipy import stats
 
 from dvsecure.errors import SubmissionError, VoteError
-from dvsecure.fixedpoint import SCALE
-from dvsecure.sharing import (PartyKeys, Signed, ShareSubmission, encode_batch, open_submission, reconstruct,
+from dvsecure.mechanism.fixedpoint import SCALE
+from dvsecure.mpc.sharing import (PartyKeys, Signed, ShareSubmission, encode_batch, open_submission, reconstruct,
                               seal_submissions, share)
 
 import msgspec
@@ -88,7 +88,7 @@ def test_honest_client_refuses_invalid_votes():
 
 
 def _resign(msg: bytes, sk: SigningKey, **changes) -> bytes:
-    from dvsecure.sharing import _DOMAIN
+    from dvsecure.mpc.sharing import _DOMAIN
     signed = msgspec.msgpack.decode(msg, type=Signed)
     body = msgspec.msgpack.decode(signed.body, type=ShareSubmission)
     body = msgspec.structs.replace(body, **changes)

@@ -8,11 +8,11 @@ from __future__ import annotations
 from contextlib import contextmanager
 from pathlib import Path
 
-from dvsecure.audit import audit
-from dvsecure.enclave_client import (CoordinatorClient, SourceClient, check_attested_signers, check_commitments,
+from dvsecure.audit.check import audit
+from dvsecure.tee.client import (CoordinatorClient, SourceClient, check_attested_signers, check_commitments,
                                      connect, fetch_log, verify_enclave)
-from dvsecure.enclave_demo import COORDINATOR, launch, prepare
-from dvsecure.enclave_protocol import enclave_measurement
+from dvsecure.demo.enclave import COORDINATOR, launch, prepare
+from dvsecure.tee.protocol import enclave_measurement
 from dvsecure.policy import Budget, ConsortiumPolicy, MechanismPolicy, SourcePolicy
 
 POLICY = ConsortiumPolicy(

@@ -9,13 +9,13 @@ import sys
 
 import pytest
 
-from dvsecure import entry as E
-from dvsecure.enclave_client import check_attested_signers, verify_checkpoint_from, verify_enclave
-from dvsecure.enclave_protocol import REPO_ROOT, enclave_measurement
+from dvsecure.log import entry as E
+from dvsecure.tee.client import check_attested_signers, verify_checkpoint_from, verify_enclave
+from dvsecure.tee.protocol import REPO_ROOT, enclave_measurement
 from dvsecure.errors import AttestationError, EnclaveError
 from dvsecure.policy import Budget
-from dvsecure.proto import dvsecure_pb2 as pb
-from dvsecure.translog import ENTRIES, KEYS, key_file_name
+from dvsecure.wire.proto import dvsecure_pb2 as pb
+from dvsecure.log.writer import ENTRIES, KEYS, key_file_name
 
 from enclave_harness import Deployment, deployed
 

@@ -7,12 +7,12 @@ import pytest
 from nacl.public import PrivateKey, PublicKey, SealedBox
 from nacl.signing import SigningKey
 
-from dvsecure import entry as E
-from dvsecure import enclave_protocol as proto
-from dvsecure.enclave_client import SourceClient
+from dvsecure.log import entry as E
+from dvsecure.tee import protocol as proto
+from dvsecure.tee.client import SourceClient
 from dvsecure.errors import EnclaveError
-from dvsecure.proto import dvsecure_pb2 as pb
-from dvsecure.translog import ENTRIES
+from dvsecure.wire.proto import dvsecure_pb2 as pb
+from dvsecure.log.writer import ENTRIES
 
 from enclave_harness import deployed
 

@@ -6,18 +6,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dvsecure import entry as E
-from dvsecure.audit import audit
-from dvsecure.demo import run_demo
-from dvsecure.enclave_client import check_commitments, fetch_log, verify_checkpoint_from
-from dvsecure.enclave_demo import run_enclave_demo
-from dvsecure.merkle import leaf_hash, verify_consistency, verify_inclusion
+from dvsecure.log import entry as E
+from dvsecure.audit.check import audit
+from dvsecure.demo.run import run_demo
+from dvsecure.tee.client import check_commitments, fetch_log, verify_checkpoint_from
+from dvsecure.demo.enclave import run_enclave_demo
+from dvsecure.log.merkle import leaf_hash, verify_consistency, verify_inclusion
 from dvsecure.noise import make_noise
-from dvsecure.note import Checkpoint, parse_note
-from dvsecure.proto import dvsecure_pb2 as pb
-from dvsecure.receipt import export_receipt
-from dvsecure.submission import Submission
-from dvsecure.translog import ENTRIES
+from dvsecure.log.note import Checkpoint, parse_note
+from dvsecure.wire.proto import dvsecure_pb2 as pb
+from dvsecure.audit.receipt import export_receipt
+from dvsecure.wire.submission import Submission
+from dvsecure.log.writer import ENTRIES
 
 from enclave_harness import CLASSES, deployed
 
@@ -106,7 +106,7 @@ def test_the_cli_runs_the_enclave_demo_and_refuses_non_private_noise(tmp_path, c
 
 def test_the_auditor_checks_that_every_signer_is_an_attested_enclave_key(tmp_path, capsys):
     from dvsecure.cli import main
-    from dvsecure.enclave_protocol import enclave_measurement
+    from dvsecure.tee.protocol import enclave_measurement
 
     run_enclave_demo(tmp_path / "o", tmp_path / "s", num_sources=3, num_queries=10, num_classes=3)
     pcr0, root = enclave_measurement().hex(), str(tmp_path / "s" / "sim-ca" / "root.pem")

@@ -8,11 +8,11 @@ import sqlite3
 
 import pytest
 
-from dvsecure import entry as E
-from dvsecure.audit import audit
-from dvsecure.enclave_client import check_attested_signers, verify_enclave
+from dvsecure.log import entry as E
+from dvsecure.audit.check import audit
+from dvsecure.tee.client import check_attested_signers, verify_enclave
 from dvsecure.errors import EnclaveError
-from dvsecure.translog import CHECKPOINTS, ENTRIES
+from dvsecure.log.writer import CHECKPOINTS, ENTRIES
 
 from enclave_harness import deployed
 
@@ -79,7 +79,7 @@ def test_a_source_refuses_an_enclave_restarted_on_a_rolled_back_ledger(dep, tmp_
     to submit to a log shorter than it (or forked from it)."""
     import shutil
 
-    from dvsecure.enclave_client import check_not_rolled_back
+    from dvsecure.tee.client import check_not_rolled_back
 
     dep.start()
     dep.batch(["a1"], {"src0": [1], "src1": [1], "src2": [0]})

@@ -7,9 +7,9 @@ import sqlite3
 
 import pytest
 
-from dvsecure.aggregator import Aggregator
+from dvsecure.engine.aggregator import Aggregator
 from dvsecure.errors import LedgerError
-from dvsecure.ledger import Ledger
+from dvsecure.engine.ledger import Ledger
 from dvsecure.noise import make_noise
 from dvsecure.policy import Budget, ConsortiumPolicy, MechanismPolicy, SourcePolicy
 

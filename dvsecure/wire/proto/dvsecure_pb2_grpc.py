@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from dvsecure.proto import dvsecure_pb2 as dvsecure_dot_proto_dot_dvsecure__pb2
+from dvsecure.wire.proto import dvsecure_pb2 as dvsecure_dot_wire_dot_proto_dot_dvsecure__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in dvsecure/proto/dvsecure_pb2_grpc.py depends on'
+        + ' but the generated code in dvsecure/wire/proto/dvsecure_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -36,38 +36,38 @@ class EnclaveStub:
         """
         self.GetAttestation = channel.unary_unary(
                 '/dvsecure.v1.Enclave/GetAttestation',
-                request_serializer=dvsecure_dot_proto_dot_dvsecure__pb2.AttestationRequest.SerializeToString,
-                response_deserializer=dvsecure_dot_proto_dot_dvsecure__pb2.Attestation.FromString,
+                request_serializer=dvsecure_dot_wire_dot_proto_dot_dvsecure__pb2.AttestationRequest.SerializeToString,
+                response_deserializer=dvsecure_dot_wire_dot_proto_dot_dvsecure__pb2.Attestation.FromString,
                 _registered_method=True)
         self.Open = channel.unary_unary(
                 '/dvsecure.v1.Enclave/Open',
-                request_serializer=dvsecure_dot_proto_dot_dvsecure__pb2.Signed.SerializeToString,
-                response_deserializer=dvsecure_dot_proto_dot_dvsecure__pb2.OpenReply.FromString,
+                request_serializer=dvsecure_dot_wire_dot_proto_dot_dvsecure__pb2.Signed.SerializeToString,
+                response_deserializer=dvsecure_dot_wire_dot_proto_dot_dvsecure__pb2.OpenReply.FromString,
                 _registered_method=True)
         self.Submit = channel.unary_unary(
                 '/dvsecure.v1.Enclave/Submit',
-                request_serializer=dvsecure_dot_proto_dot_dvsecure__pb2.Signed.SerializeToString,
-                response_deserializer=dvsecure_dot_proto_dot_dvsecure__pb2.SubmitReply.FromString,
+                request_serializer=dvsecure_dot_wire_dot_proto_dot_dvsecure__pb2.Signed.SerializeToString,
+                response_deserializer=dvsecure_dot_wire_dot_proto_dot_dvsecure__pb2.SubmitReply.FromString,
                 _registered_method=True)
         self.Query = channel.unary_unary(
                 '/dvsecure.v1.Enclave/Query',
-                request_serializer=dvsecure_dot_proto_dot_dvsecure__pb2.Signed.SerializeToString,
-                response_deserializer=dvsecure_dot_proto_dot_dvsecure__pb2.QueryReply.FromString,
+                request_serializer=dvsecure_dot_wire_dot_proto_dot_dvsecure__pb2.Signed.SerializeToString,
+                response_deserializer=dvsecure_dot_wire_dot_proto_dot_dvsecure__pb2.QueryReply.FromString,
                 _registered_method=True)
         self.GetEntries = channel.unary_unary(
                 '/dvsecure.v1.Enclave/GetEntries',
-                request_serializer=dvsecure_dot_proto_dot_dvsecure__pb2.EntriesRequest.SerializeToString,
-                response_deserializer=dvsecure_dot_proto_dot_dvsecure__pb2.Entries.FromString,
+                request_serializer=dvsecure_dot_wire_dot_proto_dot_dvsecure__pb2.EntriesRequest.SerializeToString,
+                response_deserializer=dvsecure_dot_wire_dot_proto_dot_dvsecure__pb2.Entries.FromString,
                 _registered_method=True)
         self.GetCheckpoint = channel.unary_unary(
                 '/dvsecure.v1.Enclave/GetCheckpoint',
-                request_serializer=dvsecure_dot_proto_dot_dvsecure__pb2.CheckpointRequest.SerializeToString,
-                response_deserializer=dvsecure_dot_proto_dot_dvsecure__pb2.SignedCheckpoint.FromString,
+                request_serializer=dvsecure_dot_wire_dot_proto_dot_dvsecure__pb2.CheckpointRequest.SerializeToString,
+                response_deserializer=dvsecure_dot_wire_dot_proto_dot_dvsecure__pb2.SignedCheckpoint.FromString,
                 _registered_method=True)
         self.GetProofs = channel.unary_unary(
                 '/dvsecure.v1.Enclave/GetProofs',
-                request_serializer=dvsecure_dot_proto_dot_dvsecure__pb2.ProofsRequest.SerializeToString,
-                response_deserializer=dvsecure_dot_proto_dot_dvsecure__pb2.Proofs.FromString,
+                request_serializer=dvsecure_dot_wire_dot_proto_dot_dvsecure__pb2.ProofsRequest.SerializeToString,
+                response_deserializer=dvsecure_dot_wire_dot_proto_dot_dvsecure__pb2.Proofs.FromString,
                 _registered_method=True)
 
 
@@ -127,38 +127,38 @@ def add_EnclaveServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'GetAttestation': grpc.unary_unary_rpc_method_handler(
                     servicer.GetAttestation,
-                    request_deserializer=dvsecure_dot_proto_dot_dvsecure__pb2.AttestationRequest.FromString,
-                    response_serializer=dvsecure_dot_proto_dot_dvsecure__pb2.Attestation.SerializeToString,
+                    request_deserializer=dvsecure_dot_wire_dot_proto_dot_dvsecure__pb2.AttestationRequest.FromString,
+                    response_serializer=dvsecure_dot_wire_dot_proto_dot_dvsecure__pb2.Attestation.SerializeToString,
             ),
             'Open': grpc.unary_unary_rpc_method_handler(
                     servicer.Open,
-                    request_deserializer=dvsecure_dot_proto_dot_dvsecure__pb2.Signed.FromString,
-                    response_serializer=dvsecure_dot_proto_dot_dvsecure__pb2.OpenReply.SerializeToString,
+                    request_deserializer=dvsecure_dot_wire_dot_proto_dot_dvsecure__pb2.Signed.FromString,
+                    response_serializer=dvsecure_dot_wire_dot_proto_dot_dvsecure__pb2.OpenReply.SerializeToString,
             ),
             'Submit': grpc.unary_unary_rpc_method_handler(
                     servicer.Submit,
-                    request_deserializer=dvsecure_dot_proto_dot_dvsecure__pb2.Signed.FromString,
-                    response_serializer=dvsecure_dot_proto_dot_dvsecure__pb2.SubmitReply.SerializeToString,
+                    request_deserializer=dvsecure_dot_wire_dot_proto_dot_dvsecure__pb2.Signed.FromString,
+                    response_serializer=dvsecure_dot_wire_dot_proto_dot_dvsecure__pb2.SubmitReply.SerializeToString,
             ),
             'Query': grpc.unary_unary_rpc_method_handler(
                     servicer.Query,
-                    request_deserializer=dvsecure_dot_proto_dot_dvsecure__pb2.Signed.FromString,
-                    response_serializer=dvsecure_dot_proto_dot_dvsecure__pb2.QueryReply.SerializeToString,
+                    request_deserializer=dvsecure_dot_wire_dot_proto_dot_dvsecure__pb2.Signed.FromString,
+                    response_serializer=dvsecure_dot_wire_dot_proto_dot_dvsecure__pb2.QueryReply.SerializeToString,
             ),
             'GetEntries': grpc.unary_unary_rpc_method_handler(
                     servicer.GetEntries,
-                    request_deserializer=dvsecure_dot_proto_dot_dvsecure__pb2.EntriesRequest.FromString,
-                    response_serializer=dvsecure_dot_proto_dot_dvsecure__pb2.Entries.SerializeToString,
+                    request_deserializer=dvsecure_dot_wire_dot_proto_dot_dvsecure__pb2.EntriesRequest.FromString,
+                    response_serializer=dvsecure_dot_wire_dot_proto_dot_dvsecure__pb2.Entries.SerializeToString,
             ),
             'GetCheckpoint': grpc.unary_unary_rpc_method_handler(
                     servicer.GetCheckpoint,
-                    request_deserializer=dvsecure_dot_proto_dot_dvsecure__pb2.CheckpointRequest.FromString,
-                    response_serializer=dvsecure_dot_proto_dot_dvsecure__pb2.SignedCheckpoint.SerializeToString,
+                    request_deserializer=dvsecure_dot_wire_dot_proto_dot_dvsecure__pb2.CheckpointRequest.FromString,
+                    response_serializer=dvsecure_dot_wire_dot_proto_dot_dvsecure__pb2.SignedCheckpoint.SerializeToString,
             ),
             'GetProofs': grpc.unary_unary_rpc_method_handler(
                     servicer.GetProofs,
-                    request_deserializer=dvsecure_dot_proto_dot_dvsecure__pb2.ProofsRequest.FromString,
-                    response_serializer=dvsecure_dot_proto_dot_dvsecure__pb2.Proofs.SerializeToString,
+                    request_deserializer=dvsecure_dot_wire_dot_proto_dot_dvsecure__pb2.ProofsRequest.FromString,
+                    response_serializer=dvsecure_dot_wire_dot_proto_dot_dvsecure__pb2.Proofs.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -186,8 +186,8 @@ class Enclave:
             request,
             target,
             '/dvsecure.v1.Enclave/GetAttestation',
-            dvsecure_dot_proto_dot_dvsecure__pb2.AttestationRequest.SerializeToString,
-            dvsecure_dot_proto_dot_dvsecure__pb2.Attestation.FromString,
+            dvsecure_dot_wire_dot_proto_dot_dvsecure__pb2.AttestationRequest.SerializeToString,
+            dvsecure_dot_wire_dot_proto_dot_dvsecure__pb2.Attestation.FromString,
             options,
             channel_credentials,
             insecure,
@@ -213,8 +213,8 @@ class Enclave:
             request,
             target,
             '/dvsecure.v1.Enclave/Open',
-            dvsecure_dot_proto_dot_dvsecure__pb2.Signed.SerializeToString,
-            dvsecure_dot_proto_dot_dvsecure__pb2.OpenReply.FromString,
+            dvsecure_dot_wire_dot_proto_dot_dvsecure__pb2.Signed.SerializeToString,
+            dvsecure_dot_wire_dot_proto_dot_dvsecure__pb2.OpenReply.FromString,
             options,
             channel_credentials,
             insecure,
@@ -240,8 +240,8 @@ class Enclave:
             request,
             target,
             '/dvsecure.v1.Enclave/Submit',
-            dvsecure_dot_proto_dot_dvsecure__pb2.Signed.SerializeToString,
-            dvsecure_dot_proto_dot_dvsecure__pb2.SubmitReply.FromString,
+            dvsecure_dot_wire_dot_proto_dot_dvsecure__pb2.Signed.SerializeToString,
+            dvsecure_dot_wire_dot_proto_dot_dvsecure__pb2.SubmitReply.FromString,
             options,
             channel_credentials,
             insecure,
@@ -267,8 +267,8 @@ class Enclave:
             request,
             target,
             '/dvsecure.v1.Enclave/Query',
-            dvsecure_dot_proto_dot_dvsecure__pb2.Signed.SerializeToString,
-            dvsecure_dot_proto_dot_dvsecure__pb2.QueryReply.FromString,
+            dvsecure_dot_wire_dot_proto_dot_dvsecure__pb2.Signed.SerializeToString,
+            dvsecure_dot_wire_dot_proto_dot_dvsecure__pb2.QueryReply.FromString,
             options,
             channel_credentials,
             insecure,
@@ -294,8 +294,8 @@ class Enclave:
             request,
             target,
             '/dvsecure.v1.Enclave/GetEntries',
-            dvsecure_dot_proto_dot_dvsecure__pb2.EntriesRequest.SerializeToString,
-            dvsecure_dot_proto_dot_dvsecure__pb2.Entries.FromString,
+            dvsecure_dot_wire_dot_proto_dot_dvsecure__pb2.EntriesRequest.SerializeToString,
+            dvsecure_dot_wire_dot_proto_dot_dvsecure__pb2.Entries.FromString,
             options,
             channel_credentials,
             insecure,
@@ -321,8 +321,8 @@ class Enclave:
             request,
             target,
             '/dvsecure.v1.Enclave/GetCheckpoint',
-            dvsecure_dot_proto_dot_dvsecure__pb2.CheckpointRequest.SerializeToString,
-            dvsecure_dot_proto_dot_dvsecure__pb2.SignedCheckpoint.FromString,
+            dvsecure_dot_wire_dot_proto_dot_dvsecure__pb2.CheckpointRequest.SerializeToString,
+            dvsecure_dot_wire_dot_proto_dot_dvsecure__pb2.SignedCheckpoint.FromString,
             options,
             channel_credentials,
             insecure,
@@ -348,8 +348,8 @@ class Enclave:
             request,
             target,
             '/dvsecure.v1.Enclave/GetProofs',
-            dvsecure_dot_proto_dot_dvsecure__pb2.ProofsRequest.SerializeToString,
-            dvsecure_dot_proto_dot_dvsecure__pb2.Proofs.FromString,
+            dvsecure_dot_wire_dot_proto_dot_dvsecure__pb2.ProofsRequest.SerializeToString,
+            dvsecure_dot_wire_dot_proto_dot_dvsecure__pb2.Proofs.FromString,
             options,
             channel_credentials,
             insecure,
@@ -378,13 +378,13 @@ class PartyStub:
         """
         self.GetKeys = channel.unary_unary(
                 '/dvsecure.v1.Party/GetKeys',
-                request_serializer=dvsecure_dot_proto_dot_dvsecure__pb2.PartyKeysRequest.SerializeToString,
-                response_deserializer=dvsecure_dot_proto_dot_dvsecure__pb2.PartyKeys.FromString,
+                request_serializer=dvsecure_dot_wire_dot_proto_dot_dvsecure__pb2.PartyKeysRequest.SerializeToString,
+                response_deserializer=dvsecure_dot_wire_dot_proto_dot_dvsecure__pb2.PartyKeys.FromString,
                 _registered_method=True)
         self.SubmitShares = channel.unary_unary(
                 '/dvsecure.v1.Party/SubmitShares',
-                request_serializer=dvsecure_dot_proto_dot_dvsecure__pb2.ShareEnvelope.SerializeToString,
-                response_deserializer=dvsecure_dot_proto_dot_dvsecure__pb2.SubmitReply.FromString,
+                request_serializer=dvsecure_dot_wire_dot_proto_dot_dvsecure__pb2.ShareEnvelope.SerializeToString,
+                response_deserializer=dvsecure_dot_wire_dot_proto_dot_dvsecure__pb2.SubmitReply.FromString,
                 _registered_method=True)
 
 
@@ -414,13 +414,13 @@ def add_PartyServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'GetKeys': grpc.unary_unary_rpc_method_handler(
                     servicer.GetKeys,
-                    request_deserializer=dvsecure_dot_proto_dot_dvsecure__pb2.PartyKeysRequest.FromString,
-                    response_serializer=dvsecure_dot_proto_dot_dvsecure__pb2.PartyKeys.SerializeToString,
+                    request_deserializer=dvsecure_dot_wire_dot_proto_dot_dvsecure__pb2.PartyKeysRequest.FromString,
+                    response_serializer=dvsecure_dot_wire_dot_proto_dot_dvsecure__pb2.PartyKeys.SerializeToString,
             ),
             'SubmitShares': grpc.unary_unary_rpc_method_handler(
                     servicer.SubmitShares,
-                    request_deserializer=dvsecure_dot_proto_dot_dvsecure__pb2.ShareEnvelope.FromString,
-                    response_serializer=dvsecure_dot_proto_dot_dvsecure__pb2.SubmitReply.SerializeToString,
+                    request_deserializer=dvsecure_dot_wire_dot_proto_dot_dvsecure__pb2.ShareEnvelope.FromString,
+                    response_serializer=dvsecure_dot_wire_dot_proto_dot_dvsecure__pb2.SubmitReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -454,8 +454,8 @@ class Party:
             request,
             target,
             '/dvsecure.v1.Party/GetKeys',
-            dvsecure_dot_proto_dot_dvsecure__pb2.PartyKeysRequest.SerializeToString,
-            dvsecure_dot_proto_dot_dvsecure__pb2.PartyKeys.FromString,
+            dvsecure_dot_wire_dot_proto_dot_dvsecure__pb2.PartyKeysRequest.SerializeToString,
+            dvsecure_dot_wire_dot_proto_dot_dvsecure__pb2.PartyKeys.FromString,
             options,
             channel_credentials,
             insecure,
@@ -481,8 +481,8 @@ class Party:
             request,
             target,
             '/dvsecure.v1.Party/SubmitShares',
-            dvsecure_dot_proto_dot_dvsecure__pb2.ShareEnvelope.SerializeToString,
-            dvsecure_dot_proto_dot_dvsecure__pb2.SubmitReply.FromString,
+            dvsecure_dot_wire_dot_proto_dot_dvsecure__pb2.ShareEnvelope.SerializeToString,
+            dvsecure_dot_wire_dot_proto_dot_dvsecure__pb2.SubmitReply.FromString,
             options,
             channel_credentials,
             insecure,
