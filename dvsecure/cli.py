@@ -135,8 +135,8 @@ def _audit(args) -> int:
 
 
 def _attested_signer_problems(args) -> list[str]:
-    from .tee.client import check_attested_signers
     from .log.writer import ENTRIES
+    from .tee.client import check_attested_signers
 
     try:
         pcr0 = bytes.fromhex(args.enclave_pcr0)
@@ -256,7 +256,8 @@ def main(argv: list[str] | None = None) -> int:
                 # (--rendezvous) the coordinator relays the sealed shares through party 0.
                 principals = None
                 if not args.rendezvous:
-                    from .demo.run import default_policy, demo_sources
+                    from .demo.consortium import default_policy
+                    from .demo.run import demo_sources
                     _, principals = demo_sources(state, policy or default_policy(args.sources))
                 backend = MPCBackend(num_parties=args.parties, provider=args.provider, allow_tfp=args.allow_tfp,
                                      state_dir=str(state / "parties"), principals=principals,

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from dvsecure.cli import main
-from dvsecure.demo.run import default_policy
+from dvsecure.demo.consortium import default_policy
 from dvsecure.engine.ledger import Ledger
 
 REQUIRED_SOURCE_KEYS = {"id", "gamma_min", "gamma_max", "gamma_used_min", "gamma_used_max", "budget_rho",

@@ -17,20 +17,29 @@ from pathlib import Path
 import numpy as np
 from nacl.signing import SigningKey
 
+from ..accounting.conversions import zcdp_eps_tight
 from ..audit.check import audit
 from ..engine.calibration import hedge_baseline
-from .run import DemoReport, default_policy, synthetic_votes
-from ..tee.client import (CoordinatorClient, SourceClient, check_attested_signers, check_commitments,
-                             check_not_rolled_back, connect, fetch_log, verify_enclave)
+from ..errors import ParameterError
+from ..log.note import Checkpoint
+from ..log.writer import write_atomic
+from ..mechanism.filter import BudgetFilter
+from ..policy import ConsortiumPolicy
+from ..tee.client import (
+    CoordinatorClient,
+    SourceClient,
+    check_attested_signers,
+    check_commitments,
+    check_not_rolled_back,
+    connect,
+    fetch_log,
+    verify_enclave,
+)
 from ..tee.process import start_enclave
 from ..tee.protocol import Principals, enclave_measurement
-from ..errors import ParameterError
-from ..mechanism.filter import BudgetFilter
-from ..log.note import Checkpoint
-from ..policy import ConsortiumPolicy
 from ..wire.proto import dvsecure_pb2 as pb
-from ..log.writer import write_atomic
-from ..accounting.conversions import zcdp_eps_tight
+from .consortium import default_policy, synthetic_votes
+from .run import DemoReport
 
 COORDINATOR = "coordinator"
 BATCH = 50

@@ -15,16 +15,16 @@ import msgspec
 import numpy as np
 import pytest
 
-from dvsecure.log import entry as E
 from dvsecure.audit.check import audit
+from dvsecure.audit.receipt import export_receipt
 from dvsecure.cli import main
-from dvsecure.demo.run import default_policy
+from dvsecure.demo.consortium import default_policy
 from dvsecure.engine.ledger import Ledger
+from dvsecure.log import entry as E
 from dvsecure.log.merkle import MerkleTree, leaf_hash
 from dvsecure.log.note import Checkpoint, Signer, generate_signer, sign_checkpoint, sign_note
-from dvsecure.policy import ConsortiumPolicy
-from dvsecure.audit.receipt import export_receipt
 from dvsecure.log.writer import ENTRIES, PREVIOUS, checkpoint_name, operator_signer
+from dvsecure.policy import ConsortiumPolicy
 
 
 @pytest.fixture(scope="module")
