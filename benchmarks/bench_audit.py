@@ -20,13 +20,13 @@ from pathlib import Path
 
 import numpy as np
 
-from dvsecure.log import entry
 from dvsecure.accounting.charges import GNMAX, THRESHOLD, Charge
 from dvsecure.audit.check import audit
 from dvsecure.engine.ledger import Ledger, LedgerRecord
+from dvsecure.log import entry
 from dvsecure.log.merkle import CompactRange, leaf_hash
-from dvsecure.policy import Budget, ConsortiumPolicy, MechanismPolicy, SourcePolicy
 from dvsecure.log.writer import ENTRIES, LogWriter, operator_signer
+from dvsecure.policy import Budget, ConsortiumPolicy, MechanismPolicy, SourcePolicy
 
 
 def policy(num_sources: int) -> ConsortiumPolicy:

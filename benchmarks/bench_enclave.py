@@ -27,17 +27,17 @@ from pathlib import Path
 
 import numpy as np
 
-from dvsecure.engine.aggregator import Aggregator
 from dvsecure.backends import PlaintextBackend
-from dvsecure.tee.client import CoordinatorClient, SourceClient, connect, verify_enclave
 from dvsecure.demo.enclave import COORDINATOR, launch, prepare
-from dvsecure.tee.protocol import enclave_measurement
+from dvsecure.engine.aggregator import Aggregator
 from dvsecure.engine.ledger import Ledger
-from dvsecure.noise import PrivateNoise
 from dvsecure.log.note import Signer
-from dvsecure.policy import Budget, ConsortiumPolicy, MechanismPolicy, SourcePolicy
-from dvsecure.wire.submission import Submission
 from dvsecure.log.writer import LogWriter
+from dvsecure.noise import PrivateNoise
+from dvsecure.policy import Budget, ConsortiumPolicy, MechanismPolicy, SourcePolicy
+from dvsecure.tee.client import CoordinatorClient, SourceClient, connect, verify_enclave
+from dvsecure.tee.protocol import enclave_measurement
+from dvsecure.wire.submission import Submission
 
 
 def policy(num_sources: int) -> ConsortiumPolicy:

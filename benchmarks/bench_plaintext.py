@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from dvsecure.engine.aggregator import Aggregator
-from dvsecure.mechanism.fixedpoint import SCALE
 from dvsecure.engine.ledger import Ledger
+from dvsecure.mechanism.fixedpoint import SCALE
 from dvsecure.mechanism.release import release_batch, tally
 from dvsecure.noise import PrivateNoise
 from dvsecure.policy import Budget, ConsortiumPolicy, MechanismPolicy, SourcePolicy

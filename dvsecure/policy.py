@@ -35,8 +35,8 @@ import json
 import math
 import tomllib
 from dataclasses import dataclass, field
-from functools import cached_property
 from fractions import Fraction
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Mapping
 

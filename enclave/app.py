@@ -17,12 +17,12 @@ import sys
 import threading
 from pathlib import Path
 
+from dvsecure.errors import DvsecureError, EnclaveError
+from dvsecure.log.writer import write_atomic
+from dvsecure.policy import ConsortiumPolicy
 from dvsecure.tee import protocol as proto
 from dvsecure.wire import rpc
-from dvsecure.errors import DvsecureError, EnclaveError
-from dvsecure.policy import ConsortiumPolicy
 from dvsecure.wire.tls import tls_identity
-from dvsecure.log.writer import write_atomic
 
 from .attest import SIM_BANNER, make_provider
 from .service import Enclave

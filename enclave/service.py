@@ -40,21 +40,21 @@ from pathlib import Path
 from nacl.exceptions import CryptoError
 from nacl.public import PrivateKey, SealedBox
 
-from dvsecure.log import entry
-from dvsecure.tee import protocol as proto
-from dvsecure.wire import rpc
-from dvsecure.engine.aggregator import Aggregator
 from dvsecure.backends import PlaintextBackend
+from dvsecure.engine.aggregator import Aggregator
 from dvsecure.engine.calibration import stored_weights
-from dvsecure.errors import EnclaveError
 from dvsecure.engine.ledger import Ledger
+from dvsecure.errors import EnclaveError
+from dvsecure.log import entry
 from dvsecure.log.merkle import MerkleTree, leaf_hash
 from dvsecure.log.note import Signer
+from dvsecure.log.writer import CHECKPOINTS, LogWriter, checkpoint_name
 from dvsecure.noise import PrivateNoise
 from dvsecure.policy import ConsortiumPolicy
+from dvsecure.tee import protocol as proto
+from dvsecure.wire import rpc
 from dvsecure.wire.proto import dvsecure_pb2 as pb
 from dvsecure.wire.submission import Submission
-from dvsecure.log.writer import CHECKPOINTS, LogWriter, checkpoint_name
 
 MAX_CLASSES = 4096
 MAX_QUERY_ID = 256

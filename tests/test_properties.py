@@ -32,12 +32,12 @@ import pytest
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
-from dvsecure.log import entry
 from dvsecure.accounting.charges import GNMAX, THRESHOLD
-from dvsecure.engine.aggregator import Aggregator
 from dvsecure.backends import PlaintextBackend
-from dvsecure.errors import DuplicateQueryError, ParameterError, PolicyError
+from dvsecure.engine.aggregator import Aggregator
 from dvsecure.engine.ledger import Ledger
+from dvsecure.errors import DuplicateQueryError, ParameterError, PolicyError
+from dvsecure.log import entry
 from dvsecure.noise import make_noise
 from dvsecure.policy import Budget, ConsortiumPolicy, MechanismPolicy, SourcePolicy
 from dvsecure.wire.submission import Submission

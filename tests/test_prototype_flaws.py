@@ -19,7 +19,7 @@ from dvsecure.engine.aggregator import Aggregator
 from dvsecure.engine.calibration import PrivateCalibration, stored_weights
 from dvsecure.engine.ledger import Ledger
 from dvsecure.noise import NoiseSource, make_noise
-from dvsecure.policy import (Budget, CalibrationPolicy, ConsortiumPolicy, MechanismPolicy, SourcePolicy)
+from dvsecure.policy import Budget, CalibrationPolicy, ConsortiumPolicy, MechanismPolicy, SourcePolicy
 
 SCALE = 1 << 16
 PKG = Path(dvsecure.__file__).resolve().parent

@@ -28,15 +28,15 @@ from pathlib import Path
 
 import msgspec
 
-from ..log import entry as E
 from ..accounting.conversions import zcdp_eps_tight
 from ..errors import DvsecureError, NoteError, ParameterError, PolicyError, ProofError
-from ..mechanism.fixedpoint import SCALE
+from ..log import entry as E
 from ..log.merkle import MerkleTree, verify_consistency, verify_inclusion
-from .recompute import Context, check_entries
 from ..log.note import Checkpoint, Verifier, open_note
-from ..policy import ConsortiumPolicy
 from ..log.writer import CHECKPOINT_SUFFIX, CHECKPOINTS, ENTRIES, KEY_SUFFIX, KEYS, POLICY, PREVIOUS, key_file_name
+from ..mechanism.fixedpoint import SCALE
+from ..policy import ConsortiumPolicy
+from .recompute import Context, check_entries
 
 RECEIPT = "receipt.json"
 _CHECKPOINT_RE = re.compile(r"^[0-9]{12}\.note$")

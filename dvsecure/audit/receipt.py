@@ -16,12 +16,12 @@ from pathlib import Path
 
 import msgspec
 
-from ..log import entry as E
-from .check import RECEIPT, Receipt
 from ..errors import LogError, ParameterError
+from ..log import entry as E
 from ..log.merkle import MerkleTree, leaf_hash
 from ..log.note import Checkpoint, parse_note
 from ..log.writer import CHECKPOINTS, ENTRIES, KEYS, POLICY, write_atomic
+from .check import RECEIPT, Receipt
 
 
 def _b64(hs) -> list[str]:

@@ -27,9 +27,9 @@ from fractions import Fraction
 import msgspec
 import numpy as np
 
-from ..log import entry as E
 from ..accounting.charges import CALIBRATION, GNMAX, THRESHOLD, Charge
 from ..errors import DvsecureError
+from ..log import entry as E
 from ..mechanism.fixedpoint import SCALE, gamma_to_fixed
 from ..policy import SHRINK, ConsortiumPolicy
 

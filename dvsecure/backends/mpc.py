@@ -31,8 +31,8 @@ from nacl.signing import SigningKey
 
 from ..errors import ParameterError, VoteError
 from ..mechanism.release import Release
-from ..noise import SEEDED
 from ..mpc.sharing import encode_batch, seal_submissions, wire_scale
+from ..noise import SEEDED
 from .base import FROM_SOURCES, Backend, BackendOutput
 
 TFP_WARNING = ("TFP Beaver triples: party 0 generates every triple in the clear and so could unmask "

@@ -16,16 +16,16 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from ..log import entry
 from ..accounting.charges import Charge, query_charges
 from ..backends import FROM_SOURCES, Backend, PlaintextBackend
 from ..errors import DuplicateQueryError, ParameterError, VoteError
+from ..log import entry
 from ..mechanism.filter import ACTIVE, EXCLUDED_BUDGET, BudgetFilter
 from ..mechanism.fixedpoint import SCALE, gamma_to_fixed
-from .ledger import Ledger, LedgerRecord
 from ..noise import NoiseSource, PrivateNoise
 from ..policy import ConsortiumPolicy
 from ..wire.submission import Submission, vote_payload
+from .ledger import Ledger, LedgerRecord
 
 INVALID = "excluded:invalid"
 ABSENT = "absent"

@@ -24,14 +24,14 @@ from fractions import Fraction
 
 import numpy as np
 
-from ..log import entry
 from ..accounting.charges import CALIBRATION, Charge
 from ..errors import ParameterError, VoteError
+from ..log import entry
 from ..mechanism.fixedpoint import SCALE, floor_to_grid
-from .ledger import Ledger, LedgerRecord
+from ..mechanism.votes import InvalidVote, encode_vote
 from ..noise import NoiseSource, PrivateNoise
 from ..policy import ConsortiumPolicy
-from ..mechanism.votes import InvalidVote, encode_vote
+from .ledger import Ledger, LedgerRecord
 
 
 @dataclass(frozen=True)

@@ -18,9 +18,9 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Mapping
 
-from ..log import entry
 from ..accounting.charges import Charge
 from ..errors import BudgetExceededError, DuplicateQueryError, LedgerError
+from ..log import entry
 from ..policy import ConsortiumPolicy
 
 SCHEMA_VERSION = "2"

@@ -23,9 +23,9 @@ import os
 import stat
 from pathlib import Path
 
-from . import entry
-from ..errors import LogError
 from ..engine.ledger import Ledger, LedgerRecord
+from ..errors import LogError
+from . import entry
 from .merkle import CompactRange, leaf_hash
 from .note import Checkpoint, Signer, generate_signer, parse_note, sign_checkpoint
 

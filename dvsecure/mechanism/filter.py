@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 from ..errors import ParameterError
-from .fixedpoint import SCALE, gamma_to_fixed
 from ..policy import SHRINK, MechanismPolicy, SourcePolicy
+from .fixedpoint import SCALE, gamma_to_fixed
 
 ACTIVE = "active"
 SHRUNK = "shrunk"

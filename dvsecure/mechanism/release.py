@@ -18,9 +18,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .fixedpoint import sigma_on_tally_grid, threshold_to_tally
 from ..noise import NoiseSource
 from ..policy import MechanismPolicy
+from .fixedpoint import sigma_on_tally_grid, threshold_to_tally
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,8 @@ import numbers
 import numpy as np
 
 from ..errors import VoteError
-from .fixedpoint import SCALE
 from ..policy import ONE_HOT, SIMPLEX
+from .fixedpoint import SCALE
 
 SIMPLEX_TOLERANCE = 1e-6  # |sum - 1| accepted before exact re-normalisation on the grid
 

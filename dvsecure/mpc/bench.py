@@ -21,8 +21,8 @@ from fractions import Fraction
 
 import numpy as np
 
-from .sharing import share
 from .compat import import_crypten, set_provider
+from .sharing import share
 
 
 def _stats(comm):

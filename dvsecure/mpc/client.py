@@ -19,8 +19,8 @@ from nacl.signing import SigningKey
 from ..errors import PartyRefusal
 from ..policy import ONE_HOT
 from ..wire.proto import dvsecure_pb2 as pb
-from .sharing import encode_batch, seal_submissions
 from ..wire.submission import Submission
+from .sharing import encode_batch, seal_submissions
 
 SERVICE = "/dvsecure.v1.Party/"
 

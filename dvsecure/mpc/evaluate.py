@@ -11,8 +11,8 @@ from ..errors import DvsecureError, LedgerError, SubmissionError
 from ..mechanism.fixedpoint import threshold_to_tally
 from ..noise import make_noise
 from ..policy import ONE_HOT
-from .sharing import open_submission
 from . import secure
+from .sharing import open_submission
 
 MAX_CLASSES = 4096
 MAX_BATCH_ENTRIES = 1 << 25        # sources x queries x classes in one batch: bounds every party's memory

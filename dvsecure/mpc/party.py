@@ -180,11 +180,11 @@ class Party:
     def listen(self, address: str, principals_path: str, max_message: int = 64 << 20):
         """Take shares from sources over gRPC with TLS (`ShareInbox`); the
         certificate is written to <state>/tls.pem for sources to pin."""
-        from ..wire import rpc
+        from ..log.writer import write_atomic
         from ..tee.protocol import Principals
+        from ..wire import rpc
         from ..wire.proto import dvsecure_pb2 as pb
         from ..wire.tls import tls_identity
-        from ..log.writer import write_atomic
         from .inbox import ShareInbox
 
         if self.pinned is None:

@@ -33,9 +33,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..log import entry
 from ..accounting.charges import query_charges
 from ..errors import BudgetExceededError, DvsecureError, LedgerError
+from ..log import entry
 from ..log.merkle import CompactRange, leaf_hash
 from ..log.note import Checkpoint
 

@@ -30,8 +30,8 @@ from nacl.public import PrivateKey, PublicKey, SealedBox
 from nacl.signing import SigningKey, VerifyKey
 
 from ..errors import SubmissionError, VoteError
-from ..policy import ONE_HOT
 from ..mechanism.votes import InvalidVote, encode_vote
+from ..policy import ONE_HOT
 
 VERSION = 1
 RING_BITS = 64

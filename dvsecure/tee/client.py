@@ -36,17 +36,17 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from nacl.public import PublicKey, SealedBox
 from nacl.signing import SigningKey
 
-from ..log import entry as E
-from . import protocol as proto
 from ..attestation.nitro import AttestationDocument, verify
 from ..errors import AttestationError, EnclaveError, ProofError
+from ..log import entry as E
 from ..log.merkle import verify_consistency
 from ..log.note import Checkpoint, Verifier, open_note
+from ..log.writer import CHECKPOINTS, ENTRIES, KEYS, POLICY, PREVIOUS, checkpoint_name, key_file_name, write_atomic
 from ..policy import ConsortiumPolicy
 from ..wire.proto import dvsecure_pb2 as pb
 from ..wire.proto import dvsecure_pb2_grpc as pb_grpc
 from ..wire.submission import Submission
-from ..log.writer import CHECKPOINTS, ENTRIES, KEYS, POLICY, PREVIOUS, checkpoint_name, key_file_name, write_atomic
+from . import protocol as proto
 
 DEFAULT_TIMEOUT = 60.0            # seconds, every call has a deadline
 DEFAULT_MAX_MESSAGE = 16 << 20

@@ -14,8 +14,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .protocol import REPO_ROOT
 from ..errors import EnclaveError
+from .protocol import REPO_ROOT
 
 
 @dataclass

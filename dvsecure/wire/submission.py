@@ -16,7 +16,6 @@ import numpy as np
 
 from ..log import entry
 
-
 # What json.dumps(vote, separators=(",", ":"), allow_nan=True) builds on every
 # call; encode() keeps no state between calls, so one instance serves them all.
 _COMPACT_JSON = json.JSONEncoder(separators=(",", ":"), allow_nan=True)

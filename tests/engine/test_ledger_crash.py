@@ -22,11 +22,11 @@ from fractions import Fraction
 
 import pytest
 
-from dvsecure.log import entry
 from dvsecure.accounting.charges import GNMAX, THRESHOLD, Charge
 from dvsecure.engine.aggregator import Aggregator
-from dvsecure.errors import BudgetExceededError, DuplicateQueryError, LedgerError, ParameterError
 from dvsecure.engine.ledger import Ledger, LedgerRecord
+from dvsecure.errors import BudgetExceededError, DuplicateQueryError, LedgerError, ParameterError
+from dvsecure.log import entry
 from dvsecure.noise import make_noise
 from dvsecure.policy import Budget, ConsortiumPolicy, MechanismPolicy, SourcePolicy
 from dvsecure.wire.submission import Submission

@@ -16,13 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from dvsecure.engine.aggregator import Aggregator
 from dvsecure.audit.check import audit
-from dvsecure.errors import LogError
+from dvsecure.engine.aggregator import Aggregator
 from dvsecure.engine.ledger import Ledger
+from dvsecure.errors import LogError
+from dvsecure.log.writer import ENTRIES, LogWriter, operator_signer
 from dvsecure.noise import make_noise
 from dvsecure.policy import Budget, ConsortiumPolicy, MechanismPolicy, SourcePolicy
-from dvsecure.log.writer import ENTRIES, LogWriter, operator_signer
 
 NUM_CLASSES = 3
 

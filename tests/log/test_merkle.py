@@ -25,8 +25,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dvsecure.log import merkle as m
 from dvsecure.errors import ParameterError, ProofError
+from dvsecure.log import merkle as m
 
 VECTOR_ROOT = Path(__file__).resolve().parents[2].parent / "shared/testvectors/merkle"
 KINDS = ("inclusion", "consistency", "subtreeinclusion", "subtreeconsistency")

@@ -14,7 +14,6 @@ from dvsecure.mpc.compat import import_crypten, set_provider
 from dvsecure.mpc.sharing import encode_batch, reconstruct, share
 
 
-
 def test_import_crypten_with_shims():
     crypten = import_crypten()
     assert crypten.__version__ == "0.4.1"

@@ -14,11 +14,11 @@ import json
 import numpy as np
 import pytest
 
-from dvsecure.engine.aggregator import Aggregator
 from dvsecure.backends.mpc import REJECTED, MPCBackend
 from dvsecure.backends.plaintext import PlaintextBackend
-from dvsecure.errors import ParameterError
+from dvsecure.engine.aggregator import Aggregator
 from dvsecure.engine.ledger import Ledger
+from dvsecure.errors import ParameterError
 from dvsecure.mpc.parties import PartyError
 from dvsecure.noise import make_noise
 from dvsecure.policy import Budget, ConsortiumPolicy, MechanismPolicy, SourcePolicy
@@ -286,8 +286,8 @@ def test_a_killed_party_fails_the_batch_and_records_nothing(tmp_path):
     ledgers) answer the same queries, charged once by the operator, and the log,
     cosigned by every party across the restart, audits clean."""
     from dvsecure.audit.check import audit
-    from dvsecure.mpc.party_ledger import PartyLedger
     from dvsecure.log.writer import LogWriter, operator_signer
+    from dvsecure.mpc.party_ledger import PartyLedger
 
     policy = ConsortiumPolicy(sources=tuple(SourcePolicy(f"src{i}", 0.25, 0.25, Budget("rho", 10.0))
                                             for i in range(2)),
@@ -345,8 +345,9 @@ def test_a_killed_party_fails_the_batch_and_records_nothing(tmp_path):
 
 
 def test_demo_on_the_mpc_backend(tmp_path, capsys):
-    from dvsecure.cli import main
     import json
+
+    from dvsecure.cli import main
 
     assert main(["demo", "--backend", "mpc", "--no-noise", "--out", str(tmp_path / "log"), "--queries", "30",
                  "--json"]) == 0

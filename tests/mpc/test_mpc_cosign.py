@@ -8,16 +8,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dvsecure.engine.aggregator import Aggregator
 from dvsecure.audit.check import audit
 from dvsecure.backends.base import Backend, BackendOutput
 from dvsecure.backends.mpc import MPCBackend
+from dvsecure.engine.aggregator import Aggregator
 from dvsecure.engine.ledger import Ledger
+from dvsecure.log.writer import LogWriter, operator_signer
 from dvsecure.mechanism.release import Release
 from dvsecure.mpc.parties import PartyError
 from dvsecure.noise import make_noise
 from dvsecure.policy import Budget, ConsortiumPolicy, MechanismPolicy, SourcePolicy
-from dvsecure.log.writer import LogWriter, operator_signer
 
 pytestmark = pytest.mark.slow
 

@@ -8,20 +8,20 @@ import msgspec
 import pytest
 from nacl.signing import SigningKey
 
-from dvsecure.log import entry
-from dvsecure.engine.aggregator import Aggregator
 from dvsecure.audit.check import audit
 from dvsecure.backends import FROM_SOURCES
 from dvsecure.backends.mpc import PARTIAL, MPCBackend
-from dvsecure.tee.protocol import Principals
-from dvsecure.errors import ParameterError, PartyRefusal
+from dvsecure.engine.aggregator import Aggregator
 from dvsecure.engine.ledger import Ledger
+from dvsecure.errors import ParameterError, PartyRefusal
+from dvsecure.log import entry
+from dvsecure.log.writer import LogWriter, operator_signer
 from dvsecure.mpc.client import PartySubmitter
-from dvsecure.noise import make_noise
-from dvsecure.policy import Budget, ConsortiumPolicy, MechanismPolicy, SourcePolicy
 from dvsecure.mpc.sharing import _DOMAIN as SIGNING_DOMAIN
 from dvsecure.mpc.sharing import ShareSubmission, Signed
-from dvsecure.log.writer import LogWriter, operator_signer
+from dvsecure.noise import make_noise
+from dvsecure.policy import Budget, ConsortiumPolicy, MechanismPolicy, SourcePolicy
+from dvsecure.tee.protocol import Principals
 
 pytestmark = pytest.mark.slow
 

@@ -10,14 +10,14 @@ import sys
 
 import pytest
 
-from dvsecure.engine.aggregator import Aggregator
 from dvsecure.audit.check import audit
 from dvsecure.backends.mpc import MPCBackend
+from dvsecure.engine.aggregator import Aggregator
 from dvsecure.engine.ledger import Ledger
+from dvsecure.log.writer import LogWriter, operator_signer
 from dvsecure.mpc.parties import PartyError
 from dvsecure.noise import make_noise
 from dvsecure.policy import Budget, ConsortiumPolicy, MechanismPolicy, SourcePolicy
-from dvsecure.log.writer import LogWriter, operator_signer
 
 pytestmark = pytest.mark.slow
 
@@ -100,8 +100,8 @@ def test_remote_parties_take_the_sources_shares_over_grpc(tmp_path):
     from nacl.signing import SigningKey
 
     from dvsecure.backends import FROM_SOURCES
-    from dvsecure.tee.protocol import Principals
     from dvsecure.mpc.client import PartySubmitter
+    from dvsecure.tee.protocol import Principals
 
     keys = {sid: SigningKey.generate() for sid in POLICY.ids}
     principals = tmp_path / "principals.json"

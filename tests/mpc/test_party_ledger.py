@@ -9,16 +9,16 @@ import msgspec
 import numpy as np
 import pytest
 
-from dvsecure.log import entry
-from dvsecure.engine.aggregator import Aggregator
 from dvsecure.backends.plaintext import PlaintextBackend
-from dvsecure.errors import BudgetExceededError, LedgerError
+from dvsecure.engine.aggregator import Aggregator
 from dvsecure.engine.ledger import Ledger
+from dvsecure.errors import BudgetExceededError, LedgerError
+from dvsecure.log import entry
+from dvsecure.log.note import Checkpoint, generate_signer, parse_note
+from dvsecure.log.writer import LogWriter, operator_signer
 from dvsecure.mpc.party_ledger import CosignError, PartyLedger
 from dvsecure.noise import make_noise
-from dvsecure.log.note import Checkpoint, generate_signer, parse_note
 from dvsecure.policy import Budget, ConsortiumPolicy, MechanismPolicy, SourcePolicy
-from dvsecure.log.writer import LogWriter, operator_signer
 
 POLICY = ConsortiumPolicy(sources=tuple(SourcePolicy(f"s{i}", 0.125, 0.25, Budget("rho", 1.0)) for i in range(3)),
                           mechanism=MechanismPolicy("confident_gnmax", 1.0, sigma1=1.0, threshold=0.3),

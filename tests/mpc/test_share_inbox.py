@@ -9,8 +9,8 @@ from nacl.signing import SigningKey
 from dvsecure.errors import LedgerError, PartyRefusal, SubmissionError
 from dvsecure.mpc.evaluate import MAX_CLASSES, _public_checks
 from dvsecure.mpc.inbox import ShareInbox
-from dvsecure.policy import Budget, ConsortiumPolicy, MechanismPolicy, SourcePolicy
 from dvsecure.mpc.sharing import PartyKeys, encode_batch, seal_submissions
+from dvsecure.policy import Budget, ConsortiumPolicy, MechanismPolicy, SourcePolicy
 
 WORLD = 3
 KEYS = [PartyKeys.generate() for _ in range(WORLD)]

@@ -1,6 +1,7 @@
 """Client-side sharing and the signed, sealed submission (issue 4, item 2)."""
 from __future__ import annotations
 
+import msgspec
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -10,10 +11,16 @@ from scipy import stats
 
 from dvsecure.errors import SubmissionError, VoteError
 from dvsecure.mechanism.fixedpoint import SCALE
-from dvsecure.mpc.sharing import (PartyKeys, Signed, ShareSubmission, encode_batch, open_submission, reconstruct,
-                              seal_submissions, share)
-
-import msgspec
+from dvsecure.mpc.sharing import (
+    PartyKeys,
+    ShareSubmission,
+    Signed,
+    encode_batch,
+    open_submission,
+    reconstruct,
+    seal_submissions,
+    share,
+)
 
 NUM_CLASSES = 4
 

@@ -9,11 +9,18 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from dvsecure.audit.check import audit
-from dvsecure.tee.client import (CoordinatorClient, SourceClient, check_attested_signers, check_commitments,
-                                     connect, fetch_log, verify_enclave)
 from dvsecure.demo.enclave import COORDINATOR, launch, prepare
-from dvsecure.tee.protocol import enclave_measurement
 from dvsecure.policy import Budget, ConsortiumPolicy, MechanismPolicy, SourcePolicy
+from dvsecure.tee.client import (
+    CoordinatorClient,
+    SourceClient,
+    check_attested_signers,
+    check_commitments,
+    connect,
+    fetch_log,
+    verify_enclave,
+)
+from dvsecure.tee.protocol import enclave_measurement
 
 POLICY = ConsortiumPolicy(
     sources=tuple(SourcePolicy(f"src{i}", 0.25, 0.5, Budget("rho", 1e6)) for i in range(3)),

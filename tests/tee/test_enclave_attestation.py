@@ -8,16 +8,15 @@ import subprocess
 import sys
 
 import pytest
+from enclave_harness import Deployment, deployed
 
+from dvsecure.errors import AttestationError, EnclaveError
 from dvsecure.log import entry as E
+from dvsecure.log.writer import ENTRIES, KEYS, key_file_name
+from dvsecure.policy import Budget
 from dvsecure.tee.client import check_attested_signers, verify_checkpoint_from, verify_enclave
 from dvsecure.tee.protocol import REPO_ROOT, enclave_measurement
-from dvsecure.errors import AttestationError, EnclaveError
-from dvsecure.policy import Budget
 from dvsecure.wire.proto import dvsecure_pb2 as pb
-from dvsecure.log.writer import ENTRIES, KEYS, key_file_name
-
-from enclave_harness import Deployment, deployed
 
 
 @pytest.fixture

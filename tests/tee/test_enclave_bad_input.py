@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import grpc
 import pytest
+from enclave_harness import deployed
 from nacl.public import PrivateKey, PublicKey, SealedBox
 from nacl.signing import SigningKey
 
+from dvsecure.errors import EnclaveError
 from dvsecure.log import entry as E
+from dvsecure.log.writer import ENTRIES
 from dvsecure.tee import protocol as proto
 from dvsecure.tee.client import SourceClient
-from dvsecure.errors import EnclaveError
 from dvsecure.wire.proto import dvsecure_pb2 as pb
-from dvsecure.log.writer import ENTRIES
-
-from enclave_harness import deployed
 
 MAX_MESSAGE = 1 << 20
 

@@ -5,21 +5,20 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from dvsecure.log import entry as E
-from dvsecure.audit.check import audit
-from dvsecure.demo.run import run_demo
-from dvsecure.tee.client import check_commitments, fetch_log, verify_checkpoint_from
-from dvsecure.demo.enclave import run_enclave_demo
-from dvsecure.log.merkle import leaf_hash, verify_consistency, verify_inclusion
-from dvsecure.noise import make_noise
-from dvsecure.log.note import Checkpoint, parse_note
-from dvsecure.wire.proto import dvsecure_pb2 as pb
-from dvsecure.audit.receipt import export_receipt
-from dvsecure.wire.submission import Submission
-from dvsecure.log.writer import ENTRIES
-
 from enclave_harness import CLASSES, deployed
+
+from dvsecure.audit.check import audit
+from dvsecure.audit.receipt import export_receipt
+from dvsecure.demo.enclave import run_enclave_demo
+from dvsecure.demo.run import run_demo
+from dvsecure.log import entry as E
+from dvsecure.log.merkle import leaf_hash, verify_consistency, verify_inclusion
+from dvsecure.log.note import Checkpoint, parse_note
+from dvsecure.log.writer import ENTRIES
+from dvsecure.noise import make_noise
+from dvsecure.tee.client import check_commitments, fetch_log, verify_checkpoint_from
+from dvsecure.wire.proto import dvsecure_pb2 as pb
+from dvsecure.wire.submission import Submission
 
 
 @pytest.fixture

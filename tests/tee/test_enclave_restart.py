@@ -7,14 +7,13 @@ from __future__ import annotations
 import sqlite3
 
 import pytest
-
-from dvsecure.log import entry as E
-from dvsecure.audit.check import audit
-from dvsecure.tee.client import check_attested_signers, verify_enclave
-from dvsecure.errors import EnclaveError
-from dvsecure.log.writer import CHECKPOINTS, ENTRIES
-
 from enclave_harness import deployed
+
+from dvsecure.audit.check import audit
+from dvsecure.errors import EnclaveError
+from dvsecure.log import entry as E
+from dvsecure.log.writer import CHECKPOINTS, ENTRIES
+from dvsecure.tee.client import check_attested_signers, verify_enclave
 
 
 @pytest.fixture

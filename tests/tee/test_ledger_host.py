@@ -8,8 +8,8 @@ import sqlite3
 import pytest
 
 from dvsecure.engine.aggregator import Aggregator
-from dvsecure.errors import LedgerError
 from dvsecure.engine.ledger import Ledger
+from dvsecure.errors import LedgerError
 from dvsecure.noise import make_noise
 from dvsecure.policy import Budget, ConsortiumPolicy, MechanismPolicy, SourcePolicy
 
