@@ -83,8 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
                                       "torch.distributed rendezvous; party 0 runs with the coordinator")
     pa.add_argument("--rank", type=int, help="this party's rank, 1..N-1 (rank 0 is the coordinator's)")
     pa.add_argument("--dealer", action="store_true", help="run the TTP dealer (rank N) instead of a party")
-    pa.add_argument("--world-size", type=_positive_int, required=True, help="number of computing parties N")
-    pa.add_argument("--rendezvous", required=True, help="torch.distributed init URL, e.g. tcp://HOST:PORT")
+    pa.add_argument("--world-size", type=_positive_int, help="number of computing parties N (required to run)")
+    pa.add_argument("--rendezvous", help="torch.distributed init URL, e.g. tcp://HOST:PORT (required to run)")
+    pa.add_argument("--show-key", action="store_true",
+                    help="print this party's cosigning key (made in --state on first use) for the policy's "
+                         "[signers] parties, and exit")
     pa.add_argument("--state", type=Path, help="this party's private state (keys, ledger); required for a party")
     pa.add_argument("--policy", type=Path, help="the consortium policy TOML this party enforces; required for a party")
     pa.add_argument("--allow-nonprivate", action="store_true",
@@ -110,11 +113,29 @@ def _key_arg(text: str) -> str:
     return path.read_text().strip() if path.is_file() else text
 
 
+def _agreed_enclave_pcr0(args) -> str | None:
+    """The measurement the policy names as its signer (`[signers] enclave_pcr0`): the
+    attested-signer check then runs without being asked. The audit itself reports a
+    policy that does not load."""
+    from .errors import PolicyError
+    from .log.writer import POLICY
+    from .policy import ConsortiumPolicy
+
+    try:
+        policy = ConsortiumPolicy.load(args.policy or args.path / POLICY)
+    except PolicyError:
+        return None
+    return policy.signers.enclave_pcr0 if policy.signers is not None else None
+
+
 def _audit(args) -> int:
     from .audit.check import audit
 
+    if args.enclave_pcr0 is None:
+        args.enclave_pcr0 = _agreed_enclave_pcr0(args)
     if (args.trust_sim_root or args.enclave_principals) and not args.enclave_pcr0:
-        raise ParameterError("--trust-sim-root and --enclave-principals only apply with --enclave-pcr0")
+        raise ParameterError("--trust-sim-root and --enclave-principals only apply to an enclave's log "
+                             "(--enclave-pcr0, or a policy whose [signers] names enclave_pcr0)")
     attested = None
     if args.enclave_pcr0:
         attested = _attested_signer_problems(args)
@@ -161,6 +182,19 @@ def _attested_signer_problems(args) -> list[str]:
 
 
 def _party(args) -> int:
+    if args.show_key:
+        if args.rank is None or args.state is None:
+            raise ParameterError("--show-key needs --rank and --state (where the party keeps its keys)")
+        import base64
+
+        from .mpc.party import load_or_create_keys
+
+        _, signer = load_or_create_keys(args.state, args.rank)
+        print(json.dumps({"rank": args.rank, "cosign_key": base64.b64encode(signer.public_key).decode(),
+                          "verifier_key": signer.verifier_key_string}))
+        return 0
+    if args.world_size is None or args.rendezvous is None:
+        raise ParameterError("a party needs --world-size and --rendezvous (or --show-key)")
     from .mpc.party import run_party
 
     if args.world_size < 2:
@@ -175,7 +209,20 @@ def _party(args) -> int:
         raise ParameterError("a party needs --state (its keys and ledger) and --policy (what it enforces)")
     from .policy import ConsortiumPolicy
 
-    policy_toml = ConsortiumPolicy.load(args.policy).to_toml()
+    policy = ConsortiumPolicy.load(args.policy)
+    if policy.signers is not None:
+        # Refuse before joining: the parties cosign only under a policy that names them.
+        import base64
+
+        from .mpc.party import load_or_create_keys
+
+        mine = base64.b64encode(load_or_create_keys(args.state, args.rank)[1].public_key).decode()
+        named = policy.signers.parties
+        if args.rank >= len(named) or named[args.rank] != mine:
+            raise ParameterError(f"{args.policy} does not name this party's cosigning key ({mine}) as party "
+                                 f"{args.rank}'s signer; publish it (dvsecure party --show-key) and have the "
+                                 "policy name it")
+    policy_toml = policy.to_toml()
     if (args.listen is None) != (args.principals is None):
         raise ParameterError("--listen and --principals go together")
     run_party(args.rank, args.world_size, args.rendezvous, "TTP", str(args.state),

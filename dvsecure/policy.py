@@ -27,14 +27,25 @@ File format (every key checked; unknown keys are errors):
     delta = 1e-5                     # reporting delta (defaults to the budget's, else 1e-5)
     on_exhaustion = "exclude"        # or "shrink"
     votes = "one-hot"                # or "simplex"
+
+    [signers]                        # who must sign every checkpoint (DESIGN §5)
+    operator = "<base64 Ed25519 public key>"
+    parties = ["<key of party 0>", "<key of party 1>", ...]   # MPC: every computing party
+    # enclave_pcr0 = "<hex SHA-384>"  # enclave: every signer an enclave key attested with it
+
+A policy without [signers] is the old (log format version 1) agreement: it names
+no signer, so anyone holding the operator key could sign alone; the auditor
+reports such a log.
 """
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import json
 import math
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from functools import cached_property
 from pathlib import Path
@@ -284,6 +295,83 @@ class CalibrationPolicy:
         return cls(**d)
 
 
+def _public_key(where: str, value: Any) -> str:
+    """A base64 Ed25519 public key (32 bytes), normalised to its canonical text."""
+    try:
+        raw = base64.b64decode(value, validate=True) if isinstance(value, str) else b""
+    except (binascii.Error, ValueError):
+        raw = b""
+    if len(raw) != 32:
+        raise PolicyError(f"{where} must be a base64 Ed25519 public key (32 bytes), got {value!r}")
+    return base64.b64encode(raw).decode()
+
+
+@dataclass(frozen=True)
+class SignerPolicy:
+    """Who must sign every checkpoint of the log: part of what every source agreed
+    to, so no later log entry written by the operator can drop or replace one.
+
+    operator   the operator's checkpoint key (base64 Ed25519 public key), if it signs
+    parties    every MPC computing party's cosigning key, in rank order
+    enclave_pcr0  for the enclave backend: every signer must be an enclave key whose
+               attestation carries this measurement (its keys are new at every start,
+               so the measurement is what is agreed, not a key)
+    """
+
+    operator: str | None = None
+    parties: tuple[str, ...] = ()
+    enclave_pcr0: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "parties", tuple(self.parties))
+        if self.operator is not None:
+            object.__setattr__(self, "operator", _public_key("signers: operator", self.operator))
+        object.__setattr__(self, "parties", tuple(_public_key(f"signers: parties[{i}]", k)
+                                                  for i, k in enumerate(self.parties)))
+        if self.enclave_pcr0 is not None:
+            pcr = self.enclave_pcr0
+            try:
+                ok = isinstance(pcr, str) and len(bytes.fromhex(pcr)) == 48
+            except ValueError:
+                ok = False
+            if not ok:
+                raise PolicyError(f"signers: enclave_pcr0 must be 96 hex digits (SHA-384), got {pcr!r}")
+            object.__setattr__(self, "enclave_pcr0", pcr.lower())
+            if self.operator is not None or self.parties:
+                raise PolicyError("signers: an enclave log is signed by the attested enclave alone; "
+                                  "enclave_pcr0 takes no operator or parties")
+        elif self.operator is None and not self.parties:
+            raise PolicyError("signers: name the operator's key, the parties' keys or enclave_pcr0")
+        keys = ([self.operator] if self.operator else []) + list(self.parties)
+        if len(set(keys)) != len(keys):
+            raise PolicyError("signers: a key is named twice (every signer needs its own key)")
+
+    def slots(self) -> list[tuple[str, str, str]]:
+        """(slot, role, public key) of every signer named by key, operator first."""
+        out = [("operator", "operator", self.operator)] if self.operator else []
+        return out + [(f"party-{i}", "party", k) for i, k in enumerate(self.parties)]
+
+    def to_dict(self) -> dict:
+        d: dict[str, Any] = {}
+        if self.operator is not None:
+            d["operator"] = self.operator
+        if self.parties:
+            d["parties"] = list(self.parties)
+        if self.enclave_pcr0 is not None:
+            d["enclave_pcr0"] = self.enclave_pcr0
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Any) -> "SignerPolicy":
+        if not isinstance(d, Mapping):
+            raise PolicyError("signers must be a table")
+        _no_unknown("signers", d, {"operator", "parties", "enclave_pcr0"})
+        parties = d.get("parties", [])
+        if not isinstance(parties, list):
+            raise PolicyError(f"signers: parties must be a list of keys, got {parties!r}")
+        return cls(operator=d.get("operator"), parties=tuple(parties), enclave_pcr0=d.get("enclave_pcr0"))
+
+
 @dataclass(frozen=True)
 class ConsortiumPolicy:
     sources: tuple[SourcePolicy, ...]
@@ -291,9 +379,12 @@ class ConsortiumPolicy:
     name: str = "consortium"
     collusion_tolerance: int = 1
     calibration: CalibrationPolicy = field(default_factory=CalibrationPolicy)
+    signers: SignerPolicy | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sources", tuple(self.sources))
+        if self.signers is not None and not isinstance(self.signers, SignerPolicy):
+            raise PolicyError("signers must be a SignerPolicy")
         if not self.sources:
             raise PolicyError("a policy needs at least one source")
         seen: set[str] = set()
@@ -325,7 +416,13 @@ class ConsortiumPolicy:
         return {"consortium": {"name": self.name, "collusion_tolerance": self.collusion_tolerance},
                 "mechanism": self.mechanism.to_dict(),
                 "calibration": self.calibration.to_dict(),
-                "sources": [s.to_dict() for s in self.sources]}
+                "sources": [s.to_dict() for s in self.sources],
+                # absent, not empty, without signers: the digest of an older policy is unchanged
+                **({"signers": self.signers.to_dict()} if self.signers is not None else {})}
+
+    def with_signers(self, signers: SignerPolicy) -> "ConsortiumPolicy":
+        """The same agreement, naming who must sign its log."""
+        return replace(self, signers=signers)
 
     def canonical_json(self) -> bytes:
         return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":")).encode()
@@ -337,7 +434,7 @@ class ConsortiumPolicy:
     def from_dict(cls, d: Any) -> "ConsortiumPolicy":
         if not isinstance(d, Mapping):
             raise PolicyError("a policy must be a table")
-        _no_unknown("policy", d, {"consortium", "mechanism", "calibration", "sources"})
+        _no_unknown("policy", d, {"consortium", "mechanism", "calibration", "sources", "signers"})
         if "mechanism" not in d:
             raise PolicyError("policy: missing [mechanism] table")
         if "sources" not in d or not isinstance(d["sources"], list):
@@ -350,7 +447,8 @@ class ConsortiumPolicy:
                    mechanism=MechanismPolicy.from_dict(d["mechanism"]),
                    name=c.get("name", "consortium"),
                    collusion_tolerance=c.get("collusion_tolerance", 1),
-                   calibration=CalibrationPolicy.from_dict(d.get("calibration", {})))
+                   calibration=CalibrationPolicy.from_dict(d.get("calibration", {})),
+                   signers=SignerPolicy.from_dict(d["signers"]) if "signers" in d else None)
 
     @classmethod
     def from_toml(cls, text: str) -> "ConsortiumPolicy":

@@ -12,6 +12,9 @@ import pytest
 from dvsecure.cli import main
 from dvsecure.demo.consortium import default_policy
 from dvsecure.engine.ledger import Ledger
+from dvsecure.log.signers import public_key_b64
+from dvsecure.log.writer import key_file_name, operator_signer
+from dvsecure.policy import ConsortiumPolicy, SignerPolicy
 
 REQUIRED_SOURCE_KEYS = {"id", "gamma_min", "gamma_max", "gamma_used_min", "gamma_used_max", "budget_rho",
                         "spent_rho", "epsilon", "delta", "status"}
@@ -38,7 +41,7 @@ def test_demo_json_contract(tmp_path, capsys):
             assert s["gamma_min"] <= s["gamma_used_min"] <= s["gamma_used_max"] <= s["gamma_max"]
         assert s["status"] in ("active", "exhausted")
     # the JSON's spends are the ledger's
-    with Ledger(Path(str(out) + ".state") / "ledger.sqlite", default_policy()) as ledger:
+    with Ledger(Path(str(out) + ".state") / "ledger.sqlite", ConsortiumPolicy.load(out / "policy.toml")) as ledger:
         spent = ledger.spent()
     assert {s["id"]: s["spent_rho"] for s in data["sources"]} == {k: float(v) for k, v in spent.items()}
 
@@ -50,8 +53,12 @@ def test_published_directory_holds_no_private_state(tmp_path, capsys):
     # Only the log: the policy, the entries, signed checkpoints and public keys.
     assert published[:2] == ["checkpoints/000000000002.note", "checkpoints/000000000003.note"]
     assert [p for p in published if not p.startswith("checkpoints/")] == [
-        "entries.jsonl", "keys/dvsecure_demo-consortium_" + default_policy().digest()[:16] + "_operator.vkey",
+        "entries.jsonl", "keys/" + key_file_name(operator_signer(state, default_policy()).verifier_key_string),
         "policy.toml"]
+    # The policy names that key as the one operator signer (its [signers] table).
+    named = ConsortiumPolicy.load(out / "policy.toml").signers
+    assert named.operator == public_key_b64(operator_signer(state, default_policy()).verifier_key_string)
+    assert named.parties == () and named.enclave_pcr0 is None
     assert (state / "ledger.sqlite").exists() and (state / "operator.key").exists()
     assert oct((state / "operator.key").stat().st_mode & 0o777) == "0o600"
     # PRIVATE+KEY+<name>+<key id>+<base64>: the base64 may itself contain '+'.
@@ -78,7 +85,7 @@ def test_second_run_continues_from_state(tmp_path, capsys):
             assert b["spent_rho"] == a["spent_rho"]          # excluded sources stay excluded
     assert any(a["status"] != "exhausted" for a in first["sources"])
     assert sum(b["spent_rho"] for b in second["sources"]) > sum(a["spent_rho"] for a in first["sources"])
-    with Ledger(Path(str(out) + ".state") / "ledger.sqlite", default_policy()) as ledger:
+    with Ledger(Path(str(out) + ".state") / "ledger.sqlite", ConsortiumPolicy.load(out / "policy.toml")) as ledger:
         kinds = [type(r).__name__.lower() for r in ledger.records()]
         ledger.verify()
     assert kinds[:2] == ["genesis", "signers"]      # one log, one signer set across runs
@@ -130,3 +137,18 @@ def test_console_script_runs(tmp_path):
                            "--queries", "30"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "inst-1" in proc.stdout and "spent rho" in proc.stdout
+
+
+def test_a_party_refuses_a_policy_that_does_not_name_its_key(tmp_path, capsys):
+    """Before joining any rendezvous: a party cosigns only under a policy naming it."""
+    assert main(["party", "--show-key", "--rank", "1", "--state", str(tmp_path / "p1")]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["rank"] == 1 and len(base64.b64decode(shown["cosign_key"])) == 32
+    assert (tmp_path / "p1" / "party-1.key").stat().st_mode & 0o777 == 0o600
+    others = [base64.b64encode(bytes([i]) * 32).decode() for i in range(1, 4)]
+    policy = default_policy(2).with_signers(SignerPolicy(operator=others[0], parties=tuple(others[1:])))
+    (tmp_path / "p.toml").write_text(policy.to_toml())
+    code = main(["party", "--rank", "1", "--world-size", "2", "--rendezvous", "tcp://127.0.0.1:9",
+                 "--state", str(tmp_path / "p1"), "--policy", str(tmp_path / "p.toml")])
+    err = capsys.readouterr().err
+    assert code == 2 and shown["cosign_key"] in err and "does not name this party's cosigning key" in err

@@ -1,8 +1,10 @@
 """The consortium policy: TOML format, validation, budgets and weight bands."""
 from __future__ import annotations
 
+import base64
 import dataclasses
 import math
+import tomllib
 from fractions import Fraction
 
 import pytest
@@ -17,6 +19,7 @@ from dvsecure.policy import (
     CalibrationPolicy,
     ConsortiumPolicy,
     MechanismPolicy,
+    SignerPolicy,
     SourcePolicy,
 )
 
@@ -474,3 +477,39 @@ def test_policy_error_is_a_value_error():
     d = base()
     d["mechanism"]["sigma2"] = -1.0
     assert isinstance(expect_error(d, "sigma2"), ValueError)
+
+
+# ---- [signers]: who must sign every checkpoint (issue 10) ----------------------------
+
+KEY = [base64.b64encode(bytes([i]) * 32).decode() for i in range(4)]
+
+
+def test_signers_round_trip_and_bind_the_digest():
+    p = ConsortiumPolicy.from_toml(POLICY_TOML)
+    q = p.with_signers(SignerPolicy(operator=KEY[0], parties=tuple(KEY[1:])))
+    assert ConsortiumPolicy.from_toml(q.to_toml()) == q and q.digest() != p.digest()
+    assert "signers" not in p.to_dict()                 # an old policy keeps its digest
+    r = q.with_signers(SignerPolicy(operator=KEY[0], parties=(KEY[1], KEY[3], KEY[2])))
+    assert r.digest() != q.digest()                     # the parties' order (their ranks) is agreed too
+    assert [slot for slot, _, _ in q.signers.slots()] == ["operator", "party-0", "party-1", "party-2"]
+    e = p.with_signers(SignerPolicy(enclave_pcr0="AB" * 48))
+    assert e.signers.enclave_pcr0 == "ab" * 48 and ConsortiumPolicy.from_toml(e.to_toml()) == e
+
+
+@pytest.mark.parametrize("table, message", [
+    ({"operator": "not base64!"}, "signers: operator must be a base64 Ed25519 public key"),
+    ({"operator": KEY[0][:-4] + "===="}, "signers: operator must be a base64"),
+    ({"parties": [KEY[1], "AAAA"]}, r"signers: parties\[1\] must be a base64 Ed25519 public key"),
+    ({"parties": KEY[1]}, "parties must be a list"),
+    ({"operator": KEY[0], "parties": [KEY[0]]}, "a key is named twice"),
+    ({}, "name the operator's key, the parties' keys or enclave_pcr0"),
+    ({"enclave_pcr0": "ab" * 47}, "enclave_pcr0 must be 96 hex digits"),
+    ({"enclave_pcr0": "zz" * 48}, "enclave_pcr0 must be 96 hex digits"),
+    ({"enclave_pcr0": "ab" * 48, "operator": KEY[0]}, "signed by the attested enclave alone"),
+    ({"operator": KEY[0], "cosigners": []}, "unknown key"),
+])
+def test_bad_signers_tables_are_named(table, message):
+    d = tomllib.loads(POLICY_TOML)
+    d["signers"] = table
+    with pytest.raises(PolicyError, match=message):
+        ConsortiumPolicy.from_toml(tomli_w.dumps(d))

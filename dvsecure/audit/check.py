@@ -31,8 +31,9 @@ import msgspec
 from ..accounting.conversions import zcdp_eps_tight
 from ..errors import DvsecureError, NoteError, ParameterError, PolicyError, ProofError
 from ..log import entry as E
+from ..log import signers as S
 from ..log.merkle import MerkleTree, verify_consistency, verify_inclusion
-from ..log.note import Checkpoint, Verifier, open_note
+from ..log.note import Checkpoint, Verifier, open_note, parse_note
 from ..log.writer import CHECKPOINT_SUFFIX, CHECKPOINTS, ENTRIES, KEY_SUFFIX, KEYS, POLICY, PREVIOUS, key_file_name
 from ..mechanism.fixedpoint import SCALE
 from ..policy import ConsortiumPolicy
@@ -195,6 +196,9 @@ class _Audit:
         self.trusted = set(trusted_keys)
         self.allow_nonprivate = allow_nonprivate
         self.signer_keys: list[str] = []
+        self.slots_at: list[tuple[int, dict[str, E.SignerKey]]] = []      # (signers entry seq, keys by slot)
+        self.rotations: list[tuple[int, str, E.SignerKey, E.SignerKey]] = []
+        self.slot_history: dict[str, list[str]] = {}
 
     # ---- files ----------------------------------------------------------------
     def files(self, receipt: bool) -> None:
@@ -268,7 +272,10 @@ class _Audit:
         return policy
 
     # ---- signers and checkpoints ------------------------------------------------------
-    def signer_sets(self, specials, seqs) -> list[tuple[int, list[E.SignerKey]]]:
+    def signer_sets(self, specials, seqs, policy) -> list[tuple[int, list[E.SignerKey]]]:
+        """Every signers entry, read against the policy's [signers] (log/signers.py):
+        slots kept, the first set the policy's keys, later key changes recorded as
+        rotations that the next checkpoint must prove with the replaced key."""
         sets = []
         for i, e in specials:
             seq = seqs[i]
@@ -278,12 +285,44 @@ class _Audit:
                 sets.append((seq, e.keys))
         if not sets:
             self.r.add("signers", "the log has no signers entry, so no checkpoint can be valid")
+        required = policy.signers if policy is not None else None
+        if policy is not None and required is None:
+            self.r.add("signers", "the policy names no signers, so nothing shows that the parties (or the "
+                       "enclave) signed rather than the operator alone (log format version 1: re-run with a "
+                       "policy that has a [signers] table)", file=POLICY)
+        history: dict[str, list[str]] = {}
+        if required is not None:
+            previous = None
+            for seq, keys in sets:
+                slots, problems = S.assign_slots(required, keys)
+                if previous is None:
+                    problems += S.initial_problems(required, slots)
+                for problem in problems:
+                    self.r.add("signers", problem, seq=seq)
+                if previous is not None:
+                    self.rotations += [(seq, slot, old, new) for slot, old, new in S.rotations(previous, slots)]
+                for slot, k in slots.items():
+                    if not history.get(slot) or history[slot][-1] != k.vkey:
+                        history.setdefault(slot, []).append(k.vkey)
+                self.slots_at.append((seq, slots))
+                previous = slots
+        self.slot_history = history
+        # Pinned keys (--trust-key, or a witness's) are required: each must be a signer
+        # here, and every other signer must have replaced one with its consent.
+        allowed = set(self.trusted)
+        for _, _, old, new in self.rotations:
+            if old.vkey in allowed:
+                allowed.add(new.vkey)
+        named = {k.vkey for _, keys in sets for k in keys}
+        for pin in sorted(self.trusted - named):
+            self.r.add("signers", f"pinned key {pin.split('+')[0]!r} signs nothing in this log: "
+                       "a required signer is missing")
         for _, keys in sets:
             for k in keys:
-                if self.trusted and k.vkey not in self.trusted:
+                if self.trusted and k.vkey not in allowed:
                     self.r.add("signers", f"signer {k.name!r} is not among the pinned keys")
         # Key files: each must be exactly a recorded signer's key, and every signer needs one.
-        recorded = {key_file_name(k.name): (k.vkey + "\n").encode() for _, keys in sets for k in keys}
+        recorded = {key_file_name(k.vkey): (k.vkey + "\n").encode() for _, keys in sets for k in keys}
         for p in sorted((self.path / KEYS).glob("*")):
             want = recorded.get(p.name)
             if want is None:
@@ -297,13 +336,19 @@ class _Audit:
 
     def checkpoints(self, sets, total: int) -> dict[int, Checkpoint]:
         """Verified checkpoints by size. A checkpoint of size n needs a valid signature
-        from every key of the latest signers entry inside its first n entries."""
+        from every key of the latest signers entry inside its first n entries, and the
+        first checkpoint after a key rotation also one from the key it replaced."""
         out: dict[int, Checkpoint] = {}
-        for p in sorted((self.path / CHECKPOINTS).glob(f"*{CHECKPOINT_SUFFIX}")):
+        files = [p for p in sorted((self.path / CHECKPOINTS).glob(f"*{CHECKPOINT_SUFFIX}"))
+                 if _CHECKPOINT_RE.match(p.name)]
+        sizes = [int(p.name[:12]) for p in files]
+        consent: dict[int, list[tuple[str, E.SignerKey]]] = {}     # checkpoint size -> replaced keys
+        for seq, slot, old, _ in self.rotations:
+            later = [m for m in sizes if m > seq]
+            if later:
+                consent.setdefault(min(later), []).append((slot, old))
+        for p, size in zip(files, sizes):
             rel = f"{CHECKPOINTS}/{p.name}"
-            if not _CHECKPOINT_RE.match(p.name):
-                continue
-            size = int(p.name[:12])
             if size > total:
                 self.r.add("checkpoint", f"checkpoint of size {size} but only {total} entries exist "
                            "(entries deleted or truncated)", file=rel)
@@ -314,7 +359,17 @@ class _Audit:
             keys = active[-1]
             try:
                 verifiers = [Verifier.from_key_string(k.vkey) for k in keys]
-                opened = open_note(p.read_bytes(), verifiers, required=[k.name for k in keys])
+                replaced = [(slot, Verifier.from_key_string(k.vkey)) for slot, k in consent.get(size, [])]
+                note = p.read_bytes()
+                opened = open_note(note, verifiers + [v for _, v in replaced])
+                missing = [v.name for v in verifiers if not _signed_by(note, v)]
+                if missing:
+                    raise NoteError(f"lacks a valid signature from required signer(s) {', '.join(missing)}")
+                for slot, v in replaced:
+                    if not _signed_by(note, v):
+                        raise NoteError(f"it is the first checkpoint after slot {slot}'s key was replaced, "
+                                        f"but the replaced key {v.name!r} did not sign it (a key changes "
+                                        "only with its holder's consent)")
                 cp = Checkpoint.parse(opened.text)
             except (NoteError, DvsecureError, ValueError) as e:
                 self.r.add("checkpoint", f"signature check failed: {e}", file=rel)
@@ -343,12 +398,22 @@ class _Audit:
                            file=f"{CHECKPOINTS}/{size:012d}{CHECKPOINT_SUFFIX}")
         return out
 
+    def slots_in_force(self, size: int) -> dict[str, str]:
+        """slot -> key of the signer set that a checkpoint of `size` needs."""
+        active = [slots for seq, slots in self.slots_at if seq < size]
+        return {slot: k.vkey for slot, k in active[-1].items()} if active else {}
+
     def witness_check(self, root_at) -> None:
         if self.witness is None or self.r.origin is None:
             return
         seen = load_witness(self.witness)["logs"].get(self.r.origin)
         if not seen:
             return
+        for slot, vkey in seen.get("signers", {}).items():
+            if vkey not in self.slot_history.get(slot, []):
+                self.r.add("signers", f"slot {slot}: the key a checkpoint seen before required "
+                           f"({vkey.split('+')[0]!r}) is not in this log's history of that slot "
+                           "(a weaker or different signer set than the one witnessed)")
         size, root = int(seen["size"]), base64.b64decode(seen["root"])
         got = root_at(size)
         if got is None:
@@ -363,8 +428,16 @@ class _Audit:
             return
         state = load_witness(self.witness)
         state["logs"][cp.origin] = {"size": cp.size, "root": base64.b64encode(cp.root_hash).decode(),
-                                    "keys": self.signer_keys}
+                                    "keys": self.signer_keys, "signers": self.slots_in_force(cp.size)}
         save_witness(self.witness, state)
+
+
+def _signed_by(note: bytes, verifier: Verifier) -> bool:
+    """Whether `note` carries a valid signature by exactly this key (by name and key id:
+    a rotated key may keep its slot's name, so a name alone proves nothing)."""
+    text, sigs = parse_note(note)
+    return any(s.name == verifier.name and s.key_id == verifier.key_id and verifier.verify(text, s.signature)
+               for s in sigs)
 
 
 def _sorted_seqs(seqs, r) -> bool:
@@ -432,7 +505,7 @@ def audit(path: str | Path, *, source: str | None = None, policy: str | Path | N
     if a.witness is not None and r.origin is not None:
         # Keys pinned on first use: a log seen before must still be signed by the same keys.
         a.trusted |= set(load_witness(a.witness)["logs"].get(r.origin, {}).get("keys", []))
-    sets = a.signer_sets(specials, seqs)
+    sets = a.signer_sets(specials, seqs, policy_obj)
     a.signer_keys = sorted({k.vkey for _, keys in sets for k in keys})
 
     if is_receipt:

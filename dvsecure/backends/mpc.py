@@ -19,12 +19,14 @@ Each party keeps its own ledger and cosigns the log's checkpoints
 """
 from __future__ import annotations
 
+import base64
 import hashlib
 import numbers
 import os
 import shutil
 import tempfile
 import warnings
+from pathlib import Path
 
 import numpy as np
 from nacl.signing import SigningKey
@@ -103,6 +105,21 @@ class MPCBackend(Backend):
                                  f"needs at least {policy.collusion_tolerance + 1} computing parties, "
                                  f"not {self.num_parties}")
         self._policy = policy
+
+    def signer_keys(self) -> list[str]:
+        """The parties' cosigning keys (base64 Ed25519 public keys, rank order) for the
+        policy's [signers]: each local party's key is made (or read) in its own state
+        directory before it starts, so the policy can name it."""
+        from ..mpc.party import load_or_create_keys
+
+        local = range(self.num_parties) if self._spawn_ranks is None else self._spawn_ranks
+        if set(local) != set(range(self.num_parties)):
+            raise ParameterError("the policy must name the keys of the parties started elsewhere: each prints "
+                                 "its own (dvsecure party --show-key --rank R --state DIR); give a policy "
+                                 "whose [signers] names them (--policy). This backend starts only ranks "
+                                 f"{sorted(local)}")
+        return [base64.b64encode(load_or_create_keys(Path(self.state_dir) / f"party-{r}", r)[1].public_key)
+                .decode() for r in range(self.num_parties)]
 
     def _ensure_started(self):
         if self._parties is None:

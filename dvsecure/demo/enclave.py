@@ -24,7 +24,7 @@ from ..errors import ParameterError
 from ..log.note import Checkpoint
 from ..log.writer import write_atomic
 from ..mechanism.filter import BudgetFilter
-from ..policy import ConsortiumPolicy
+from ..policy import ConsortiumPolicy, SignerPolicy
 from ..tee.client import (
     CoordinatorClient,
     SourceClient,
@@ -96,8 +96,11 @@ def run_enclave_demo(out: Path, state: Path, num_sources: int = 5, num_queries: 
         raise ParameterError(f"--classes must be >= 2, got {num_classes}")
     out, state = Path(out), Path(state)
     policy = policy or default_policy(num_sources)
-    keys, coordinator_key = prepare(state, policy)
     pcr0 = enclave_measurement()
+    if policy.signers is None:
+        # Who must sign: the attested enclave, whatever key it holds (new at every start).
+        policy = policy.with_signers(SignerPolicy(enclave_pcr0=pcr0.hex()))
+    keys, coordinator_key = prepare(state, policy)
     enclave = launch(state, out)
     roots = [(state / "sim-ca" / "root.pem").read_bytes()]    # the simulated root, trusted explicitly
     sent: dict[str, dict] = {sid: {} for sid in policy.ids}

@@ -20,7 +20,7 @@ from ..engine.aggregator import Aggregator
 from ..engine.calibration import PrivateCalibration, hedge_baseline, stored_weights
 from ..engine.ledger import Ledger
 from ..errors import ParameterError
-from ..log.writer import LogWriter, operator_signer
+from ..log.writer import LogWriter, name_signers, operator_signer
 from ..mechanism.filter import BudgetFilter
 from ..noise import NoiseSource
 from ..policy import ConsortiumPolicy
@@ -116,6 +116,7 @@ def run_demo(*, out: Path, state: Path, num_sources: int = 5, num_queries: int =
     num_sources = len(policy.sources)
     state.mkdir(parents=True, exist_ok=True)
     os.chmod(state, 0o700)
+    policy = name_signers(policy, state, backend)
 
     ledger = Ledger(state / "ledger.sqlite", policy)
     try:

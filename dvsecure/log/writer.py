@@ -26,6 +26,7 @@ from pathlib import Path
 from ..engine.ledger import Ledger, LedgerRecord
 from ..errors import LogError
 from . import entry
+from . import signers as signer_slots
 from .merkle import CompactRange, leaf_hash
 from .note import Checkpoint, Signer, generate_signer, parse_note, sign_checkpoint
 
@@ -43,8 +44,12 @@ def checkpoint_name(size: int) -> str:
     return f"{size:012d}{CHECKPOINT_SUFFIX}"
 
 
-def key_file_name(signer_name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in signer_name) + KEY_SUFFIX
+def key_file_name(vkey: str) -> str:
+    """keys/<name>_<key id>.vkey: one file per key, even when a replaced key and its
+    successor share a name."""
+    name, _, rest = vkey.partition("+")
+    key_id = rest.partition("+")[0]
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) + "_" + key_id + KEY_SUFFIX
 
 
 def fsync_dir(path: Path) -> None:
@@ -73,13 +78,30 @@ def operator_signer(state_dir: Path, policy) -> Signer:
     if path.exists():
         return Signer.from_key_string(path.read_text().strip())
     path.parent.mkdir(parents=True, exist_ok=True)
-    skey, _ = generate_signer(f"{entry.log_origin(policy)}/operator")
+    # Named after the consortium, not the policy digest: the policy names this key.
+    name = "".join(c if c.isalnum() or c in "-_." else "-" for c in policy.name)
+    skey, _ = generate_signer(f"dvsecure/{name}/operator")
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, stat.S_IRUSR | stat.S_IWUSR)
     with os.fdopen(fd, "w") as f:
         f.write(skey + "\n")
         f.flush()
         os.fsync(f.fileno())
     return Signer.from_key_string(skey)
+
+
+def name_signers(policy, state_dir: Path, backend=None):
+    """`policy`, naming who must sign its log (DESIGN §5): the operator's key (made in
+    `state_dir` on first use) and, when `backend` has computing parties, each party's
+    cosigning key (`signer_keys()`). A policy that names its signers already is
+    returned as it is: the sources agreed to that one."""
+    from ..policy import SignerPolicy
+
+    if policy.signers is not None:
+        return policy
+    operator = operator_signer(state_dir, policy)
+    parties = tuple(backend.signer_keys()) if hasattr(backend, "signer_keys") else ()
+    return policy.with_signers(SignerPolicy(operator=signer_slots.public_key_b64(operator.verifier_key_string),
+                                            parties=parties))
 
 
 class LogWriter:
@@ -90,10 +112,14 @@ class LogWriter:
     covered by a signers entry inside the tree it commits to. A signer's role is
     its `role` attribute if it has one (a `note.DelegatedSigner` of an MPC
     party), else `role`.
+
+    The signers must be the ones the policy names (log/signers.py): the first set
+    exactly, a later one may replace a slot's key only if the replaced key is given
+    in `retiring`, which then cosigns the first checkpoint after the change.
     """
 
     def __init__(self, log_dir: str | Path, ledger: Ledger, signers: list[Signer], role: str = "operator",
-                 attestations: dict[str, str] | None = None):
+                 attestations: dict[str, str] | None = None, retiring: list[Signer] = ()):
         if not signers:
             raise LogError("a log needs at least one checkpoint signer")
         self.dir = Path(log_dir)
@@ -111,9 +137,9 @@ class LogWriter:
                 raise LogError(f"{self.dir / POLICY} differs from the policy this ledger was created with")
         else:
             write_atomic(self.dir / POLICY, policy_bytes)
-        self._record_signers(role, attestations or {})
+        self._retiring = self._record_signers(role, attestations or {}, list(retiring))
         for s in self.signers:
-            path = self.dir / KEYS / key_file_name(s.name)
+            path = self.dir / KEYS / key_file_name(s.verifier_key_string)
             want = (s.verifier_key_string + "\n").encode()
             if not path.exists():
                 write_atomic(path, want)
@@ -126,19 +152,47 @@ class LogWriter:
         if self._previous > self.size:
             raise LogError(f"a checkpoint of size {self._previous} exists but the log holds {self.size} entries")
 
-    def _record_signers(self, role: str, attestations: dict[str, str]) -> None:
+    def _record_signers(self, role: str, attestations: dict[str, str], retiring: list[Signer]) -> list[Signer]:
+        """Record the signer set unless it is the latest one; return the replaced keys
+        that must cosign the next checkpoint."""
         keys = [entry.SignerKey(name=s.name, vkey=s.verifier_key_string, role=getattr(s, "role", role),
                                 attestation=attestations.get(s.name)) for s in self.signers]
-        latest = None
-        for rec in self.ledger.records(kind=entry.SIGNERS):
-            latest = rec
-        if latest is not None and latest.keys == keys:
-            return
+        history = [rec for rec in self.ledger.records(kind=entry.SIGNERS)]
+        required = self.ledger.policy.signers
+        if history and history[-1].keys == keys:
+            # Restarted before the first checkpoint after a key change: that one still needs the old key.
+            covered = any(int(p.name[:12]) > history[-1].seq
+                          for p in (self.dir / CHECKPOINTS).glob(f"*{CHECKPOINT_SUFFIX}"))
+            if required is None or len(history) < 2 or covered:
+                return []
+            return self._consent(required, history[-2].keys, keys, retiring)
+        if required is not None:
+            slots, problems = signer_slots.assign_slots(required, keys)
+            if not history:
+                problems += signer_slots.initial_problems(required, slots)
+            if problems:
+                raise LogError("these checkpoint signers are not the ones the policy names: " + "; ".join(problems))
+        consent = self._consent(required, history[-1].keys, keys, retiring) if history and required else []
         seq = self.ledger.next_seq()
 
         def render(seq, spent, charged) -> bytes:
             return entry.encode(entry.Signers(v=entry.VERSION, seq=seq, query_id=f"signers-{seq}", keys=keys))
         self.ledger.commit([LedgerRecord(f"signers-{seq}", entry.SIGNERS, (), render)])
+        return consent
+
+    @staticmethod
+    def _consent(required, before, after, retiring: list[Signer]) -> list[Signer]:
+        """The retiring signers whose keys `after` replaces (LogError if one is not given)."""
+        old, _ = signer_slots.assign_slots(required, before)
+        new, _ = signer_slots.assign_slots(required, after)
+        by_key = {r.verifier_key_string: r for r in retiring}
+        out = []
+        for slot, was, _ in signer_slots.rotations(old, new):
+            if was.vkey not in by_key:
+                raise LogError(f"the signer set replaces the key of slot {slot} ({was.name!r}); the replaced key "
+                               "must cosign the first checkpoint after the change: pass it as retiring")
+            out.append(by_key[was.vkey])
+        return out
 
     def _load(self) -> None:
         """Read the existing entries, cut a torn tail, and check every entry is the
@@ -180,6 +234,7 @@ class LogWriter:
         if path.exists():
             return Checkpoint.parse(parse_note(path.read_bytes())[0])
         cp = Checkpoint(self.origin, self.size, self._tree.root(), (f"{PREVIOUS}{self._previous}",))
-        write_atomic(path, sign_checkpoint(cp, self.signers))
+        write_atomic(path, sign_checkpoint(cp, self.signers + self._retiring))
         self._previous = cp.size
+        self._retiring = []         # consent is given once, on the first checkpoint after the change
         return cp

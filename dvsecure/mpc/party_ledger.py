@@ -36,6 +36,7 @@ import numpy as np
 from ..accounting.charges import query_charges
 from ..errors import BudgetExceededError, DvsecureError, LedgerError
 from ..log import entry
+from ..log import signers as signer_slots
 from ..log.merkle import CompactRange, leaf_hash
 from ..log.note import Checkpoint
 
@@ -205,6 +206,11 @@ class PartyLedger:
             elif isinstance(e, entry.Signers):
                 if self.signer_vkey not in [k.vkey for k in e.keys]:
                     raise CosignError(f"signers entry {seq} does not name this party's key")
+                if self.policy.signers is not None:
+                    # The set the sources agreed to: no slot dropped, added or given another role.
+                    _, problems = signer_slots.assign_slots(self.policy.signers, e.keys)
+                    if problems:
+                        raise CosignError(f"signers entry {seq} is not the policy's signer set: {'; '.join(problems)}")
             elif isinstance(e, entry.Query):
                 if e.query_id in seen:
                     raise CosignError(f"entry {seq}: query {e.query_id!r} appears twice")

@@ -222,7 +222,7 @@ def fetch_log(conn: Connection, policy: ConsortiumPolicy, dest: str | Path) -> P
         e = E.decode(line)
         if isinstance(e, E.Signers):
             for k in e.keys:
-                write_atomic(dest / KEYS / key_file_name(k.name), (k.vkey + "\n").encode())
+                write_atomic(dest / KEYS / key_file_name(k.vkey), (k.vkey + "\n").encode())
     return dest
 
 

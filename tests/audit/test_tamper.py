@@ -54,7 +54,7 @@ def test_clean_log_audits_and_matches_the_ledger(copy):
     report = audit(log, allow_nonprivate=True)
     assert report.ok, [str(f) for f in report.findings]
     assert report.non_private_entries == report.entries - 2          # every query/calibration entry
-    with Ledger(state / "ledger.sqlite", default_policy()) as ledger:
+    with Ledger(state / "ledger.sqlite", ConsortiumPolicy.load(log / "policy.toml")) as ledger:
         spent = ledger.spent()
     assert {s.id: s.spent_rho for s in report.sources} == {k: float(v) for k, v in spent.items()}
     assert all(s.spent_rho <= s.budget_rho for s in report.sources)

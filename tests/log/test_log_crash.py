@@ -20,19 +20,20 @@ from dvsecure.audit.check import audit
 from dvsecure.engine.aggregator import Aggregator
 from dvsecure.engine.ledger import Ledger
 from dvsecure.errors import LogError
-from dvsecure.log.writer import ENTRIES, LogWriter, operator_signer
+from dvsecure.log.writer import ENTRIES, LogWriter, name_signers, operator_signer
 from dvsecure.noise import make_noise
 from dvsecure.policy import Budget, ConsortiumPolicy, MechanismPolicy, SourcePolicy
 
 NUM_CLASSES = 3
 
 
-def make_policy() -> ConsortiumPolicy:
-    return ConsortiumPolicy(sources=(
+def make_policy(state: Path) -> ConsortiumPolicy:
+    """The policy, naming the operator key kept in `state` as its log's signer."""
+    return name_signers(ConsortiumPolicy(sources=(
         SourcePolicy("alpha", 0.1, 0.6, Budget("rho", 3.0)),
         SourcePolicy("beta", 0.05, 0.4, Budget("rho", 2.0), on_exhaustion="shrink", votes="simplex"),
         SourcePolicy("gamma", 0.0, 0.5, Budget("rdp", 4.0, order=2.0)),
-    ), mechanism=MechanismPolicy("confident_gnmax", 1.0, sigma1=1.5, threshold=0.6), name="log-crash")
+    ), mechanism=MechanismPolicy("confident_gnmax", 1.0, sigma1=1.5, threshold=0.6), name="log-crash"), state)
 
 
 def votes(q: int) -> dict:
@@ -69,7 +70,7 @@ print("finished")
 
 def _run_child(tmp_path: Path, kill_at: int) -> subprocess.CompletedProcess:
     policy_file = tmp_path / "policy-in.toml"
-    policy_file.write_text(make_policy().to_toml())
+    policy_file.write_text(make_policy(tmp_path / "state").to_toml())
     return subprocess.run([sys.executable, "-c", CHILD, str(policy_file), str(tmp_path / "state"),
                            str(tmp_path / "log"), str(Path(__file__).parent), str(kill_at)],
                           capture_output=True, text=True, timeout=120)
@@ -79,7 +80,7 @@ def test_kill_between_ledger_commit_and_log_append(tmp_path):
     kill_at = 7                                   # seq 7: genesis, signers, then q0..q5 went through
     proc = _run_child(tmp_path, kill_at)
     assert proc.returncode == -9, proc.stderr
-    policy = make_policy()
+    policy = make_policy(tmp_path / "state")
     log_dir, state = tmp_path / "log", tmp_path / "state"
 
     lagging = audit(log_dir, allow_nonprivate=True)
@@ -107,8 +108,8 @@ def test_kill_between_ledger_commit_and_log_append(tmp_path):
 
 
 def _small_log(tmp_path: Path):
-    policy = make_policy()
     state, log_dir = tmp_path / "state", tmp_path / "log"
+    policy = make_policy(state)
     ledger = Ledger(state / "ledger.sqlite", policy)
     writer = LogWriter(log_dir, ledger, [operator_signer(state, policy)])
     agg = Aggregator(policy, ledger, noise=make_noise("seeded", 1), log=writer)

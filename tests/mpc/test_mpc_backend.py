@@ -286,7 +286,7 @@ def test_a_killed_party_fails_the_batch_and_records_nothing(tmp_path):
     ledgers) answer the same queries, charged once by the operator, and the log,
     cosigned by every party across the restart, audits clean."""
     from dvsecure.audit.check import audit
-    from dvsecure.log.writer import LogWriter, operator_signer
+    from dvsecure.log.writer import LogWriter, name_signers, operator_signer
     from dvsecure.mpc.party_ledger import PartyLedger
 
     policy = ConsortiumPolicy(sources=tuple(SourcePolicy(f"src{i}", 0.25, 0.25, Budget("rho", 10.0))
@@ -295,6 +295,7 @@ def test_a_killed_party_fails_the_batch_and_records_nothing(tmp_path):
     state, log_dir = tmp_path / "state", tmp_path / "log"
     lost = [(f"lost-{k}", {"src0": k % 2, "src1": 0}) for k in range(300)]
     backend = MPCBackend(timeout=60, state_dir=str(state / "parties"))
+    policy = name_signers(policy, state, backend)
     try:
         with Ledger(state / "k.sqlite", policy) as ledger:
             log = LogWriter(log_dir, ledger, [operator_signer(state, policy), *backend.cosigners(ledger)])

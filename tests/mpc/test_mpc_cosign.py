@@ -12,8 +12,9 @@ from dvsecure.audit.check import audit
 from dvsecure.backends.base import Backend, BackendOutput
 from dvsecure.backends.mpc import MPCBackend
 from dvsecure.engine.aggregator import Aggregator
-from dvsecure.engine.ledger import Ledger
-from dvsecure.log.writer import LogWriter, operator_signer
+from dvsecure.engine.ledger import Ledger, LedgerRecord
+from dvsecure.log import entry as E
+from dvsecure.log.writer import LogWriter, name_signers, operator_signer
 from dvsecure.mechanism.release import Release
 from dvsecure.mpc.parties import PartyError
 from dvsecure.noise import make_noise
@@ -37,7 +38,8 @@ def policy(name: str, budget: float = 10.0) -> ConsortiumPolicy:
 
 
 def operator(tmp_path, pol, backend):
-    ledger = Ledger(tmp_path / "ledger.sqlite", pol)
+    """The operator's ledger and log, under `pol` naming the operator and the parties as signers."""
+    ledger = Ledger(tmp_path / "ledger.sqlite", name_signers(pol, tmp_path, backend))
     log = LogWriter(tmp_path / "log", ledger, [operator_signer(tmp_path, pol), *backend.cosigners(ledger)])
     return ledger, log
 
@@ -49,7 +51,7 @@ def test_checkpoints_carry_every_partys_signature(mpc, tmp_path):
     pol = policy("cosign-ok")
     ledger, log = operator(tmp_path, pol, mpc)
     with ledger:
-        agg = Aggregator(pol, ledger, backend=mpc, noise=make_noise("no_noise"), log=log)
+        agg = Aggregator(ledger.policy, ledger, backend=mpc, noise=make_noise("no_noise"), log=log)
         agg.query_batch([(f"q{i}", VOTES) for i in range(3)], 2)
     assert audit(tmp_path / "log", allow_nonprivate=True).ok
     latest = sorted((tmp_path / "log" / "checkpoints").iterdir())[-1]
@@ -81,10 +83,10 @@ def test_a_forged_label_gets_no_cosignature(mpc, tmp_path):
     pol = policy("cosign-forged")
     ledger, log = operator(tmp_path, pol, mpc)
     with ledger:
-        honest = Aggregator(pol, ledger, backend=mpc, noise=make_noise("no_noise"), log=log)
+        honest = Aggregator(ledger.policy, ledger, backend=mpc, noise=make_noise("no_noise"), log=log)
         honest.query("honest", VOTES, 2)
         good = log.size
-        liar = Aggregator(pol, ledger, backend=LyingAggregatorBackend(mpc), noise=make_noise("no_noise"), log=log)
+        liar = Aggregator(ledger.policy, ledger, backend=LyingAggregatorBackend(mpc), noise=make_noise("no_noise"), log=log)
         with pytest.raises(PartyError, match="label differs"):
             liar.query("forged", VOTES, 2)
     names = sorted(p.name for p in (tmp_path / "log" / "checkpoints").iterdir())
@@ -97,7 +99,7 @@ def test_a_revealed_query_missing_from_the_log_gets_no_cosignature(mpc, tmp_path
     pol = policy("cosign-omitted")
     ledger, log = operator(tmp_path, pol, mpc)
     with ledger:
-        agg = Aggregator(pol, ledger, backend=mpc, noise=make_noise("no_noise"), log=log)
+        agg = Aggregator(ledger.policy, ledger, backend=mpc, noise=make_noise("no_noise"), log=log)
         agg.query("first", VOTES, 2)
         # The operator has the parties answer a query and never logs (or charges) it.
         gammas = np.full((1, 3), 8192, dtype=np.int64)
@@ -130,3 +132,27 @@ def test_a_spend_past_a_budget_is_refused_by_the_parties(mpc, tmp_path):
     out = mpc.evaluate(np.array([[8192, 8192, 8192]], dtype=np.int64), [[1, 1, 0]], ["one-hot"] * 3, 2,
                        pol.mechanism, make_noise("no_noise"), query_ids=["within"])
     assert out[0].release.label == 1
+
+
+def test_a_signers_entry_dropping_a_party_gets_no_cosignature(mpc, tmp_path):
+    """Issue 10, attack 1 at the parties: the operator records a signer set naming
+    itself and two parties (around the LogWriter, which refuses it) and asks for
+    cosignatures: every honest party checks the set against the policy and refuses."""
+    pol = policy("cosign-signers")
+    ledger, log = operator(tmp_path, pol, mpc)
+    with ledger:
+        agg = Aggregator(ledger.policy, ledger, backend=mpc, noise=make_noise("no_noise"), log=log)
+        agg.query("before", VOTES, 2)
+        good = log.size
+        current = [rec for rec in ledger.records(kind=E.SIGNERS)][-1].keys
+        fewer = [k for k in current if k.name != "dvsecure-mpc-party-2"]
+        assert len(fewer) == len(current) - 1
+
+        def render(seq, spent, charged):
+            return E.encode(E.Signers(v=E.VERSION, seq=seq, query_id=f"signers-{seq}", keys=fewer))
+        ledger.commit([LedgerRecord("signers-forged", E.SIGNERS, (), render)])
+        with pytest.raises(PartyError, match="not the policy's signer set"):
+            log.sync()
+    names = sorted(p.name for p in (tmp_path / "log" / "checkpoints").iterdir())
+    assert int(names[-1][:12]) == good          # nothing covers the forged signer set
+    assert not audit(tmp_path / "log", allow_nonprivate=True).ok

@@ -15,7 +15,7 @@ from dvsecure.engine.aggregator import Aggregator
 from dvsecure.engine.ledger import Ledger
 from dvsecure.errors import ParameterError, PartyRefusal
 from dvsecure.log import entry
-from dvsecure.log.writer import LogWriter, operator_signer
+from dvsecure.log.writer import LogWriter, name_signers, operator_signer
 from dvsecure.mpc.client import PartySubmitter
 from dvsecure.mpc.sharing import _DOMAIN as SIGNING_DOMAIN
 from dvsecure.mpc.sharing import ShareSubmission, Signed
@@ -37,9 +37,10 @@ def deployment(tmp_path_factory):
     principals = tmp / "principals.json"
     principals.write_text(Principals(sources={s: k.verify_key for s, k in KEYS.items()}, coordinators={}).to_json())
     backend = MPCBackend(num_parties=3, timeout=120, principals=principals, state_dir=str(tmp / "parties"))
-    ledger = Ledger(tmp / "ledger.sqlite", POLICY)
-    log = LogWriter(tmp / "log", ledger, [operator_signer(tmp, POLICY), *backend.cosigners(ledger)])
-    agg = Aggregator(POLICY, ledger, backend=backend, noise=make_noise("no_noise"), log=log)
+    policy = name_signers(POLICY, tmp, backend)
+    ledger = Ledger(tmp / "ledger.sqlite", policy)
+    log = LogWriter(tmp / "log", ledger, [operator_signer(tmp, policy), *backend.cosigners(ledger)])
+    agg = Aggregator(policy, ledger, backend=backend, noise=make_noise("no_noise"), log=log)
     endpoints = backend.endpoints()
     sources = {sid: PartySubmitter(sid, key, endpoints) for sid, key in KEYS.items()}
     try:

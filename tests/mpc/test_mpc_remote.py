@@ -4,6 +4,7 @@ party 0. The released labels are the plaintext backend's, every party cosigns,
 and each remote party enforces the policy it was started with."""
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
@@ -14,10 +15,11 @@ from dvsecure.audit.check import audit
 from dvsecure.backends.mpc import MPCBackend
 from dvsecure.engine.aggregator import Aggregator
 from dvsecure.engine.ledger import Ledger
+from dvsecure.log.signers import public_key_b64
 from dvsecure.log.writer import LogWriter, operator_signer
 from dvsecure.mpc.parties import PartyError
 from dvsecure.noise import make_noise
-from dvsecure.policy import Budget, ConsortiumPolicy, MechanismPolicy, SourcePolicy
+from dvsecure.policy import Budget, ConsortiumPolicy, MechanismPolicy, SignerPolicy, SourcePolicy
 
 pytestmark = pytest.mark.slow
 
@@ -32,8 +34,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def signed_policy(tmp_path) -> ConsortiumPolicy:
+    """POLICY naming its signers: the operator's key and each party's, as every party
+    publishes it (`dvsecure party --show-key`; rank 0 is the coordinator's own)."""
+    keys = [json.loads(subprocess.run([sys.executable, "-m", "dvsecure.cli", "party", "--show-key", "--rank", str(r),
+                                       "--state", str(tmp_path / (f"remote-{r}" if r else "local/party-0"))],
+                                      capture_output=True, text=True, check=True, timeout=60).stdout)["cosign_key"]
+            for r in range(3)]
+    operator = operator_signer(tmp_path, POLICY)
+    return POLICY.with_signers(SignerPolicy(operator=public_key_b64(operator.verifier_key_string),
+                                            parties=tuple(keys)))
+
+
 def start_remote(tmp_path, url: str, *extra: str) -> list[subprocess.Popen]:
-    (tmp_path / "policy.toml").write_text(POLICY.to_toml())
+    (tmp_path / "policy.toml").write_text(signed_policy(tmp_path).to_toml())
     cmd = [sys.executable, "-m", "dvsecure.cli", "party", "--world-size", "3", "--rendezvous", url]
     procs = [subprocess.Popen(cmd + ["--rank", str(r), "--state", str(tmp_path / f"remote-{r}"),
                                      "--policy", str(tmp_path / "policy.toml"), *extra])
@@ -60,10 +74,10 @@ def test_remote_parties_release_and_cosign(tmp_path):
     backend = MPCBackend(num_parties=3, timeout=120, rendezvous=url, spawn_ranks=[0],
                          state_dir=str(tmp_path / "local"))
     try:
-        with Ledger(tmp_path / "ledger.sqlite", POLICY) as ledger:
+        with Ledger(tmp_path / "ledger.sqlite", ConsortiumPolicy.load(tmp_path / "policy.toml")) as ledger:
             log = LogWriter(tmp_path / "log", ledger,
-                            [operator_signer(tmp_path, POLICY), *backend.cosigners(ledger)])
-            agg = Aggregator(POLICY, ledger, backend=backend, noise=make_noise("no_noise"), log=log)
+                            [operator_signer(tmp_path, ledger.policy), *backend.cosigners(ledger)])
+            agg = Aggregator(ledger.policy, ledger, backend=backend, noise=make_noise("no_noise"), log=log)
             votes = [{"src0": c % 4, "src1": c % 4, "src2": (c + 1) % 4} for c in range(12)]
             results = agg.query_batch([(f"r{i}", v) for i, v in enumerate(votes)], 4)
             assert [r.label for r in results] == [c % 4 for c in range(12)]
@@ -80,13 +94,13 @@ def test_a_remote_party_refuses_non_private_noise_unless_allowed(tmp_path):
     backend = MPCBackend(num_parties=3, timeout=120, rendezvous=url, spawn_ranks=[0],
                          state_dir=str(tmp_path / "local"))
     try:
-        with Ledger(tmp_path / "ledger.sqlite", POLICY) as ledger:
-            agg = Aggregator(POLICY, ledger, backend=backend, noise=make_noise("no_noise"))
+        with Ledger(tmp_path / "ledger.sqlite", ConsortiumPolicy.load(tmp_path / "policy.toml")) as ledger:
+            agg = Aggregator(ledger.policy, ledger, backend=backend, noise=make_noise("no_noise"))
             with pytest.raises(PartyError, match="party 1: noise mode 'no_noise' refused"):
                 agg.query("q", {"src0": 1, "src1": 1, "src2": 0}, 2)
             assert ledger.next_seq() == 1          # nothing recorded: only the genesis entry
             # Private noise is accepted by the same parties, which stayed ready.
-            agg = Aggregator(POLICY, ledger, backend=backend, noise=make_noise("private"))
+            agg = Aggregator(ledger.policy, ledger, backend=backend, noise=make_noise("private"))
             assert agg.query("q", {"src0": 1, "src1": 1, "src2": 0}, 2).answered
     finally:
         backend.close()
@@ -111,9 +125,9 @@ def test_remote_parties_take_the_sources_shares_over_grpc(tmp_path):
     backend = MPCBackend(num_parties=3, timeout=120, rendezvous=url, spawn_ranks=[0], principals=principals,
                          state_dir=str(tmp_path / "local"))
     try:
-        with Ledger(tmp_path / "ledger.sqlite", POLICY) as ledger:
-            log = LogWriter(tmp_path / "log", ledger, [operator_signer(tmp_path, POLICY), *backend.cosigners(ledger)])
-            agg = Aggregator(POLICY, ledger, backend=backend, noise=make_noise("private"), log=log)
+        with Ledger(tmp_path / "ledger.sqlite", ConsortiumPolicy.load(tmp_path / "policy.toml")) as ledger:
+            log = LogWriter(tmp_path / "log", ledger, [operator_signer(tmp_path, ledger.policy), *backend.cosigners(ledger)])
+            agg = Aggregator(ledger.policy, ledger, backend=backend, noise=make_noise("private"), log=log)
             endpoints = backend.endpoints()
             assert endpoints[1]["tls"] == (tmp_path / "remote-1" / "tls.pem").read_bytes()   # published by party 1
             qids = [f"g{i}" for i in range(4)]

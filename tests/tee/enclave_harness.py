@@ -10,7 +10,7 @@ from pathlib import Path
 
 from dvsecure.audit.check import audit
 from dvsecure.demo.enclave import COORDINATOR, launch, prepare
-from dvsecure.policy import Budget, ConsortiumPolicy, MechanismPolicy, SourcePolicy
+from dvsecure.policy import Budget, ConsortiumPolicy, MechanismPolicy, SignerPolicy, SourcePolicy
 from dvsecure.tee.client import (
     CoordinatorClient,
     SourceClient,
@@ -24,7 +24,8 @@ from dvsecure.tee.protocol import enclave_measurement
 
 POLICY = ConsortiumPolicy(
     sources=tuple(SourcePolicy(f"src{i}", 0.25, 0.5, Budget("rho", 1e6)) for i in range(3)),
-    mechanism=MechanismPolicy("confident_gnmax", sigma2=0.5, sigma1=0.5, threshold=0.3), name="enclave-test")
+    mechanism=MechanismPolicy("confident_gnmax", sigma2=0.5, sigma1=0.5, threshold=0.3), name="enclave-test",
+    signers=SignerPolicy(enclave_pcr0=enclave_measurement().hex()))      # the attested enclave signs
 CLASSES = 4
 
 

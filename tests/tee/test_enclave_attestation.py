@@ -46,7 +46,7 @@ def test_trusted_simulated_attestation_binds_the_keys_the_log_uses(dep):
     assert len(signers) == 1 and [k.role for k in signers[0].keys] == ["enclave"]
     key = signers[0].keys[0]
     assert key.vkey == ident.signer_vkey and key.attestation
-    assert (dep.out / KEYS / key_file_name(key.name)).read_text() == key.vkey + "\n"
+    assert (dep.out / KEYS / key_file_name(key.vkey)).read_text() == key.vkey + "\n"
     assert check_attested_signers(dep.out, expected_pcr0=dep.pcr0, expected_principals=dep.principals,
                                   trusted_sim_roots=dep.roots) == []
     assert verify_checkpoint_from(dep.conn, ident).size == 2      # genesis + signers

@@ -97,7 +97,11 @@ def test_the_cli_runs_the_enclave_demo_and_refuses_non_private_noise(tmp_path, c
     assert main(["demo", "--backend", "enclave", "--out", "o", "--queries", "20", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["backend"] == "enclave" and data["audit"]["ok"] and len(data["labels"]) == 20
-    assert main(["audit", str(tmp_path / "o")]) == 0
+    # The policy names the attested enclave as its signer, so the audit checks the
+    # attestations unasked: a simulated one passes only with its root trusted by name.
+    assert main(["audit", str(tmp_path / "o")]) == 1
+    assert "sim_untrusted" in capsys.readouterr().out
+    assert main(["audit", str(tmp_path / "o"), "--trust-sim-root", str(tmp_path / "o.state" / "sim-ca" / "root.pem")]) == 0
     capsys.readouterr()
     assert main(["demo", "--backend", "enclave", "--no-noise", "--out", str(tmp_path / "n")]) == 2
     assert "private noise only" in capsys.readouterr().err
