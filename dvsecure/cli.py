@@ -69,6 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--enclave-principals", type=Path, metavar="FILE",
                    help="with --enclave-pcr0: every attested instance must have run with exactly this "
                         "principals file (who may submit in a source's name)")
+    a.add_argument("--submissions", type=Path, metavar="FILE",
+                   help="a source's own submissions (JSON lines: query_id, vote, nonce): each must be logged "
+                        "with its commitment, not as absent, and not as invalid if the vote is valid; the source "
+                        "is the receipt's, or --source")
     a.add_argument("--json", action="store_true", help="print one JSON object")
 
     b = sub.add_parser("bench", help="measure the MPC secure pipeline against CrypTen's own argmax")
@@ -140,7 +144,8 @@ def _audit(args) -> int:
     if args.enclave_pcr0:
         attested = _attested_signer_problems(args)
     report = audit(args.path, source=args.source, policy=args.policy, witness=args.witness,
-                   trusted_keys=[_key_arg(k) for k in args.trust_key], allow_nonprivate=args.allow_nonprivate)
+                   trusted_keys=[_key_arg(k) for k in args.trust_key], allow_nonprivate=args.allow_nonprivate,
+                   submissions=args.submissions)
     for problem in attested or ():
         report.add("attestation", problem)          # part of the verdict, in the header and the exit code
     if args.json:

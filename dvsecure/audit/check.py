@@ -47,7 +47,8 @@ MAX_PER_CHECK = 20          # findings listed per check; the rest are counted
 @dataclass(frozen=True)
 class Finding:
     check: str                  # file | entry | sequence | genesis | policy | signers | checkpoint | merkle
-                                # | fork | band | status | charge | spend | budget | release | non-private
+                                # | fork | band | status | filter | charge | spend | budget | release
+                                # | non-private | submission
     message: str
     seq: int | None = None
     file: str | None = None
@@ -449,9 +450,12 @@ def _sorted_seqs(seqs, r) -> bool:
 
 def audit(path: str | Path, *, source: str | None = None, policy: str | Path | None = None,
           witness: str | Path | None = None, trusted_keys: list[str] = (),
-          allow_nonprivate: bool = False, workers: int | None = None) -> AuditReport:
+          allow_nonprivate: bool = False, workers: int | None = None,
+          submissions: str | Path | None = None) -> AuditReport:
     """Audit a log directory or an exported receipt (a directory with receipt.json).
-    `workers`: processes for the per-entry work (default: one per core on large logs)."""
+    `workers`: processes for the per-entry work (default: one per core on large logs).
+    `submissions`: the source's own submissions file (audit/submissions.py), checked
+    against the entries: the source is the receipt's, or `source`."""
     path = Path(path)
     if not path.is_dir():
         raise ParameterError(f"{path} is not a log directory or receipt")
@@ -550,11 +554,38 @@ def audit(path: str | Path, *, source: str | None = None, policy: str | Path | N
                   seq=head.size)
     a.witness_check(lambda m: roots.get(m))
 
+    if submissions is not None:
+        _check_submissions(a, policy_obj, submissions, data, seqs, qids)
     if policy_obj is not None:
         _report_sources(a, policy_obj, shards, complete)
     if head is not None:
         a.witness_update(head)
     return r
+
+
+def _check_submissions(a: _Audit, policy, path, data: bytes, seqs, qids) -> None:
+    from .submissions import check_submissions, load_submissions
+
+    if a.source is None:
+        raise ParameterError("--submissions needs --source (whose submissions they are) for a log directory")
+    items = load_submissions(path)
+    if policy is None:
+        a.r.add("submission", "the log's policy could not be established, so no submission can be checked")
+        return
+    wanted = {item.query_id for item in items}
+    index = {seq: i for i, seq in enumerate(seqs)} if a.r.kind == "receipt" else None
+    lines = data.split(b"\n")
+    found: dict[str, tuple[int, E.Query]] = {}
+    for q, seq in qids:
+        if q in wanted:
+            try:
+                e = E.decode(lines[seq if index is None else index[seq]])
+            except (msgspec.DecodeError, msgspec.ValidationError, KeyError, IndexError):
+                continue                    # reported as an entry finding already
+            if isinstance(e, E.Query):
+                found[q] = (seq, e)
+    for message, seq in check_submissions(items, found, policy, a.source):
+        a.r.add("submission", message, seq=seq)
 
 
 def _report_sources(a: _Audit, policy: ConsortiumPolicy, shards, complete) -> None:

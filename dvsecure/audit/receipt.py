@@ -47,7 +47,7 @@ def export_receipt(log_dir: str | Path, source_id: str, out: str | Path) -> Path
         raise ParameterError(f"source {source_id!r} is not in this log's policy")
     j, count = genesis.sources.index(source_id), len(genesis.sources)
 
-    picked, last = [], 0
+    picked, last = [], 0     # genesis, signers, the last entry, and the source's own
     for seq in range(size):
         e = E.decode(lines[seq])
         keep = isinstance(e, (E.Genesis, E.Signers)) or seq == size - 1
@@ -55,6 +55,9 @@ def export_receipt(log_dir: str | Path, source_id: str, out: str | Path) -> Path
             now = int(E.unpack(e.charged, "<u4", count)[j])
             keep = keep or now != last
             last = now
+        # Every query the source is not absent from, charged or not: an exclusion or an
+        # invalid verdict it can dispute is in its receipt (framing is visible to the framed).
+        keep = keep or (isinstance(e, E.Query) and e.status[j:j + 1] != "X")
         if keep:
             picked.append(seq)
 

@@ -30,6 +30,7 @@ import numpy as np
 from ..accounting.charges import CALIBRATION, GNMAX, THRESHOLD, Charge
 from ..errors import DvsecureError
 from ..log import entry as E
+from ..mechanism.filter import worst_case_unit
 from ..mechanism.fixedpoint import SCALE, gamma_to_fixed
 from ..policy import SHRINK, ConsortiumPolicy
 
@@ -276,6 +277,9 @@ def check_shard(data: bytes, begin: int, end: int, start: int, seqs: list[int], 
         rho_f[k, j] = float(rho)
         exact[j] += rho
 
+    per_query = np.array([type(e) is QT and e.backend != "mpc" for _, e in rows], bool)
+    wc_unit = float(worst_case_unit(mech))
+
     # Stated spends and counts against the recomputation, from the carry.
     charged = rho_f > 0
     carry_spent, carry_counts = _carry(data, begin, S)
@@ -312,6 +316,20 @@ def check_shard(data: bytes, begin: int, end: int, start: int, seqs: list[int], 
         over = np.nonzero(cum[:, j] > float(src.budget_rho))[0]
         if over.size:
             st.first_over = int(seq_arr[over[0]])
+        # The budget filter re-run (DESIGN §4): it is a function of public data, so an
+        # exclusion it did not require is framing. A backend that decides query by query
+        # sees the spend before each entry; an MPC batch reserves earlier queries' worst
+        # case, which the log does not show, so its exclusions are the parties' to check.
+        # A source is surely admitted when even the smallest weight its filter may give
+        # fits (gamma_min under "shrink"; under "exclude" any desired weight, so the
+        # ceiling), with a margin far wider than float rounding.
+        w = (lo[j] if src.on_exhaustion == SHRINK else hi[j]) / SCALE
+        fits = cum[:, j] + wc_unit * w * w < float(src.budget_rho) * (1 - 1e-9)
+        for k in np.nonzero(q[:, 0] & (status[:, j] == B) & per_query & fits)[0]:
+            add(("filter", f"source {sid!r} was excluded by the budget filter although it could afford this "
+                 f"query at weight {w} (spent {cum[k, j]:.6g} of {float(src.budget_rho):.6g}): an exclusion the "
+                 "filter does not make", int(seq_arr[k])))
+            break
     out.last_stated = stated[-1].copy() if n else None
     return out
 

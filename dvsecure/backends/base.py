@@ -49,8 +49,10 @@ class Backend:
 
     def evaluate(self, gammas_fixed: np.ndarray, submissions: Sequence[Sequence], kinds: Sequence[str],
                  num_classes: int, mechanism: MechanismPolicy, noise: NoiseSource,
-                 query_ids: Sequence[str] | None = None) -> list[BackendOutput]:
+                 query_ids: Sequence[str] | None = None, desired: np.ndarray | None = None) -> list[BackendOutput]:
         """gammas_fixed: int64[Q, S] public weights (0 = not taking part);
         submissions[q][s]: source s's vote for query q (None if absent);
-        query_ids: the ledger's ids of these queries."""
+        query_ids: the ledger's ids of these queries; desired: int64[S] the budget
+        filter's desired weights, from which gammas_fixed was decided (computing
+        parties re-run the filter with them)."""
         raise NotImplementedError

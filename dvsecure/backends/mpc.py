@@ -33,15 +33,13 @@ from nacl.signing import SigningKey
 
 from ..errors import ParameterError, VoteError
 from ..mechanism.release import Release
+from ..mpc.party_ledger import PARTIAL, REJECTED, UNOPENED
 from ..mpc.sharing import encode_batch, seal_submissions, wire_scale
 from ..noise import SEEDED
 from .base import FROM_SOURCES, Backend, BackendOutput
 
 TFP_WARNING = ("TFP Beaver triples: party 0 generates every triple in the clear and so could unmask "
                "every vote; this deployment protects nothing from party 0")
-REJECTED = "invalid: rejected by the parties' secure validation"
-UNOPENED = "invalid: a computing party could not open or verify the submission"
-PARTIAL = "invalid: not every computing party received the same submission"
 
 
 def _client_encoding(vote, num_classes: int, kind: str) -> np.ndarray | str:
@@ -199,7 +197,8 @@ class MPCBackend(Backend):
         return [int.from_bytes(hashlib.sha256(f"{noise.seed}/{self._batch}/{p}".encode()).digest()[:8], "big")
                 for p in range(self.num_parties)]
 
-    def evaluate(self, gammas_fixed, submissions, kinds, num_classes, mechanism, noise, query_ids=None):
+    def evaluate(self, gammas_fixed, submissions, kinds, num_classes, mechanism, noise, query_ids=None,
+                 desired=None):
         from nacl.public import PublicKey
 
         if self._policy is None:
@@ -214,8 +213,9 @@ class MPCBackend(Backend):
         if query_ids is None:
             query_ids = [f"batch{self._batch}/q{i}" for i in range(q_count)]
         query_ids = list(query_ids)
+        extra = {} if desired is None else {"desired": np.asarray(desired, dtype="<i8").tobytes()}
         if any(v is FROM_SOURCES for row in submissions for v in row):
-            return self._evaluate_from_sources(parties, gammas, query_ids, num_classes, noise)
+            return self._evaluate_from_sources(parties, gammas, query_ids, num_classes, noise, extra)
         if self.takes_votes_from_sources:
             raise ParameterError("these parties take votes only from the sources over gRPC: ask with FROM_SOURCES")
         problems = [[None] * s_count for _ in range(q_count)]
@@ -247,7 +247,7 @@ class MPCBackend(Backend):
             "source_keys": {sid: bytes(k.verify_key) for sid, k in self._source_keys.items()},
             "messages": per_party, "present": present.astype(np.uint8).tobytes(),
             "gammas": gammas.astype("<i8").tobytes(), "num_classes": num_classes,
-            "noise_mode": noise.mode, "noise_seeds": self._party_seeds(noise)})
+            "noise_mode": noise.mode, "noise_seeds": self._party_seeds(noise), **extra})
         valid, answered, labels, counts, agreed = _revealed(result, q_count, s_count)
         outputs = []
         for i in range(q_count):
@@ -260,7 +260,7 @@ class MPCBackend(Backend):
             outputs.append(BackendOutput(release, tuple(problems[i])))
         return outputs
 
-    def _evaluate_from_sources(self, parties, gammas, query_ids, num_classes, noise):
+    def _evaluate_from_sources(self, parties, gammas, query_ids, num_classes, noise, extra):
         """The sources sent each party its share over gRPC: the parties take them
         from their inboxes, and report who submitted and the commitments sent."""
         if not self.takes_votes_from_sources:
@@ -271,7 +271,7 @@ class MPCBackend(Backend):
             "op": "batch", "inbox": True, "policy": self._policy.to_toml(), "query_ids": query_ids,
             "source_ids": source_ids, "source_keys": {}, "messages": [[] for _ in range(self.num_parties)],
             "present": np.ones((q_count, s_count), np.uint8).tobytes(), "gammas": gammas.astype("<i8").tobytes(),
-            "num_classes": num_classes, "noise_mode": noise.mode, "noise_seeds": self._party_seeds(noise)})
+            "num_classes": num_classes, "noise_mode": noise.mode, "noise_seeds": self._party_seeds(noise), **extra})
         valid, answered, labels, counts, agreed = _revealed(result, q_count, s_count)
         commitments = np.frombuffer(result["commitments"], dtype=np.uint8).reshape(s_count, q_count, 32).copy()
         commitments[~agreed] = 0

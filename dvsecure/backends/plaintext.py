@@ -12,7 +12,8 @@ from .base import Backend, BackendOutput
 class PlaintextBackend(Backend):
     name = "plaintext"
 
-    def evaluate(self, gammas_fixed, submissions, kinds, num_classes, mechanism, noise, query_ids=None):
+    def evaluate(self, gammas_fixed, submissions, kinds, num_classes, mechanism, noise, query_ids=None,
+                 desired=None):
         gammas = np.array(gammas_fixed, dtype=np.int64, copy=True)
         q, s = gammas.shape
         votes = np.zeros((q, s, num_classes), dtype=np.int64)

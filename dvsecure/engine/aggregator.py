@@ -243,8 +243,9 @@ class Aggregator:
         # Decisions are on the 2**-16 grid, so scaling by 2**16 is exact.
         gammas = np.array([[d.gamma * 65536 for d in row] for row in rows], dtype=np.float64).astype(np.int64)
         gammas = gammas.reshape(len(rows), len(self.policy.sources))
+        desired = np.array([gamma_to_fixed(self.weights[sid]) for sid in self._id_list], dtype=np.int64)
         return self.backend.evaluate(gammas, submissions, self._kinds, num_classes, self.policy.mechanism,
-                                     self.noise, query_ids=query_ids)
+                                     self.noise, query_ids=query_ids, desired=desired)
 
     def _source_charges(self, gamma: float, answered: bool) -> tuple[tuple[Charge, ...], Fraction]:
         """A participant pays the threshold check (always, under Confident-GNMax)

@@ -8,6 +8,7 @@ from fractions import Fraction
 import numpy as np
 
 from ..errors import DvsecureError, LedgerError, SubmissionError
+from ..mechanism.filter import BudgetFilter
 from ..mechanism.fixedpoint import threshold_to_tally
 from ..noise import make_noise
 from ..policy import ONE_HOT
@@ -114,6 +115,62 @@ def _public_checks(cmd: dict, policy, world: int, inbox):
     return present, gammas, sigma1, sigma2
 
 
+def _filter_checks(cmd: dict, policy, ledger, gammas: np.ndarray) -> None:
+    """The coordinator's weights against the budget filter, re-run from public data
+    and this party's own spends: a source the filter admits for a query (at its
+    desired weight, or shrunk) must not get weight 0 — its floor gamma_min is what
+    it agreed to. Weights are decided before any vote is seen, so this holds
+    whether or not it submitted. This party's spends are never below the operator's
+    (a failed batch stays charged here), so an honest exclusion is one here too;
+    and a filter that excludes at some spend excludes at any larger one, so for each
+    source only its first weight-0 query needs the filter."""
+    desired = (np.frombuffer(cmd["desired"], dtype="<i8") if cmd.get("desired") is not None else
+               np.array([round(src.grid_max * 65536) for src in policy.sources], dtype=np.int64))
+    if desired.shape != (len(policy.sources),):
+        raise SubmissionError(f"the batch gives {desired.size} desired weights for {len(policy.sources)} sources")
+    flt = BudgetFilter(policy.mechanism)
+    spent = ledger.spent()
+    # Earlier queries of the batch reserve their worst case, as the coordinator's filter
+    # does: unit * (g / 2**16)**2 each, summed exactly as integers g**2.
+    before = np.cumsum(gammas ** 2, axis=0) - gammas ** 2
+    for j, src in enumerate(policy.sources):
+        zeros = np.nonzero(gammas[:, j] == 0)[0]
+        if not zeros.size:
+            continue
+        q = int(zeros[0])
+        provisional = spent[src.id] + flt.unit * Fraction(int(before[q, j]), 1 << 32)
+        d = flt.decide(src, int(desired[j]) / 65536, provisional, src.budget_rho)
+        if d.gamma > 0:
+            raise LedgerError(f"query {cmd['query_ids'][q]!r}: source {src.id!r} has budget for weight {d.gamma} "
+                              "but the coordinator gave it weight 0 (the budget filter does not exclude it)")
+
+
+def _seen(gammas_cmd: np.ndarray, present: np.ndarray, counts: np.ndarray, agreed: np.ndarray,
+          valid: np.ndarray, inbox: bool) -> list[str]:
+    """Per query, the letter of what this party saw of each source (party_ledger.SEEN_*)."""
+    from .party_ledger import SEEN_COUNTED, SEEN_EXCLUDED, SEEN_NOT_RELAYED, SEEN_NOTHING, SEEN_PARTIAL, SEEN_REJECTED
+
+    Q, S = gammas_cmd.shape
+    out = []
+    for q in range(Q):
+        row = []
+        for s in range(S):
+            if gammas_cmd[q, s] == 0:
+                row.append(SEEN_EXCLUDED)
+            elif inbox and counts[s, q] == 0:
+                row.append(SEEN_NOTHING)
+            elif not inbox and not present[q, s]:
+                row.append(SEEN_NOT_RELAYED)
+            elif not agreed[s, q]:
+                row.append(SEEN_PARTIAL)
+            elif not valid[s, q]:
+                row.append(SEEN_REJECTED)
+            else:
+                row.append(SEEN_COUNTED)
+        out.append("".join(row))
+    return out
+
+
 def evaluate_batch(crypten, cmd: dict, rank: int, world: int, party_key, ledger, peers, inbox=None) -> dict:
     """One batch at one party. Every public check comes first. Then it reveals,
     in order: how many parties hold each source's share of each query, whether
@@ -131,6 +188,7 @@ def evaluate_batch(crypten, cmd: dict, rank: int, world: int, party_key, ledger,
     error = None
     try:
         present, gammas_np, sigma1, sigma2 = _public_checks(cmd, policy, world, inbox)
+        _filter_checks(cmd, policy, ledger, gammas_np)
         seed = cmd["noise_seeds"][rank] if cmd.get("noise_seeds") else None
         noise = make_noise(cmd["noise_mode"], seed)
     except (DvsecureError, KeyError, IndexError) as e:
@@ -162,13 +220,19 @@ def evaluate_batch(crypten, cmd: dict, rank: int, world: int, party_key, ledger,
     valid = secure.validate(shared, one_hot)                                        # reveal: validity
     valid = valid & torch.from_numpy(present.T.copy()) & agreed
     gammas = torch.from_numpy(gammas_np) * valid.t().long()
+    # What this party saw of each source, checked against the log when it cosigns.
+    seen = _seen(gammas_np, present, counts.numpy(), agreed.numpy(), valid.numpy(), bool(cmd.get("inbox")))
+    mine = None
+    if commitments is not None:
+        mine = np.array(commitments, dtype=np.uint8, copy=True)
+        mine[~agreed.numpy()] = 0
     tallies = secure.tally(secure.to_tally_scale(shared, one_hot), gammas)
 
     # Worst-case charges (every query answered) checked and durable before any
     # answered bit can be reconstructed.
     error = None
     try:
-        ledger.record_charges(query_ids, gammas.numpy(), np.ones(Q, dtype=bool), cmd["noise_mode"])
+        ledger.record_charges(query_ids, gammas.numpy(), np.ones(Q, dtype=bool), cmd["noise_mode"], seen, mine)
     except Exception as e:             # a budget refusal, or a local fault (disk): every party stops in step
         error = str(e) if isinstance(e, DvsecureError) else f"{type(e).__name__}: {e}"
     peers.agree(error)

@@ -149,6 +149,7 @@ class _Batch(_Command, tag="batch"):
     noise_mode: str
     noise_seeds: list[int] | None = None
     inbox: bool = False
+    desired: bytes | None = None        # int64[S] the filter's desired weights (default: each ceiling)
 
 
 _command_decoder = msgspec.msgpack.Decoder(_Stop | _Keys | _Size | _Cosign | _Batch)

@@ -50,11 +50,31 @@ CREATE TABLE IF NOT EXISTS queries (
     answered INTEGER NOT NULL,
     noise TEXT NOT NULL,
     label INTEGER,                -- NULL until revealed
-    logged INTEGER NOT NULL DEFAULT 0
+    logged INTEGER NOT NULL DEFAULT 0,
+    seen TEXT,                    -- per source what this party saw (SEEN_*), policy order
+    commitments BLOB              -- 32*S bytes the sources sent this party (NULL if relayed)
 );
 CREATE TABLE IF NOT EXISTS leaves (idx INTEGER PRIMARY KEY, hash BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS logged (source_id TEXT PRIMARY KEY, spent TEXT NOT NULL, charged INTEGER NOT NULL);
 """
+
+
+# Why a party counted no vote for a source that had a weight (the log's invalid reasons).
+REJECTED = "invalid: rejected by the parties' secure validation"
+UNOPENED = "invalid: a computing party could not open or verify the submission"
+PARTIAL = "invalid: not every computing party received the same submission"
+
+# What a party saw of each source in each query, and the status letters (log/entry.py)
+# that this allows in the log entry it later cosigns.
+SEEN_EXCLUDED = "B"       # weight 0 in the command: the coordinator's budget filter excluded it
+SEEN_NOTHING = "X"        # no share reached any party (over gRPC): absent
+SEEN_NOT_RELAYED = "x"    # relayed batch, no share relayed: absent, or refused by the coordinator's encoder
+SEEN_PARTIAL = "P"        # not every party holds the same share: invalid (PARTIAL / UNOPENED)
+SEEN_REJECTED = "R"       # the secure validation rejected it: invalid (REJECTED)
+SEEN_COUNTED = "V"        # counted with its weight: active or shrunk
+_ALLOWED = {SEEN_EXCLUDED: {"B": None}, SEEN_NOTHING: {"X": None}, SEEN_NOT_RELAYED: {"X": None, "I": "invalid: "},
+            SEEN_PARTIAL: {"I": (PARTIAL, UNOPENED)}, SEEN_REJECTED: {"I": (REJECTED,)},
+            SEEN_COUNTED: {"A": None, "S": None}}
 
 
 class CosignError(DvsecureError):
@@ -82,6 +102,10 @@ class PartyLedger:
             self._db.executescript(_SCHEMA)
         except sqlite3.DatabaseError as e:
             raise LedgerError(f"cannot open party ledger {path}: {e}") from None
+        columns = {r[1] for r in self._db.execute("PRAGMA table_info(queries)")}
+        for column, kind in (("seen", "TEXT"), ("commitments", "BLOB")):
+            if column not in columns:       # a ledger from before statuses were checked
+                self._db.execute(f"ALTER TABLE queries ADD COLUMN {column} {kind}")
         row = self._db.execute("SELECT value FROM meta WHERE key='policy_digest'").fetchone()
         if row is None:
             with self._db:
@@ -105,9 +129,13 @@ class PartyLedger:
         """Every query this party has charged (evaluated), revealed or not."""
         return {q for (q,) in self._db.execute("SELECT query_id FROM queries")}
 
-    def record_charges(self, query_ids, gammas: np.ndarray, answered: np.ndarray, noise: str) -> None:
+    def record_charges(self, query_ids, gammas: np.ndarray, answered: np.ndarray, noise: str,
+                       seen: list[str] | None = None, commitments: np.ndarray | None = None) -> None:
         """gammas: int[Q, S] the weights actually tallied (2**-16 units); answered:
-        bool[Q] (all True to reserve the worst case before the answered bits exist)."""
+        bool[Q] (all True to reserve the worst case before the answered bits exist);
+        seen: per query the S letters of what this party saw (SEEN_*), and
+        commitments uint8[S, Q, 32] the sources sent it (zeros where not every party
+        holds the same share: what the log must show), both checked at cosigning."""
         query_ids = _distinct(query_ids)
         mech = self.policy.mechanism
         spent = self.spent()
@@ -127,11 +155,14 @@ class PartyLedger:
                     raise BudgetExceededError(
                         f"query {qid!r}: source {src.id!r} would spend {float(spent[src.id]):.6g} of its "
                         f"budget {float(src.budget_rho):.6g} rho by this party's record")
-            rows.append((qid, 1 if prior is None else prior[0] + 1, entry.pack_u32(g_row), int(bool(ans)), noise))
+            k = len(rows)
+            rows.append((qid, 1 if prior is None else prior[0] + 1, entry.pack_u32(g_row), int(bool(ans)), noise,
+                         None if seen is None else seen[k],
+                         None if commitments is None else np.ascontiguousarray(commitments[:, k]).tobytes()))
         with self._db:
             self._db.execute("BEGIN IMMEDIATE")
-            self._db.executemany("INSERT OR REPLACE INTO queries (query_id, attempts, gamma, answered, noise) "
-                                 "VALUES (?, ?, ?, ?, ?)", rows)
+            self._db.executemany("INSERT OR REPLACE INTO queries (query_id, attempts, gamma, answered, noise, seen, "
+                                 "commitments) VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
             self._store_spent(spent)
 
     def settle(self, query_ids, answered) -> None:
@@ -238,11 +269,11 @@ class PartyLedger:
         self._tree = tree
 
     def _check_query(self, seq: int, e, spent: dict, charged: dict) -> None:
-        row = self._db.execute("SELECT gamma, answered, noise, label, logged FROM queries WHERE query_id=?",
-                               (e.query_id,)).fetchone()
+        row = self._db.execute("SELECT gamma, answered, noise, label, logged, seen, commitments FROM queries "
+                               "WHERE query_id=?", (e.query_id,)).fetchone()
         if row is None or row[3] is None:
             raise CosignError(f"entry {seq}: query {e.query_id!r} was not revealed by the parties")
-        gamma, answered, noise, label, logged = row
+        gamma, answered, noise, label, logged, seen, commitments = row
         mech = self.policy.mechanism
         if logged:
             raise CosignError(f"entry {seq}: query {e.query_id!r} is already in the log")
@@ -255,6 +286,8 @@ class PartyLedger:
         if (e.mechanism.kind, e.mechanism.sigma2, e.mechanism.sigma1, e.mechanism.threshold) != \
                 (mech.kind, mech.sigma2, mech.sigma1, mech.threshold):
             raise CosignError(f"entry {seq}: mechanism differs from the policy's")
+        if seen is not None:
+            self._check_statuses(seq, e, seen, commitments)
         weights = entry.unpack(e.gamma, "<u4", len(self.ids))
         for sid, g in zip(self.ids, weights):
             charges = query_charges(mech, int(g) / 65536, e.answered)
@@ -265,3 +298,37 @@ class PartyLedger:
         if bytes(e.spent) != spent_col or bytes(e.charged) != charged_col:
             raise CosignError(f"entry {seq}: stated cumulative spends or charge counts differ from this "
                               "party's recomputation")
+
+    def _check_statuses(self, seq: int, e, seen: str, commitments: bytes | None) -> None:
+        """Each source's status letter and invalid reason against what this party saw,
+        and the commitments against those the sources sent it: the operator cannot
+        log a source that took part as absent or invalid (framing it), nor another
+        commitment than the one it made."""
+        if len(e.status) != len(self.ids):
+            raise CosignError(f"entry {seq}: {len(e.status)} status letters for {len(self.ids)} sources")
+        for sid, saw, letter in zip(self.ids, seen, e.status):
+            allowed = _ALLOWED[saw]
+            if letter not in allowed:
+                raise CosignError(f"entry {seq}: source {sid!r} is logged {entry.STATUS_NAMES.get(letter, letter)!r}"
+                                  f" but this party saw {_SAW[saw]}")
+            reason, want = e.invalid.get(sid), allowed[letter]
+            if letter != "I" and reason is not None:
+                raise CosignError(f"entry {seq}: an invalid-vote reason for {sid!r}, which is not logged invalid")
+            if letter == "I" and not (reason is not None and (reason in want if isinstance(want, tuple)
+                                                               else reason.startswith(want))):
+                raise CosignError(f"entry {seq}: invalid-vote reason {reason!r} for {sid!r} is not what this "
+                                  f"party saw ({_SAW[saw]})")
+        if commitments is not None:
+            try:
+                logged = b"".join(entry.unpack_commitments(e.commitments, len(self.ids)))
+            except ValueError as exc:
+                raise CosignError(f"entry {seq}: commitments do not decode: {exc}") from None
+            for j, sid in enumerate(self.ids):       # zeros where not every party holds the same share
+                if logged[32 * j:32 * j + 32] != commitments[32 * j:32 * j + 32]:
+                    raise CosignError(f"entry {seq}: the commitment logged for {sid!r} is not the one it sent "
+                                      "this party")
+
+
+_SAW = {SEEN_EXCLUDED: "weight 0 from the coordinator (budget filter)", SEEN_NOTHING: "no share from it",
+        SEEN_NOT_RELAYED: "no share relayed for it", SEEN_PARTIAL: "a share not every party holds",
+        SEEN_REJECTED: "a vote the secure validation rejected", SEEN_COUNTED: "a valid vote counted with its weight"}

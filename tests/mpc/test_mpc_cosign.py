@@ -5,6 +5,8 @@ omits a query whose label they revealed, gets no cosignature — so no checkpoin
 the auditor accepts can cover it."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -156,3 +158,45 @@ def test_a_signers_entry_dropping_a_party_gets_no_cosignature(mpc, tmp_path):
     names = sorted(p.name for p in (tmp_path / "log" / "checkpoints").iterdir())
     assert int(names[-1][:12]) == good          # nothing covers the forged signer set
     assert not audit(tmp_path / "log", allow_nonprivate=True).ok
+
+
+class FramingBackend(LyingAggregatorBackend):
+    """What a dishonest coordinator sends the parties: weight 0 for src0, which has
+    budget left (it would log src0 as excluded, invalid or absent)."""
+
+    def evaluate(self, gammas, *args, **kwargs):
+        gammas = np.array(gammas, copy=True)
+        gammas[:, 0] = 0
+        return self.inner.evaluate(gammas, *args, **kwargs)
+
+
+@pytest.mark.parametrize("shrink", [False, True])
+def test_a_source_with_budget_cannot_be_given_weight_zero(mpc, tmp_path, shrink):
+    """Issue 10, attack 2: every party re-runs the budget filter before anything is
+    revealed; the batch is refused and nothing is recorded or released."""
+    pol = policy(f"framing-{shrink}")
+    if shrink:                  # src0 nearly out of budget: the filter would shrink it, never exclude it
+        pol = dataclasses.replace(pol, sources=(dataclasses.replace(pol.sources[0], on_exhaustion="shrink",
+                                                                    budget=Budget("rho", 0.03)),
+                                                *pol.sources[1:]))
+    ledger, log = operator(tmp_path, pol, mpc)
+    with ledger:
+        framing = Aggregator(ledger.policy, ledger, backend=FramingBackend(mpc), noise=make_noise("no_noise"),
+                             log=log)
+        with pytest.raises(PartyError, match="src0.*has budget for weight .* but the coordinator gave it weight 0"):
+            framing.query_batch([("framed", VOTES), ("framed-2", VOTES)], 2)
+        assert not ledger.has_query("framed") and ledger.next_seq() == 2     # genesis and signers only
+        honest = Aggregator(ledger.policy, ledger, backend=mpc, noise=make_noise("no_noise"), log=log)
+        assert honest.query("after", VOTES, 2).participant("src0").gamma > 0
+    assert audit(tmp_path / "log", allow_nonprivate=True).ok
+
+
+def test_a_source_out_of_budget_may_be_given_weight_zero(mpc, tmp_path):
+    pol = policy("framing-exhausted", budget=0.02)     # one GNMax query at 0.125 costs 0.015625
+    ledger, log = operator(tmp_path, pol, mpc)
+    with ledger:
+        agg = Aggregator(ledger.policy, ledger, backend=mpc, noise=make_noise("no_noise"), log=log,
+                         weights={s: 0.125 for s in ledger.policy.ids})
+        first, second = agg.query_batch([("a", VOTES), ("b", VOTES)], 2)
+        assert [p.status for p in second.participants] == ["excluded:budget"] * 3
+    assert audit(tmp_path / "log", allow_nonprivate=True).ok

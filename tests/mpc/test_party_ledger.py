@@ -170,3 +170,90 @@ def test_settling_releases_only_the_gnmax_reservation_of_refused_queries(tmp_pat
     # s0 at 0.25, sigma 1: threshold 1/32 always, GNMax 1/16 only for the answered query.
     assert reserved == 2 * (Fraction(1, 32) + Fraction(1, 16))
     assert party.spent()["s0"] == 2 * Fraction(1, 32) + Fraction(1, 16)
+
+
+# ---- issue 10, attack 2: the operator frames a source in what it logs ------------------
+
+FRAMING_ITEMS = [("f0", {"s0": 1, "s1": 1, "s2": 2}), ("f1", {"s0": 0, "s1": 0}), ("f2", {"s0": 2, "s1": 2, "s2": 7})]
+# What a party saw: all counted; s2 absent (no share); s2's vote rejected by the secure validation.
+FRAMING_SEEN = ["VVV", "VVX", "VVR"]
+
+
+def framed_party(tmp_path):
+    ledger, log, vkey, seen = operator_log(tmp_path, FRAMING_ITEMS)
+    entries = ledger.record_bytes(0, None)
+    commitments = {entry.decode(e).query_id: b"".join(entry.unpack_commitments(entry.decode(e).commitments, 3))
+                   for e in entries if isinstance(entry.decode(e), entry.Query)}
+    party = PartyLedger(tmp_path / "party.sqlite", POLICY, vkey)
+    for (qid, gammas, answered, label), letters in zip(seen, FRAMING_SEEN):
+        c = np.frombuffer(commitments[qid], dtype=np.uint8).reshape(3, 1, 32)
+        party.record_charges([qid], gammas, answered, "no_noise", [letters], c)
+        party.record_labels([qid], label)
+    return ledger, party, entries
+
+
+def reason_fixed(entries):
+    """The plaintext reference names its own reason for s2's bad vote; under MPC the
+    parties' is REJECTED. Log that one, as an honest MPC coordinator would."""
+    from dvsecure.mpc.party_ledger import REJECTED
+
+    out = list(entries)
+    for k, e in enumerate(out):
+        d = entry.decode(e)
+        if isinstance(d, entry.Query) and d.query_id == "f2":
+            out[k] = entry.encode(msgspec.structs.replace(d, invalid={"s2": REJECTED}))
+    return out
+
+
+def test_statuses_and_commitments_matching_what_the_party_saw_are_cosigned(tmp_path):
+    ledger, party, entries = framed_party(tmp_path)
+    assert [entry.decode(e).status for e in entries if isinstance(entry.decode(e), entry.Query)] == \
+        ["AAA", "AAX", "AAI"]
+    entries = reason_fixed(entries)
+    # The root changed with the reason; a checkpoint over these exact entries is what it checks.
+    from dvsecure.log.merkle import MerkleTree, leaf_hash
+    cp = Checkpoint.parse(latest_checkpoint(tmp_path))
+    text = Checkpoint(cp.origin, len(entries), MerkleTree([leaf_hash(e) for e in entries]).root(),
+                      cp.extensions).to_text()
+    party.check_and_cosign(entries, text)
+    assert party.size == len(entries)
+
+
+@pytest.mark.parametrize("qid, status, invalid, message", [
+    # a counted source logged absent or invalid (its weight made 0 as well): the weights differ
+    ("f0", "AAX", {}, "weights differ"),
+    # an absent source logged invalid with a made-up reason
+    ("f1", "AAI", {"s2": "invalid: not one-hot"}, "logged 'excluded:invalid' but this party saw no share"),
+    # a rejected vote logged absent (hiding that the source sent something)
+    ("f2", "AAX", {}, "logged 'absent' but this party saw a vote the secure validation rejected"),
+    # a rejected vote logged with another reason
+    ("f2", "AAI", {"s2": "invalid: the source asked to be left out"}, "is not what this party saw"),
+    # a budget exclusion where the party saw a valid vote counted
+    ("f1", "ABX", {}, "weights differ|logged 'excluded:budget'"),
+    # a reason for a source that is not logged invalid
+    ("f1", "AAX", {"s0": "invalid: forged"}, "not logged invalid"),
+])
+def test_a_framing_status_or_reason_gets_no_cosignature(tmp_path, qid, status, invalid, message):
+    ledger, party, entries = framed_party(tmp_path)
+    entries = reason_fixed(entries)
+    for k, e in enumerate(entries):
+        d = entry.decode(e)
+        if isinstance(d, entry.Query) and d.query_id == qid:
+            g = entry.unpack(d.gamma, "<u4", 3).copy()
+            g[[j for j, c in enumerate(status) if c not in "AS"]] = 0
+            entries[k] = entry.encode(msgspec.structs.replace(d, status=status, invalid=invalid,
+                                                              gamma=entry.pack_u32(g)))
+    with pytest.raises(CosignError, match=message):
+        party.check_and_cosign(entries, latest_checkpoint(tmp_path))
+    assert party.size == 0
+
+
+def test_a_commitment_other_than_the_sources_gets_no_cosignature(tmp_path):
+    ledger, party, entries = framed_party(tmp_path)
+    entries = reason_fixed(entries)
+    d = entry.decode(entries[-1])
+    raw = bytearray(b"".join(entry.unpack_commitments(d.commitments, 3)))
+    raw[5] ^= 1                                     # s0's commitment for f2
+    entries[-1] = entry.encode(msgspec.structs.replace(d, commitments=entry.pack_commitments(bytes(raw))))
+    with pytest.raises(CosignError, match="commitment logged for 's0' is not the one it sent"):
+        party.check_and_cosign(entries, latest_checkpoint(tmp_path))
