@@ -53,11 +53,11 @@ from dvsecure.noise import PrivateNoise
 from dvsecure.policy import ConsortiumPolicy
 from dvsecure.tee import protocol as proto
 from dvsecure.wire import rpc
+from dvsecure.wire.limits import check_query_id
 from dvsecure.wire.proto import dvsecure_pb2 as pb
 from dvsecure.wire.submission import Submission
 
 MAX_CLASSES = 4096
-MAX_QUERY_ID = 256
 MAX_ENTRIES_BYTES = 4 << 20       # per GetEntries reply, well under the message limit
 MAX_PROOFS = 1024                 # per GetProofs request: an open call must not exhaust memory
 
@@ -133,8 +133,7 @@ class Enclave:
         if len(set(ids)) != len(ids):
             fail("duplicate query ids in one request")
         for q in ids:
-            if not q or len(q) > MAX_QUERY_ID or not q.isprintable():
-                fail(f"query id {q[:40]!r}... must be 1..{MAX_QUERY_ID} printable characters")
+            check_query_id(q, EnclaveError)
         return ids
 
     def _pending(self, qid: str) -> Pending:
