@@ -37,7 +37,8 @@ def test_too_many_classes_are_refused_before_anything_is_held():
 
 def test_pending_bytes_are_bounded_and_freed_when_taken():
     one = envelope_for_party0(["a"], 4)
-    box = inbox(max_pending_bytes=2 * (4 * 8 + 256))              # room for exactly two pending shares
+    # Room for exactly two pending shares: 4 classes of 8 bytes, the overhead, the ids "s0" and "a".
+    box = inbox(max_pending_bytes=2 * (4 * 8 + 256 + 2 + 1))
     box.submit(one)
     box.submit(envelope_for_party0(["b"], 4))
     with pytest.raises(PartyRefusal, match="bytes of shares pending") as e:
