@@ -92,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     pa.add_argument("--listen", metavar="HOST:PORT",
                     help="take the sources' shares over gRPC with TLS here (certificate: STATE/tls.pem)")
     pa.add_argument("--principals", type=Path, help="JSON of the sources' Ed25519 keys (with --listen)")
+    from .mpc.inbox import add_limit_arguments
+    add_limit_arguments(pa)
 
     from .attestation.cli import add_parser as add_attestation_parser
     add_attestation_parser(sub)
@@ -161,6 +163,7 @@ def _attested_signer_problems(args) -> list[str]:
 
 
 def _party(args) -> int:
+    from .mpc.inbox import limits_from_args
     from .mpc.party import run_party
 
     if args.world_size < 2:
@@ -180,7 +183,8 @@ def _party(args) -> int:
         raise ParameterError("--listen and --principals go together")
     run_party(args.rank, args.world_size, args.rendezvous, "TTP", str(args.state),
               pinned_policy_toml=policy_toml, allow_nonprivate=args.allow_nonprivate,
-              listen=args.listen, principals=None if args.principals is None else str(args.principals))
+              listen=args.listen, principals=None if args.principals is None else str(args.principals),
+              inbox_limits=limits_from_args(args))
     return 0
 
 

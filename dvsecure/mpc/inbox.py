@@ -25,6 +25,7 @@ may send it again.
 """
 from __future__ import annotations
 
+import argparse
 import threading
 import time
 from collections import OrderedDict
@@ -42,6 +43,35 @@ _AUTH_PROBLEMS = ("unknown source", "bad signature", "signed by")
 _ENTRY_OVERHEAD = 256
 DEFAULT_MAX_PENDING_BYTES = 256 << 20
 DEFAULT_TTL = 600.0               # seconds a share waits for its query to be evaluated
+
+
+def _positive(kind):
+    def parse(text: str):
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
+        if not v > 0:
+            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text}")
+        return v
+    return parse
+
+
+def add_limit_arguments(parser: argparse.ArgumentParser) -> None:
+    """The inbox's limits as flags of a party's command line (`dvsecure party`,
+    `python -m dvsecure.mpc`); `limits_from_args` turns them into ShareInbox keywords."""
+    parser.add_argument("--inbox-max-bytes", type=_positive(int), default=DEFAULT_MAX_PENDING_BYTES,
+                        help="bytes of shares a listening party holds for queries not yet evaluated "
+                             f"(default {DEFAULT_MAX_PENDING_BYTES})")
+    parser.add_argument("--inbox-source-bytes", type=_positive(int),
+                        help="of those, at most this many from one source (default: an equal part per source)")
+    parser.add_argument("--inbox-ttl", type=_positive(float), default=DEFAULT_TTL,
+                        help=f"seconds a share waits for its query before it is dropped (default {DEFAULT_TTL:g})")
+
+
+def limits_from_args(args) -> dict:
+    return {"max_pending_bytes": args.inbox_max_bytes, "max_source_bytes": args.inbox_source_bytes,
+            "ttl": args.inbox_ttl}
 
 
 class _Held(NamedTuple):
