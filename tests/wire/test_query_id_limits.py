@@ -55,3 +55,12 @@ def test_the_aggregator_refuses_an_oversized_query_id_before_charging_anything(t
             agg.query_batch([("fine", {"s0": 1}), ("é" * 129, {"s0": 1})], 3)
         assert not ledger.has_query("fine") and ledger.spent()["s0"] == 0     # the whole batch refused
         assert agg.query("é" * 128, {"s0": 1}, 3).label == 1                  # 256 bytes: answered
+
+
+def test_calibration_takes_its_query_id_under_the_same_rule(tmp_path):
+    from dvsecure.engine.calibration import PrivateCalibration
+
+    with Ledger(tmp_path / "ledger.sqlite", POLICY) as ledger:
+        with pytest.raises(ParameterError, match="non-printable character"):
+            PrivateCalibration(POLICY, ledger, noise=make_noise("no_noise")).run("cal\n1", [[1]], [1], 3)
+        assert ledger.spent()["s0"] == 0
