@@ -159,7 +159,9 @@ class ShareInbox:
                                    "RESOURCE_EXHAUSTED")
             expires = self._clock() + self.ttl
             for qid, share, commitment, cost in zip(got.query_ids, got.shares, commitments, costs):
-                self._pending[(sid, qid)] = _Held(share, commitment, cost, expires)
+                # A copy: a row view would keep the whole envelope's array alive after the
+                # other rows are taken, beyond what the budget counts.
+                self._pending[(sid, qid)] = _Held(share.copy(), commitment, cost, expires)
             self._bytes += size
             self._source_bytes[sid] = used + size
         return len(got.query_ids)

@@ -197,6 +197,8 @@ def test_query_id_and_commitment_bytes_count_against_the_budget():
     assert box.pending_bytes("s0") == 2 * (base + len("s0")) + 1 + 256
     assert box.pending_bytes("honest") == base + len("honest") + 1 + 32
     assert box.pending_bytes() == box.pending_bytes("s0") + box.pending_bytes("honest")
+    # Each share is held on its own, not as a view keeping its whole envelope alive.
+    assert all(held.share.base is None for held in box._pending.values())
     box.take(["a", "b" * 256, "c"], ["s0", "honest"], 4)
     assert box.pending_bytes() == 0
 
