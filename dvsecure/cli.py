@@ -99,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     pa.add_argument("--listen", metavar="HOST:PORT",
                     help="take the sources' shares over gRPC with TLS here (certificate: STATE/tls.pem)")
     pa.add_argument("--principals", type=Path, help="JSON of the sources' Ed25519 keys (with --listen)")
+    from .mpc.inbox import add_limit_arguments
+    add_limit_arguments(pa)
 
     from .attestation.cli import add_parser as add_attestation_parser
     add_attestation_parser(sub)
@@ -200,6 +202,7 @@ def _party(args) -> int:
         return 0
     if args.world_size is None or args.rendezvous is None:
         raise ParameterError("a party needs --world-size and --rendezvous (or --show-key)")
+    from .mpc.inbox import limits_from_args
     from .mpc.party import run_party
 
     if args.world_size < 2:
@@ -232,7 +235,8 @@ def _party(args) -> int:
         raise ParameterError("--listen and --principals go together")
     run_party(args.rank, args.world_size, args.rendezvous, "TTP", str(args.state),
               pinned_policy_toml=policy_toml, allow_nonprivate=args.allow_nonprivate,
-              listen=args.listen, principals=None if args.principals is None else str(args.principals))
+              listen=args.listen, principals=None if args.principals is None else str(args.principals),
+              inbox_limits=limits_from_args(args))
     return 0
 
 

@@ -26,7 +26,10 @@ ledger, so a vote for one is refused as late.
 What is authenticated: sources and the coordinator by Ed25519 signatures over
 the exact request bytes (keys from the attested principals file); the enclave
 by its attestation. Reads of the log and attestation requests are open to any
-TLS client: the log is public.
+TLS client: the log is public. So each is bounded: GetEntries by bytes per
+reply, GetProofs by MAX_PROOFS per call and answered from one Merkle tree per
+log size (`_tree`), never rebuilt per call. Query ids follow the library's one
+rule (`dvsecure.wire.limits.check_query_id`).
 """
 from __future__ import annotations
 
@@ -53,13 +56,13 @@ from dvsecure.noise import PrivateNoise
 from dvsecure.policy import ConsortiumPolicy
 from dvsecure.tee import protocol as proto
 from dvsecure.wire import rpc
+from dvsecure.wire.limits import check_query_id
 from dvsecure.wire.proto import dvsecure_pb2 as pb
 from dvsecure.wire.submission import Submission
 
 MAX_CLASSES = 4096
-MAX_QUERY_ID = 256
 MAX_ENTRIES_BYTES = 4 << 20       # per GetEntries reply, well under the message limit
-MAX_PROOFS = 1024                 # per GetProofs request: an open call must not exhaust memory
+MAX_PROOFS = 1024                 # leaf indices + old sizes per GetProofs request: an open call stays small
 
 
 @dataclass
@@ -100,6 +103,8 @@ class Enclave:
         self.counters: dict[str, int] = {}
         self.pending: dict[str, Pending] = {}
         self.leaves = [leaf_hash(b) for b in self.ledger.record_bytes(0, self.log.size)]
+        self.tree: MerkleTree | None = None     # over all of self.leaves once built; see _tree
+        self.tree_lock = threading.Lock()
 
     # ---- checks shared by the signed calls ----------------------------------------------
     def _authenticate(self, method: str, raw: bytes, group: dict, body_cls):
@@ -133,8 +138,7 @@ class Enclave:
         if len(set(ids)) != len(ids):
             fail("duplicate query ids in one request")
         for q in ids:
-            if not q or len(q) > MAX_QUERY_ID or not q.isprintable():
-                fail(f"query id {q[:40]!r}... must be 1..{MAX_QUERY_ID} printable characters")
+            check_query_id(q, EnclaveError)
         return ids
 
     def _pending(self, qid: str) -> Pending:
@@ -251,21 +255,33 @@ class Enclave:
                 fail(f"no checkpoint of size {size}", "NOT_FOUND")
             return pb.SignedCheckpoint(size=size, note=path.read_bytes())
 
+    def _tree(self) -> MerkleTree:
+        """The Merkle tree over the whole log, built once per log size and shared by
+        every GetProofs call (anyone may call it: a rebuild per call would let them
+        burn the enclave's CPU); a smaller size's proofs come from its prefixes."""
+        with self.tree_lock:                 # concurrent callers after a release wait for one build
+            with self.lock:
+                if self.tree is not None and self.tree.size == len(self.leaves):
+                    return self.tree
+                leaves = self.leaves[:]
+            # Outside the main lock: an open read must not stall submissions.
+            self.tree = MerkleTree(leaves)
+            return self.tree
+
     def get_proofs(self, raw: bytes) -> pb.Proofs:
         req = parse(pb.ProofsRequest, raw, "ProofsRequest")
         if len(req.leaf_indices) + len(req.old_sizes) > MAX_PROOFS:
-            fail(f"at most {MAX_PROOFS} proofs per request", "RESOURCE_EXHAUSTED")
-        with self.lock:
-            n = req.tree_size
-            if not 0 < n <= len(self.leaves):
-                fail(f"tree size {n} is not in 1..{len(self.leaves)}", "OUT_OF_RANGE")
-            leaves = self.leaves[:n]
+            fail(f"{len(req.leaf_indices)} leaf indices and {len(req.old_sizes)} old sizes in one GetProofs "
+                 f"request; at most {MAX_PROOFS} proofs per request", "RESOURCE_EXHAUSTED")
+        tree = self._tree()
+        n = req.tree_size
+        if not 0 < n <= tree.size:
+            fail(f"tree size {n} is not in 1..{tree.size}", "OUT_OF_RANGE")
         bad = [i for i in req.leaf_indices if i >= n] + [m for m in req.old_sizes if not 0 < m <= n]
         if bad:
             fail(f"leaf indices or old sizes out of range for tree size {n}: {bad[:5]}", "OUT_OF_RANGE")
-        tree = MerkleTree(leaves)        # outside the lock: an open read must not stall submissions
-        return pb.Proofs(inclusion=[pb.Proof(hashes=tree.inclusion_proof(i)) for i in req.leaf_indices],
-                         consistency=[pb.Proof(hashes=tree.consistency_proof(m)) for m in req.old_sizes])
+        return pb.Proofs(inclusion=[pb.Proof(hashes=tree.inclusion_proof(i, n)) for i in req.leaf_indices],
+                         consistency=[pb.Proof(hashes=tree.consistency_proof(m, n)) for m in req.old_sizes])
 
     def close(self) -> None:
         with self.lock:

@@ -24,6 +24,7 @@ from ..mechanism.filter import ACTIVE, EXCLUDED_BUDGET, BudgetFilter
 from ..mechanism.fixedpoint import SCALE, gamma_to_fixed
 from ..noise import NoiseSource, PrivateNoise
 from ..policy import ConsortiumPolicy
+from ..wire.limits import check_query_id
 from ..wire.submission import Submission, vote_payload
 from .ledger import Ledger, LedgerRecord
 
@@ -332,8 +333,7 @@ class Aggregator:
         num_classes = int(num_classes)
         ids = [qid for qid, _ in items]
         for qid in ids:
-            if not isinstance(qid, str) or not qid:
-                raise ParameterError(f"query ids must be non-empty strings, got {qid!r}")
+            check_query_id(qid, ParameterError)
         if len(set(ids)) != len(ids):
             raise DuplicateQueryError("duplicate query ids within one batch")
         for qid in ids:

@@ -31,6 +31,7 @@ from ..mechanism.fixedpoint import SCALE, floor_to_grid
 from ..mechanism.votes import InvalidVote, encode_vote
 from ..noise import NoiseSource, PrivateNoise
 from ..policy import ConsortiumPolicy
+from ..wire.limits import check_query_id
 from .ledger import Ledger, LedgerRecord
 
 
@@ -98,6 +99,7 @@ class PrivateCalibration:
     def run(self, query_id: str, votes, labels, num_classes: int) -> CalibrationResult:
         """votes[t][s]: source s's vote on labelled query t (policy order); labels[t]: true class.
         Charges and releases are recorded in the ledger (kind "calibration")."""
+        check_query_id(query_id, ParameterError)
         labels = [int(y) for y in labels]
         t_count = len(labels)
         if t_count == 0:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .inbox import add_limit_arguments, limits_from_args
 from .party import run_party
 
 
@@ -21,10 +22,12 @@ def main() -> None:
     p.add_argument("--policy", help="the policy this party enforces (needed with --listen)")
     p.add_argument("--listen", help="take sources' shares over gRPC on HOST:PORT")
     p.add_argument("--principals", help="JSON: the sources' Ed25519 keys (with --listen)")
+    add_limit_arguments(p)
     args = p.parse_args()
     policy = Path(args.policy).read_text() if args.policy else None
     run_party(args.rank, args.world_size, args.rendezvous, args.provider, args.state, args.coordinator,
-              pinned_policy_toml=policy, listen=args.listen, principals=args.principals)
+              pinned_policy_toml=policy, listen=args.listen, principals=args.principals,
+              inbox_limits=limits_from_args(args))
 
 
 if __name__ == "__main__":

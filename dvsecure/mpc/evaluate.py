@@ -12,6 +12,7 @@ from ..mechanism.filter import BudgetFilter
 from ..mechanism.fixedpoint import threshold_to_tally
 from ..noise import make_noise
 from ..policy import ONE_HOT
+from ..wire.limits import check_query_id
 from . import secure
 from .sharing import open_submission
 
@@ -95,6 +96,8 @@ def _public_checks(cmd: dict, policy, world: int, inbox):
     query_ids = cmd["query_ids"]
     if not query_ids or len(set(query_ids)) != len(query_ids):
         raise SubmissionError("a batch needs distinct query ids")
+    for qid in query_ids:
+        check_query_id(qid, SubmissionError)
     if len(policy.ids) * len(query_ids) * C > MAX_BATCH_ENTRIES:
         raise SubmissionError(f"{len(query_ids)} queries x {len(policy.ids)} sources x {C} classes is more than "
                               f"{MAX_BATCH_ENTRIES} entries in one batch")

@@ -178,9 +178,11 @@ class Party:
         self._ledgers = {}
         self.inbox, self.endpoint = None, None
 
-    def listen(self, address: str, principals_path: str, max_message: int = 64 << 20):
-        """Take shares from sources over gRPC with TLS (`ShareInbox`); the
-        certificate is written to <state>/tls.pem for sources to pin."""
+    def listen(self, address: str, principals_path: str, max_message: int = 64 << 20,
+               inbox_limits: dict | None = None):
+        """Take shares from sources over gRPC with TLS (`ShareInbox`, with
+        `inbox_limits` as its keyword limits); the certificate is written to
+        <state>/tls.pem for sources to pin."""
         from ..log.writer import write_atomic
         from ..tee.protocol import Principals
         from ..wire import rpc
@@ -195,7 +197,8 @@ class Party:
         if unknown:
             raise PartyError(f"principals name sources not in the policy: {sorted(unknown)}")
         ledger = self.ledger(self.pinned.to_toml())
-        self.inbox = ShareInbox(self.rank, self.world, self.box_key, principals.sources, ledger.query_ids())
+        self.inbox = ShareInbox(self.rank, self.world, self.box_key, principals.sources, ledger.query_ids(),
+                                **(inbox_limits or {}))
         cert_pem, _, key_pem = tls_identity(address.rpartition(":")[0].strip("[]") or "127.0.0.1",
                                             f"dvsecure mpc party {self.rank}")
         write_atomic(self.state_dir / "tls.pem", cert_pem)
@@ -285,7 +288,8 @@ class Party:
 
 def run_party(rank: int, world: int, rendezvous: str, provider: str, state_dir: str | None,
               coordinator: str | None = None, pinned_policy_toml: str | None = None,
-              allow_nonprivate: bool = True, listen: str | None = None, principals: str | None = None) -> None:
+              allow_nonprivate: bool = True, listen: str | None = None, principals: str | None = None,
+              inbox_limits: dict | None = None) -> None:
     """A party's process: join the rendezvous, then serve commands. Rank `world`
     is the TTP dealer (Beaver triples; no inputs, no outputs). Party 0 takes its
     commands from the coordinator over the local socket `coordinator` (an
@@ -315,7 +319,7 @@ def run_party(rank: int, world: int, rendezvous: str, provider: str, state_dir: 
     try:
         party = Party(crypten, rank, world, Path(state_dir), pinned, allow_nonprivate)
         if listen is not None:
-            server = party.listen(listen, principals)
+            server = party.listen(listen, principals, inbox_limits=inbox_limits)
         if conn is None:
             party.serve()
             return

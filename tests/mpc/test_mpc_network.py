@@ -119,6 +119,25 @@ def test_bad_submissions_are_refused_and_the_parties_keep_serving(deployment):
     assert audit(tmp / "log", allow_nonprivate=True).ok
 
 
+def test_an_8_mib_query_id_is_refused_by_name_and_the_parties_keep_serving(deployment):
+    agg, sources, _, tmp = deployment
+    huge = "q" * (8 << 20)                      # fits the parties' 64 MiB messages: only the id rule stops it
+    envelopes, _ = sources["src0"].envelopes(["id-ok", huge], [2, 2], C)
+    with pytest.raises(PartyRefusal) as info:
+        sources["src0"].send(envelopes)
+    assert info.value.code == "INVALID_ARGUMENT", str(info.value)
+    assert f"query id {'q' * 32!r}... is {8 << 20} bytes" in str(info.value) and "1..256 bytes" in str(info.value)
+    assert len(str(info.value)) < 400
+    with pytest.raises(ParameterError, match="is 8388608 bytes"):      # nor can the coordinator ask for it
+        agg.query(huge, FROM_SOURCES, C)
+    # Nothing of that envelope was held (its good id is no replay now), and the parties still serve.
+    for sid in POLICY.ids:
+        sources[sid].submit(["id-ok"], [2], C)
+    result = agg.query("id-ok", FROM_SOURCES, C)
+    assert result.label == 2 and all(p.status == "active" for p in result.participants)
+    assert audit(tmp / "log", allow_nonprivate=True).ok
+
+
 def test_votes_in_hand_are_refused_by_a_networked_only_call_and_vice_versa(deployment, tmp_path):
     from dvsecure.backends.plaintext import PlaintextBackend
 

@@ -114,6 +114,7 @@ def test_remote_parties_take_the_sources_shares_over_grpc(tmp_path):
     from nacl.signing import SigningKey
 
     from dvsecure.backends import FROM_SOURCES
+    from dvsecure.errors import PartyRefusal
     from dvsecure.mpc.client import PartySubmitter
     from dvsecure.tee.protocol import Principals
 
@@ -121,7 +122,9 @@ def test_remote_parties_take_the_sources_shares_over_grpc(tmp_path):
     principals = tmp_path / "principals.json"
     principals.write_text(Principals(sources={s: k.verify_key for s, k in keys.items()}, coordinators={}).to_json())
     url = f"tcp://127.0.0.1:{free_port()}"
-    procs = start_remote(tmp_path, url, "--listen", "127.0.0.1:0", "--principals", str(principals))
+    # Parties 1 and 2 hold at most 4000 bytes of pending shares per source (a share here costs ~330).
+    procs = start_remote(tmp_path, url, "--listen", "127.0.0.1:0", "--principals", str(principals),
+                         "--inbox-source-bytes", "4000", "--inbox-ttl", "300")
     backend = MPCBackend(num_parties=3, timeout=120, rendezvous=url, spawn_ranks=[0], principals=principals,
                          state_dir=str(tmp_path / "local"))
     try:
@@ -137,6 +140,21 @@ def test_remote_parties_take_the_sources_shares_over_grpc(tmp_path):
             results = agg.query_batch([(q, FROM_SOURCES) for q in qids], 4)
             assert all(p.status == "active" for r in results for p in r.participants)
             assert all(r.answered for r in results)            # GNMax answers every query
+            # The quota flag reaches the remote parties: src0 sending shares for queries nobody
+            # opens is stopped at its quota (party 0, with the default, still takes them) ...
+            with PartySubmitter("src0", keys["src0"], endpoints) as flooder:
+                flooder.submit([f"never-{i}" for i in range(5)], [0] * 5, 4)
+                flooder.submit([f"never-{i}" for i in range(5, 10)], [0] * 5, 4)
+                with pytest.raises(PartyRefusal, match="party at .*: source 'src0': .* would pass its quota of "
+                                                       "4000 bytes") as refusal:
+                    flooder.submit([f"never-{i}" for i in range(10, 15)], [0] * 5, 4)
+                assert refusal.value.code == "RESOURCE_EXHAUSTED"
+            # ... and every source, src0 included, is still served within its own quota.
+            for sid, key in keys.items():
+                with PartySubmitter(sid, key, endpoints) as submitter:
+                    submitter.submit(["after-flood"], [2], 4)
+            (result,) = agg.query_batch([("after-flood", FROM_SOURCES)], 4)
+            assert all(p.status == "active" for p in result.participants)      # private noise: any label
     finally:
         backend.close()
     assert stop(procs) == [0, 0, 0]

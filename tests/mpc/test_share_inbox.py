@@ -37,7 +37,8 @@ def test_too_many_classes_are_refused_before_anything_is_held():
 
 def test_pending_bytes_are_bounded_and_freed_when_taken():
     one = envelope_for_party0(["a"], 4)
-    box = inbox(max_pending_bytes=2 * (4 * 8 + 256))              # room for exactly two pending shares
+    # Room for exactly two pending shares: 4 classes of 8 bytes, the overhead, the ids "s0" and "a".
+    box = inbox(max_pending_bytes=2 * (4 * 8 + 256 + 2 + 1))
     box.submit(one)
     box.submit(envelope_for_party0(["b"], 4))
     with pytest.raises(PartyRefusal, match="bytes of shares pending") as e:
@@ -138,3 +139,124 @@ def test_batch_limits_on_query_ids_size_and_source_keys(monkeypatch):
         _public_checks(command(source_keys={"s0": b"short"}, **relayed), POLICY, WORLD, None)
     with pytest.raises(SubmissionError, match="source key for 'intruder'"):
         _public_checks(command(source_keys={"intruder": bytes(32)}, **relayed), POLICY, WORLD, None)
+
+
+# ---- a malicious source filling the inbox ----------------------------------------------------
+
+HONEST = SigningKey.generate()
+
+
+class Clock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def two_source_inbox(**limits) -> ShareInbox:
+    keys = {"s0": SOURCE.verify_key, "honest": HONEST.verify_key}
+    return ShareInbox(0, WORLD, KEYS[0].private, keys, evaluated=set(), **limits)
+
+
+def honest_envelope(query_ids, num_classes=4):
+    encoded = encode_batch([1] * len(query_ids), num_classes)
+    return seal_submissions("honest", HONEST, query_ids, encoded, [k.public for k in KEYS],
+                            [bytes([i % 256]) * 32 for i in range(len(query_ids))])[0]
+
+
+def test_an_8_mib_query_id_is_refused_by_name_and_holds_nothing():
+    box = inbox()
+    huge = "q" * (8 << 20)
+    with pytest.raises(PartyRefusal) as e:
+        box.submit(envelope_for_party0(["fine", huge], 4))
+    assert e.value.code == "INVALID_ARGUMENT"
+    assert f"query id {'q' * 32!r}... is {8 << 20} bytes" in str(e.value) and "1..256 bytes" in str(e.value)
+    assert len(str(e.value)) < 300
+    assert box.pending_bytes() == 0                     # not even the well-formed id of that envelope is held
+    assert box.submit(envelope_for_party0(["fine"], 4)) == 1
+
+
+@pytest.mark.parametrize("qid, words", [("é" * 129, "is 258 bytes"),
+                                        ("tab\there", r"non-printable character '\\t'")])
+def test_query_ids_over_256_bytes_or_not_printable_are_refused(qid, words):
+    with pytest.raises(PartyRefusal, match=words) as e:
+        inbox().submit(envelope_for_party0([qid], 4))
+    assert e.value.code == "INVALID_ARGUMENT"
+    assert inbox().submit(envelope_for_party0(["é" * 128], 4)) == 1        # exactly 256 bytes
+
+
+def test_query_id_and_commitment_bytes_count_against_the_budget():
+    box = two_source_inbox()
+    box.submit(envelope_for_party0(["a"], 4))
+    box.submit(envelope_for_party0(["b" * 256], 4))
+    box.submit(honest_envelope(["c"]))                   # carries a 32-byte commitment
+    base = 4 * 8 + 256                                   # the share and the fixed overhead
+    assert box.pending_bytes("s0") == 2 * (base + len("s0")) + 1 + 256
+    assert box.pending_bytes("honest") == base + len("honest") + 1 + 32
+    assert box.pending_bytes() == box.pending_bytes("s0") + box.pending_bytes("honest")
+    # Each share is held on its own, not as a view keeping its whole envelope alive.
+    assert all(held.share.base is None for held in box._pending.values())
+    box.take(["a", "b" * 256, "c"], ["s0", "honest"], 4)
+    assert box.pending_bytes() == 0
+
+
+def test_a_flood_of_never_opened_ids_stays_within_its_quota_expires_and_the_honest_source_is_served():
+    clock = Clock()
+    budget = 64 << 10
+    box = two_source_inbox(max_pending_bytes=budget, ttl=60, clock=clock)
+    assert box.max_source_bytes == budget // 2          # default: an equal part of the budget per source
+    # The attack: one source sends shares under 256-byte ids nobody will open, until refused.
+    sent, refusals = 0, []
+    for batch in range(200):
+        try:
+            sent += box.submit(envelope_for_party0([f"{batch:04d}-{i:03d}-".ljust(256, "x") for i in range(10)], 4))
+        except PartyRefusal as e:
+            refusals.append(e)
+            if len(refusals) == 3:
+                break
+    assert refusals and all(e.code == "RESOURCE_EXHAUSTED" for e in refusals)
+    assert "source 's0'" in str(refusals[0]) and f"quota of {budget // 2} bytes" in str(refusals[0])
+    assert 0 < box.pending_bytes("s0") <= box.max_source_bytes and box.pending_bytes() <= budget
+    assert sent * (4 * 8 + 256 + 2 + 256) == box.pending_bytes("s0")     # each share counted, ids included
+
+    # The honest source is still served, and its queries are evaluated with its shares.
+    qids = [f"h{i}" for i in range(20)]
+    assert box.submit(honest_envelope(qids)) == 20
+    _, opened, commitments = box.take(qids, ["s0", "honest"], 4)
+    assert opened.tolist() == [[0] * 20, [1] * 20] and commitments[1, 3].tolist() == [3] * 32
+
+    # Nobody opens the flood's ids: just before the ttl they are held, after it they are gone.
+    clock.now += 59.9
+    box.submit(honest_envelope(["late-honest"]))
+    assert box.pending_bytes("s0") > 0
+    clock.now += 0.2
+    box.submit(honest_envelope(["later-honest"]))       # any submit (or take) drops what expired
+    assert box.pending_bytes("s0") == 0
+    assert box.pending_bytes() == box.pending_bytes("honest") > 0
+    # The freed quota is usable again; an expired share is not evaluated, and may be sent again.
+    assert box.submit(envelope_for_party0(["0000-000-".ljust(256, "x")], 4)) == 1
+    clock.now += 61
+    _, opened, _ = box.take(["late-honest", "later-honest"], ["s0", "honest"], 4)
+    assert opened.tolist() == [[0, 0], [0, 0]]           # both expired before the coordinator asked
+    assert box.pending_bytes() == 0
+
+
+def test_an_explicit_per_source_quota_and_bad_limits():
+    box = two_source_inbox(max_pending_bytes=1 << 20, max_source_bytes=800)
+    box.submit(envelope_for_party0(["a", "b"], 4))       # 2 x 291 bytes
+    with pytest.raises(PartyRefusal, match="source 's0': 873 bytes of shares pending would pass its quota of "
+                                           "800 bytes") as e:
+        box.submit(envelope_for_party0(["c"], 4))
+    assert e.value.code == "RESOURCE_EXHAUSTED"
+    assert box.submit(honest_envelope(["c"])) == 1       # another source has its own quota
+    for bad in ({"max_source_bytes": 0}, {"ttl": 0}, {"max_pending_bytes": -1}):
+        with pytest.raises(ValueError, match="inbox limits must be positive"):
+            two_source_inbox(**bad)
+
+
+def test_a_batch_command_with_an_oversized_query_id_is_refused_by_name():
+    with pytest.raises(SubmissionError, match=r"query id 'qqqq.*'\.\.\. is 8388608 bytes"):
+        _public_checks(command(query_ids=["q0", "q" * (8 << 20)]), POLICY, WORLD, LISTENING)

@@ -66,7 +66,15 @@ def test_bad_requests_are_refused_and_the_run_continues(dep):
     # Oversized: over the server's receive limit; or asking for more proofs than a call may.
     raw_refused(dep, "Submit", b"\x0a" + b"\x80" * (MAX_MESSAGE + 10), grpc.StatusCode.RESOURCE_EXHAUSTED)
     many = pb.ProofsRequest(tree_size=1, leaf_indices=[0] * 2000).SerializeToString()
-    raw_refused(dep, "GetProofs", many, grpc.StatusCode.RESOURCE_EXHAUSTED, "at most")
+    raw_refused(dep, "GetProofs", many, grpc.StatusCode.RESOURCE_EXHAUSTED, "2000 leaf indices", "at most 1024")
+    many = pb.ProofsRequest(tree_size=1, old_sizes=[1] * 1025).SerializeToString()
+    raw_refused(dep, "GetProofs", many, grpc.StatusCode.RESOURCE_EXHAUSTED, "1025 old sizes", "at most 1024")
+    # Query ids beyond 256 bytes (bytes, not characters) or not printable, at each signed call, by name.
+    refused(lambda: dep.coordinator.open(["é" * 129], 4), "INVALID_ARGUMENT", "'éééé", "is 258 bytes",
+            "1..256 bytes")
+    refused(lambda: src0.submit(["b1", "x" * 600_000], [0, 0], 4), "INVALID_ARGUMENT", repr("x" * 32) + "...",
+            "is 600000 bytes")
+    refused(lambda: dep.coordinator.release(["b1", "b\n2"]), "INVALID_ARGUMENT", "non-printable character '\\n'")
 
     # Unknown source; a source posing as the coordinator; a body naming another source.
     stranger = SourceClient("mallory", SigningKey.generate(), dep.conn, dep.identity)
