@@ -238,8 +238,17 @@ class PartyLedger:
                 if self.signer_vkey not in [k.vkey for k in e.keys]:
                     raise CosignError(f"signers entry {seq} does not name this party's key")
                 if self.policy.signers is not None:
-                    # The set the sources agreed to: no slot dropped, added or given another role.
-                    _, problems = signer_slots.assign_slots(self.policy.signers, e.keys)
+                    # The set the sources agreed to: no slot dropped, added or given another role,
+                    # and this party's key in its own slot (its rank in the policy).
+                    slots, problems = signer_slots.assign_slots(self.policy.signers, e.keys)
+                    mine = signer_slots.public_key_b64(self.signer_vkey)
+                    named = self.policy.signers.parties
+                    if mine not in named:
+                        problems.append("the policy does not name this party's key")
+                    else:
+                        slot = signer_slots.party_slot(named.index(mine))
+                        if slot not in slots or slots[slot].vkey != self.signer_vkey:
+                            problems.append(f"this party's key is not in its slot {slot}")
                     if problems:
                         raise CosignError(f"signers entry {seq} is not the policy's signer set: {'; '.join(problems)}")
             elif isinstance(e, entry.Query):

@@ -257,3 +257,34 @@ def test_a_commitment_other_than_the_sources_gets_no_cosignature(tmp_path):
     entries[-1] = entry.encode(msgspec.structs.replace(d, commitments=entry.pack_commitments(bytes(raw))))
     with pytest.raises(CosignError, match="commitment logged for 's0' is not the one it sent"):
         party.check_and_cosign(entries, latest_checkpoint(tmp_path))
+
+
+def test_a_signers_entry_moving_this_partys_key_to_another_slot_is_refused(tmp_path):
+    """Issue 10, attack 1 at a party: the parties' order (their ranks) is agreed too."""
+    import base64
+
+    from dvsecure.log.note import Signer
+    from dvsecure.policy import SignerPolicy
+
+    keys = [Signer.from_key_string(generate_signer(f"dvsecure-mpc-party-{r}")[0]) for r in range(2)]
+    op = Signer.from_key_string(generate_signer("op")[0])
+    b64 = [base64.b64encode(k.public_key).decode() for k in (op, *keys)]
+    policy = POLICY.with_signers(SignerPolicy(operator=b64[0], parties=(b64[1], b64[2])))
+    party = PartyLedger(tmp_path / "p.sqlite", policy, keys[0].verifier_key_string)
+    genesis = entry.genesis(entry.log_origin(policy), policy.digest(), policy.to_toml().encode(), policy.ids)
+
+    def signers(order):
+        return entry.encode(entry.Signers(v=1, seq=1, query_id="signers-1", keys=[
+            entry.SignerKey(name=op.name, vkey=op.verifier_key_string, role="operator"),
+            *[entry.SignerKey(name=k.name, vkey=k.verifier_key_string, role="party") for k in order]]))
+    from dvsecure.log.merkle import MerkleTree, leaf_hash
+
+    def text(entries):
+        return Checkpoint(entry.log_origin(policy), len(entries), MerkleTree([leaf_hash(x) for x in entries]).root(),
+                          ("dvsecure-previous-checkpoint 0",)).to_text()
+    swapped = [genesis, signers(keys[::-1])]
+    with pytest.raises(CosignError, match="not in its slot party-0"):
+        party.check_and_cosign(swapped, text(swapped))
+    honest = [genesis, signers(keys)]
+    party.check_and_cosign(honest, text(honest))
+    assert party.size == 2
