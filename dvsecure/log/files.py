@@ -68,11 +68,15 @@ WITNESS_FILE = Kind("a witness state", 16 << 20)    # ~300 bytes per log it has 
 class PublishedFileError(LogError):
     """A file of a published directory (or a named state file) that is not a
     regular file, is too large, or cannot be read. `path` is the offending path
-    as shown (relative to the directory for files inside one)."""
+    (relative to the directory `root` for one inside a directory); the message
+    names it in full."""
 
-    def __init__(self, path: str, problem: str):
-        super().__init__(f"{path}: {problem}")
+    def __init__(self, path: str, problem: str, root: str | Path | None = None):
+        super().__init__(f"{os.path.join(root, path) if root is not None else path}: {problem}")
         self.path, self.problem = path, problem
+
+    def under(self, root: str | Path) -> PublishedFileError:
+        return PublishedFileError(self.path, self.problem, root)
 
 
 def _describe(mode: int) -> str:
@@ -163,6 +167,8 @@ def read_published(root: str | Path, rel: str, kind: Kind) -> bytes:
         for i, name in enumerate(parts):
             fds.append(_open_at(fds[-1], name, "/".join(parts[:i + 1]), directory=i < len(parts) - 1))
         return _read_fd(fds[-1], kind, rel)
+    except PublishedFileError as e:
+        raise e.under(root) from None
     finally:
         for fd in fds:
             os.close(fd)
@@ -189,6 +195,7 @@ class Listing:
     """What a published directory holds, without following anything: regular
     files and real directories (relative POSIX paths, sorted), and every other
     entry with what it is."""
+    root: str
     files: list[str] = field(default_factory=list)
     dirs: list[str] = field(default_factory=list)
     refused: list[tuple[str, str]] = field(default_factory=list)
@@ -202,14 +209,14 @@ class Listing:
         if self.refused:
             rel, problem = self.refused[0]
             more = f" (and {len(self.refused) - 1} more such entries)" if len(self.refused) > 1 else ""
-            raise PublishedFileError(rel, problem + more)
+            raise PublishedFileError(rel, f"{problem}{more}; a log directory holds regular files only", self.root)
 
 
 def scan_published(root: str | Path) -> Listing:
     """Walk `root` without following links: descend only into real directories,
     and refuse (list in `refused`) every entry that is neither a directory nor a
     regular file."""
-    out = Listing()
+    out = Listing(str(root))
 
     def walk(dfd: int, prefix: str) -> None:
         with os.scandir(dfd) as it:
