@@ -118,14 +118,13 @@ def _open_at(dfd: int, name: str, shown: str, directory: bool, follow: bool = Fa
         fd = os.open(name, flags & ~os.O_NOFOLLOW if follow else flags, dir_fd=dfd)
     except OSError as e:
         if e.errno in (errno.ELOOP, errno.ENOTDIR, errno.ENXIO):   # replaced since the lstat
-            raise PublishedFileError(shown, "replaced by something that is not a regular file while "
-                                     "being read") from None
+            raise PublishedFileError(shown, "replaced while being opened, by something of another kind") from None
         raise PublishedFileError(shown, f"cannot be read ({e.strerror})") from None
     st = os.fstat(fd)
     if not want(st.st_mode) or (st.st_dev, st.st_ino) != (before.st_dev, before.st_ino):
         os.close(fd)
-        raise PublishedFileError(shown, "replaced while being read" if want(st.st_mode)
-                                 else _not_regular(st.st_mode))
+        raise PublishedFileError(shown, "replaced while being opened" if want(st.st_mode)
+                                 else f"replaced while being opened, by {_describe(st.st_mode)}")
     return fd
 
 
