@@ -324,3 +324,22 @@ def test_the_writer_refuses_to_reopen_a_directory_with_a_linked_policy(base, tmp
     assert main(["demo", "--backend", "plaintext", "--out", str(tmp_path / "log"), "--queries", "45",
                  "--noise-seed", "3"]) == 2
     assert f"{POLICY}: a symbolic link" in capsys.readouterr().err
+
+
+def test_a_link_swapped_in_between_the_check_and_the_open_is_refused(log, monkeypatch):
+    """The stat says regular file; the open (O_NOFOLLOW) still refuses the link put there after it."""
+    import dvsecure.log.files as files
+
+    real_stat = os.stat
+
+    def stat_then_swap(name, *a, **kw):
+        st = real_stat(name, *a, **kw)
+        if name == ENTRIES:
+            (log / ENTRIES).unlink()
+            (log / ENTRIES).symlink_to("/dev/zero")
+        return st
+
+    monkeypatch.setattr(files.os, "stat", stat_then_swap)
+    with pytest.raises(PublishedFileError, match="replaced while being opened") as e:
+        read_published(log, ENTRIES, files.ENTRIES_FILE)
+    assert e.value.path == ENTRIES
