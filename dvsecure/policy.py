@@ -55,6 +55,7 @@ import tomli_w
 
 from .accounting.conversions import rho_from_eps_delta, rho_from_rdp_budget
 from .errors import PolicyError
+from .log.files import POLICY_FILE, PublishedFileError, read_named
 from .mechanism.fixedpoint import SCALE, ceil_to_grid, floor_to_grid
 
 GNMAX_KIND = "gnmax"
@@ -462,9 +463,12 @@ class ConsortiumPolicy:
     def load(cls, path: str | Path) -> "ConsortiumPolicy":
         path = Path(path)
         try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as e:
-            raise PolicyError(f"cannot read policy file {path}: {e.strerror or e}") from None
+            # The user named this path, so a link is theirs to make; a FIFO or device is not a policy.
+            text = read_named(path, POLICY_FILE, follow_links=True).decode("utf-8")
+        except PublishedFileError as e:
+            raise PolicyError(f"cannot read policy file {e}") from None
+        except UnicodeDecodeError as e:
+            raise PolicyError(f"policy file {path} is not UTF-8: {e}") from None
         try:
             return cls.from_toml(text)
         except PolicyError as e:

@@ -32,6 +32,8 @@ from ..accounting.conversions import zcdp_eps_tight
 from ..errors import DvsecureError, NoteError, ParameterError, PolicyError, ProofError
 from ..log import entry as E
 from ..log import signers as S
+from ..log.files import (ENTRIES_FILE, KEY_FILE, NOTE_FILE, POLICY_FILE, RECEIPT_FILE, WITNESS_FILE, Kind,
+                         PublishedFileError, read_named, read_published, scan_published)
 from ..log.merkle import MerkleTree, verify_consistency, verify_inclusion
 from ..log.note import Checkpoint, Verifier, open_note, parse_note
 from ..log.writer import CHECKPOINT_SUFFIX, CHECKPOINTS, ENTRIES, KEY_SUFFIX, KEYS, POLICY, PREVIOUS, key_file_name
@@ -169,21 +171,29 @@ def _b64hashes(items: list[str]) -> list[bytes]:
 
 
 def load_witness(path: Path) -> dict:
-    if not path.exists():
+    if not os.path.lexists(path):
         return {"version": 1, "logs": {}}
     try:
-        data = json.loads(path.read_text())
-        if data.get("version") != 1 or not isinstance(data.get("logs"), dict):
-            raise ValueError("not a dvsecure witness state (version 1)")
-        return data
-    except (ValueError, OSError) as e:
+        # Not through a link: save_witness replaces the file, which would cut the link.
+        data = json.loads(read_named(path, WITNESS_FILE, follow_links=False))
+    except PublishedFileError as e:
+        raise ParameterError(f"witness state {e}") from None
+    except ValueError as e:
         raise ParameterError(f"witness state {path}: {e}") from None
+    if not isinstance(data, dict) or data.get("version") != 1 or not isinstance(data.get("logs"), dict):
+        raise ParameterError(f"witness state {path}: not a dvsecure witness state (version 1)")
+    return data
 
 
 def save_witness(path: Path, state: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)   # not through a planted link
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(state, indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, path)
+    except OSError as e:
+        raise ParameterError(f"cannot write witness state {tmp}: {e.strerror or e}") from None
 
 
 # ----------------------------------------------------------------------------- the audit
@@ -200,16 +210,20 @@ class _Audit:
         self.slots_at: list[tuple[int, dict[str, E.SignerKey]]] = []      # (signers entry seq, keys by slot)
         self.rotations: list[tuple[int, str, E.SignerKey, E.SignerKey]] = []
         self.slot_history: dict[str, list[str]] = {}
+        self.listing = None                 # scan_published(path), set by files()
+        self.reported: set[str] = set()     # paths already named in a file finding
 
     # ---- files ----------------------------------------------------------------
     def files(self, receipt: bool) -> None:
         allowed_top = {POLICY, ENTRIES} | ({RECEIPT} if receipt else set())
-        for p in sorted(self.path.rglob("*")):
-            rel = p.relative_to(self.path).as_posix()
-            if p.is_dir():
-                if rel not in (CHECKPOINTS, KEYS):
-                    self.r.add("file", "unexpected directory", file=rel)
-                continue
+        self.listing = scan_published(self.path)
+        for rel, problem in self.listing.refused:
+            self.r.add("file", f"{problem}; a log directory holds regular files only", file=rel)
+            self.reported.add(rel)
+        for rel in self.listing.dirs:
+            if rel not in (CHECKPOINTS, KEYS):
+                self.r.add("file", "unexpected directory", file=rel)
+        for rel in self.listing.files:
             parent, _, name = rel.rpartition("/")
             ok = (parent == "" and name in allowed_top) or \
                  (parent == CHECKPOINTS and _CHECKPOINT_RE.match(name)) or \
@@ -217,19 +231,27 @@ class _Audit:
             if not ok:
                 self.r.add("file", "unexpected file: not part of a log, so nothing covers its bytes", file=rel)
         for need in (POLICY, ENTRIES) + ((RECEIPT,) if receipt else ()):
-            if not (self.path / need).is_file():
+            if not self.present(need):
                 self.r.add("file", "missing", file=need)
+                self.reported.add(need)
 
-    def read(self, rel: str) -> bytes | None:
+    def present(self, rel: str) -> bool:
+        return rel in self.listing.files or rel in self.reported
+
+    def read(self, rel: str, kind: Kind) -> bytes | None:
+        """The file's bytes, or None with a file finding (once per path)."""
         try:
-            return (self.path / rel).read_bytes()
-        except OSError:
+            return read_published(self.path, rel, kind)
+        except PublishedFileError as e:
+            if e.path not in self.reported:
+                self.r.add("file", e.problem, file=e.path)
+                self.reported.add(e.path)
             return None
 
     # ---- entries ----------------------------------------------------------------
     def entries(self) -> bytes:
         """The entries file up to its last complete line."""
-        data = self.read(ENTRIES) or b""
+        data = self.read(ENTRIES, ENTRIES_FILE) or b""
         if data and not data.endswith(b"\n"):
             self.r.add("entry", "the last entry is incomplete (torn or truncated write)", file=ENTRIES)
             data = data[:data.rfind(b"\n") + 1]
@@ -237,7 +259,7 @@ class _Audit:
 
     # ---- genesis and policy ----------------------------------------------------------
     def genesis(self, first_line: bytes | None, seqs) -> ConsortiumPolicy | None:
-        policy_bytes = self.read(POLICY)
+        policy_bytes = self.read(POLICY, POLICY_FILE)
         try:
             g = E.decode(first_line) if first_line is not None else None
         except (msgspec.DecodeError, msgspec.ValidationError):
@@ -324,14 +346,14 @@ class _Audit:
                     self.r.add("signers", f"signer {k.name!r} is not among the pinned keys")
         # Key files: each must be exactly a recorded signer's key, and every signer needs one.
         recorded = {key_file_name(k.vkey): (k.vkey + "\n").encode() for _, keys in sets for k in keys}
-        for p in sorted((self.path / KEYS).glob("*")):
-            want = recorded.get(p.name)
+        for name in self.listing.names_in(KEYS):
+            want = recorded.get(name)
             if want is None:
-                self.r.add("file", "a key file no signers entry records", file=f"{KEYS}/{p.name}")
-            elif p.read_bytes() != want:
-                self.r.add("file", "key file differs from the key its signers entry records", file=f"{KEYS}/{p.name}")
+                self.r.add("file", "a key file no signers entry records", file=f"{KEYS}/{name}")
+            elif (got := self.read(f"{KEYS}/{name}", KEY_FILE)) is not None and got != want:
+                self.r.add("file", "key file differs from the key its signers entry records", file=f"{KEYS}/{name}")
         for name in recorded:
-            if not (self.path / KEYS / name).is_file():
+            if not self.present(f"{KEYS}/{name}"):
                 self.r.add("file", "missing key file of a recorded signer", file=f"{KEYS}/{name}")
         return sets
 
@@ -340,16 +362,15 @@ class _Audit:
         from every key of the latest signers entry inside its first n entries, and the
         first checkpoint after a key rotation also one from the key it replaced."""
         out: dict[int, Checkpoint] = {}
-        files = [p for p in sorted((self.path / CHECKPOINTS).glob(f"*{CHECKPOINT_SUFFIX}"))
-                 if _CHECKPOINT_RE.match(p.name)]
-        sizes = [int(p.name[:12]) for p in files]
+        names = [name for name in self.listing.names_in(CHECKPOINTS) if _CHECKPOINT_RE.match(name)]
+        sizes = [int(name[:12]) for name in names]
         consent: dict[int, list[tuple[str, E.SignerKey]]] = {}     # checkpoint size -> replaced keys
         for seq, slot, old, _ in self.rotations:
             later = [m for m in sizes if m > seq]
             if later:
                 consent.setdefault(min(later), []).append((slot, old))
-        for p, size in zip(files, sizes):
-            rel = f"{CHECKPOINTS}/{p.name}"
+        for name, size in zip(names, sizes):
+            rel = f"{CHECKPOINTS}/{name}"
             if size > total:
                 self.r.add("checkpoint", f"checkpoint of size {size} but only {total} entries exist "
                            "(entries deleted or truncated)", file=rel)
@@ -361,7 +382,8 @@ class _Audit:
             try:
                 verifiers = [Verifier.from_key_string(k.vkey) for k in keys]
                 replaced = [(slot, Verifier.from_key_string(k.vkey)) for slot, k in consent.get(size, [])]
-                note = p.read_bytes()
+                if (note := self.read(rel, NOTE_FILE)) is None:
+                    continue
                 opened = open_note(note, verifiers + [v for _, v in replaced])
                 missing = [v.name for v in verifiers if not _signed_by(note, v)]
                 if missing:
@@ -459,7 +481,7 @@ def audit(path: str | Path, *, source: str | None = None, policy: str | Path | N
     path = Path(path)
     if not path.is_dir():
         raise ParameterError(f"{path} is not a log directory or receipt")
-    is_receipt = (path / RECEIPT).exists()
+    is_receipt = os.path.lexists(path / RECEIPT)     # a linked receipt.json is still a receipt, refused
     r = AuditReport(str(path), "receipt" if is_receipt else "log")
     a = _Audit(path, r, source, Path(policy) if policy else None, Path(witness) if witness else None,
                list(trusted_keys), allow_nonprivate)
@@ -469,8 +491,10 @@ def audit(path: str | Path, *, source: str | None = None, policy: str | Path | N
 
     receipt = None
     if is_receipt:
+        if (raw := a.read(RECEIPT, RECEIPT_FILE)) is None:
+            return r
         try:
-            receipt = _receipt_decoder.decode(a.read(RECEIPT) or b"")
+            receipt = _receipt_decoder.decode(raw)
         except (msgspec.DecodeError, msgspec.ValidationError) as e:
             r.add("file", f"receipt.json is not valid: {e}", file=RECEIPT)
             return r

@@ -11,17 +11,17 @@ entry charging it was left out.
 from __future__ import annotations
 
 import base64
-import shutil
 from pathlib import Path
 
 import msgspec
 
 from ..errors import LogError, ParameterError
 from ..log import entry as E
+from ..log.files import ENTRIES_FILE, KEY_FILE, NOTE_FILE, POLICY_FILE, read_published, scan_published
 from ..log.merkle import MerkleTree, leaf_hash
 from ..log.note import Checkpoint, parse_note
 from ..log.writer import CHECKPOINTS, ENTRIES, KEYS, POLICY, write_atomic
-from .check import RECEIPT, Receipt
+from .check import _CHECKPOINT_RE, RECEIPT, Receipt
 
 
 def _b64(hs) -> list[str]:
@@ -30,15 +30,22 @@ def _b64(hs) -> list[str]:
 
 def export_receipt(log_dir: str | Path, source_id: str, out: str | Path) -> Path:
     log_dir, out = Path(log_dir), Path(out)
-    if not (log_dir / ENTRIES).is_file():
+    if not log_dir.is_dir():
+        raise ParameterError(f"{log_dir} is not a log directory")
+    # Nothing is copied from a directory holding a link, FIFO or device anywhere in it:
+    # what a receipt carries must be the log's own regular files.
+    listing = scan_published(log_dir)
+    listing.raise_refused()
+    if ENTRIES not in listing.files:
         raise ParameterError(f"{log_dir} is not a log directory (no {ENTRIES})")
     if out.exists() and any(out.iterdir()):
         raise ParameterError(f"{out} exists and is not empty")
-    lines = (log_dir / ENTRIES).read_bytes().split(b"\n")[:-1]
-    cps = sorted((log_dir / CHECKPOINTS).glob("*.note"))
-    if not cps:
+    lines = read_published(log_dir, ENTRIES, ENTRIES_FILE).split(b"\n")[:-1]
+    names = [n for n in listing.names_in(CHECKPOINTS) if _CHECKPOINT_RE.match(n)]
+    if not names:
         raise LogError(f"{log_dir} has no checkpoint to prove a receipt against")
-    head = Checkpoint.parse(parse_note(cps[-1].read_bytes())[0])
+    notes = {n: read_published(log_dir, f"{CHECKPOINTS}/{n}", NOTE_FILE) for n in names}
+    head = Checkpoint.parse(parse_note(notes[names[-1]])[0])
     size = head.size
     if size > len(lines):
         raise LogError(f"the latest checkpoint covers {size} entries but the log holds {len(lines)}")
@@ -66,15 +73,15 @@ def export_receipt(log_dir: str | Path, source_id: str, out: str | Path) -> Path
         raise LogError("the log's entries do not match its latest checkpoint; audit it first")
     receipt = Receipt(version=1, source=source_id, size=size, seqs=picked,
                       inclusion=[_b64(tree.inclusion_proof(s)) for s in picked],
-                      consistency={str(int(p.name[:12])): _b64(tree.consistency_proof(int(p.name[:12])))
-                                   for p in cps[:-1] if int(p.name[:12]) <= size})
+                      consistency={str(int(n[:12])): _b64(tree.consistency_proof(int(n[:12])))
+                                   for n in names[:-1] if int(n[:12]) <= size})
     (out / CHECKPOINTS).mkdir(parents=True, exist_ok=True)
     (out / KEYS).mkdir(exist_ok=True)
-    shutil.copyfile(log_dir / POLICY, out / POLICY)
-    for p in cps:
-        shutil.copyfile(p, out / CHECKPOINTS / p.name)
-    for p in (log_dir / KEYS).glob("*"):
-        shutil.copyfile(p, out / KEYS / p.name)
+    write_atomic(out / POLICY, read_published(log_dir, POLICY, POLICY_FILE))
+    for n, note in notes.items():
+        write_atomic(out / CHECKPOINTS / n, note)
+    for n in listing.names_in(KEYS):
+        write_atomic(out / KEYS / n, read_published(log_dir, f"{KEYS}/{n}", KEY_FILE))
     write_atomic(out / ENTRIES, b"".join(lines[s] + b"\n" for s in picked))
     write_atomic(out / RECEIPT, msgspec.json.encode(receipt) + b"\n")
     return out

@@ -27,6 +27,7 @@ from ..engine.ledger import Ledger, LedgerRecord
 from ..errors import LogError
 from . import entry
 from . import signers as signer_slots
+from .files import ENTRIES_FILE, KEY_FILE, NOTE_FILE, POLICY_FILE, read_published
 from .merkle import CompactRange, leaf_hash
 from .note import Checkpoint, Signer, generate_signer, parse_note, sign_checkpoint
 
@@ -133,7 +134,7 @@ class LogWriter:
             stale.unlink()      # a crash inside write_atomic: the rename never happened
         policy_bytes = ledger.policy.to_toml().encode()
         if (self.dir / POLICY).exists():
-            if (self.dir / POLICY).read_bytes() != policy_bytes:
+            if read_published(self.dir, POLICY, POLICY_FILE) != policy_bytes:
                 raise LogError(f"{self.dir / POLICY} differs from the policy this ledger was created with")
         else:
             write_atomic(self.dir / POLICY, policy_bytes)
@@ -143,7 +144,7 @@ class LogWriter:
             want = (s.verifier_key_string + "\n").encode()
             if not path.exists():
                 write_atomic(path, want)
-            elif path.read_bytes() != want:
+            elif read_published(self.dir, f"{KEYS}/{path.name}", KEY_FILE) != want:
                 raise LogError(f"{path} holds a different key for signer {s.name!r}")
         self._tree = CompactRange()
         self._load()
@@ -201,7 +202,7 @@ class LogWriter:
         if not path.exists():
             path.touch()
             fsync_dir(self.dir)
-        data = path.read_bytes()
+        data = read_published(self.dir, ENTRIES, ENTRIES_FILE)    # not a link: the truncate below must not follow one
         complete = data.rfind(b"\n") + 1
         if complete != len(data):
             with open(path, "r+b") as f:   # a crash mid-append: drop the partial line
@@ -232,7 +233,7 @@ class LogWriter:
             self._tree.extend(leaf_hash(b) for b in new)
         path = self.dir / CHECKPOINTS / checkpoint_name(self.size)
         if path.exists():
-            return Checkpoint.parse(parse_note(path.read_bytes())[0])
+            return Checkpoint.parse(parse_note(read_published(self.dir, f"{CHECKPOINTS}/{path.name}", NOTE_FILE))[0])
         cp = Checkpoint(self.origin, self.size, self._tree.root(), (f"{PREVIOUS}{self._previous}",))
         write_atomic(path, sign_checkpoint(cp, self.signers + self._retiring))
         self._previous = cp.size

@@ -39,6 +39,7 @@ from nacl.signing import SigningKey
 from ..attestation.nitro import AttestationDocument, verify
 from ..errors import AttestationError, EnclaveError, ProofError
 from ..log import entry as E
+from ..log.files import ENTRIES_FILE, NOTE_FILE, read_published, scan_published
 from ..log.merkle import verify_consistency
 from ..log.note import Checkpoint, Verifier, open_note
 from ..log.writer import CHECKPOINTS, ENTRIES, KEYS, POLICY, PREVIOUS, checkpoint_name, key_file_name, write_atomic
@@ -196,18 +197,27 @@ def fetch_log(conn: Connection, policy: ConsortiumPolicy, dest: str | Path) -> P
     checkpoint, every checkpoint down its previous-checkpoint chain, and the keys
     the signers entries record. Nothing is trusted here: audit the result."""
     dest = Path(dest)
+    if dest.exists():
+        scan_published(dest).raise_refused()     # a link already in dest would be written through
     (dest / CHECKPOINTS).mkdir(parents=True, exist_ok=True)
     (dest / KEYS).mkdir(exist_ok=True)
     head = conn.call("GetCheckpoint", pb.CheckpointRequest(size=0))
     entries: list[bytes] = []
+    total, cap = 0, ENTRIES_FILE.cap        # the auditor would refuse a larger mirror anyway
     while len(entries) < head.size:
         got = conn.call("GetEntries", pb.EntriesRequest(start=len(entries), end=head.size)).entries
         if not got:
             raise EnclaveError(f"the enclave served {len(entries)} of the {head.size} entries its checkpoint covers",
                                "DATA_LOSS")
+        total += sum(len(e) + 1 for e in got)
+        if total > cap:
+            raise EnclaveError(f"the enclave's entries exceed {ENTRIES_FILE.limit()}", "RESOURCE_EXHAUSTED")
         entries += got
     notes, size = {head.size: head.note}, head.size
     while True:
+        if len(notes[size]) > NOTE_FILE.cap:
+            raise EnclaveError(f"the enclave's checkpoint of size {size} exceeds {NOTE_FILE.limit()}",
+                               "RESOURCE_EXHAUSTED")
         text = notes[size].split(b"\n\n", 1)[0] + b"\n"
         prev = [line[len(PREVIOUS):] for line in text.decode(errors="replace").split("\n") if line.startswith(PREVIOUS)]
         if len(prev) != 1 or not prev[0].isdigit() or int(prev[0]) == 0 or int(prev[0]) in notes:
@@ -282,7 +292,7 @@ def check_attested_signers(log_dir: str | Path, *, expected_pcr0: bytes, expecte
     set of the log is attested."""
     roots = list(trusted_sim_roots)
     problems, seen, policy_digest = [], 0, None
-    for line in (Path(log_dir) / ENTRIES).read_bytes().split(b"\n")[:-1]:
+    for line in read_published(log_dir, ENTRIES, ENTRIES_FILE).split(b"\n")[:-1]:
         e = E.decode(line)
         if isinstance(e, E.Genesis):
             try:
@@ -324,7 +334,7 @@ def check_commitments(log_dir: str | Path, source_id: str, sent: Mapping[str, Su
     must be in the log with the commitment to exactly that vote. With `complete`
     (`sent` holds every vote it ever sent to this log), any other query that
     counts a vote for it is a problem too: a vote it never sent."""
-    lines = (Path(log_dir) / ENTRIES).read_bytes().split(b"\n")[:-1]
+    lines = read_published(log_dir, ENTRIES, ENTRIES_FILE).split(b"\n")[:-1]
     genesis = E.decode(lines[0])
     j, count = genesis.sources.index(source_id), len(genesis.sources)
     found, problems = set(), []
