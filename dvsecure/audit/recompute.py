@@ -277,7 +277,12 @@ def check_shard(data: bytes, begin: int, end: int, start: int, seqs: list[int], 
         rho_f[k, j] = float(rho)
         exact[j] += rho
 
-    per_query = np.array([type(e) is QT and e.backend != "mpc" for _, e in rows], bool)
+    # Who re-runs the filter is the signer set's business, not the entry's (the operator
+    # writes its backend field): where the policy names computing parties, they do,
+    # before any reveal; anywhere else the auditor does, on every query entry.
+    parties_check = policy.signers.parties if policy.signers is not None else None
+    per_query = np.array([type(e) is QT and (not parties_check if parties_check is not None else e.backend != "mpc")
+                          for _, e in rows], bool)
     wc_unit = float(worst_case_unit(mech))
 
     # Stated spends and counts against the recomputation, from the carry.
@@ -319,7 +324,8 @@ def check_shard(data: bytes, begin: int, end: int, start: int, seqs: list[int], 
         # The budget filter re-run (DESIGN §4): it is a function of public data, so an
         # exclusion it did not require is framing. A backend that decides query by query
         # sees the spend before each entry; an MPC batch reserves earlier queries' worst
-        # case, which the log does not show, so its exclusions are the parties' to check.
+        # case, which the log does not show, so its exclusions are the parties' to check
+        # (`per_query` above).
         # A source is surely admitted when even the smallest weight its filter may give
         # fits (gamma_min under "shrink"; under "exclude" any desired weight, so the
         # ceiling), with a margin far wider than float rounding.

@@ -158,3 +158,29 @@ def test_a_bad_submissions_file_is_named(tmp_path, line, message):
     path.write_text(line + "\n")
     with pytest.raises(ParameterError, match=f"{path}.*{message}"):
         load_submissions(path)
+
+
+def test_an_entry_claiming_an_mpc_backend_does_not_skip_the_filter_check(tmp_path):
+    """The operator writes the entry's backend field: under a policy that names no
+    computing party, nobody else re-runs the filter, so the auditor does, whatever
+    the entry says."""
+    import msgspec
+
+    from dvsecure.log import entry as E
+    from dvsecure.log.merkle import MerkleTree, leaf_hash
+    from dvsecure.log.note import Checkpoint, sign_checkpoint
+    from dvsecure.log.writer import CHECKPOINTS, ENTRIES, PREVIOUS, checkpoint_name
+
+    log, results = write_log(tmp_path, victim="a", on={1})
+    lines = (log / ENTRIES).read_bytes().split(b"\n")[:-1]
+    lines = [E.encode(msgspec.structs.replace(E.decode(x), backend="mpc")) if isinstance(E.decode(x), E.Query)
+             else x for x in lines]
+    (log / ENTRIES).write_bytes(b"".join(x + b"\n" for x in lines))
+    for p in (log / CHECKPOINTS).iterdir():
+        p.unlink()
+    op = operator_signer(tmp_path / "state", POLICY)
+    root = MerkleTree([leaf_hash(x) for x in lines]).root()
+    cp = Checkpoint(E.decode(lines[0]).origin, len(lines), root, (f"{PREVIOUS}0",))
+    (log / CHECKPOINTS / checkpoint_name(len(lines))).write_bytes(sign_checkpoint(cp, [op]))
+    report = audit(log, allow_nonprivate=True)
+    assert [f.seq for f in filter_findings(report)] == [results[1].seq], [str(f) for f in report.findings]
