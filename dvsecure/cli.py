@@ -119,73 +119,43 @@ def _key_arg(text: str) -> str:
     return path.read_text().strip() if path.is_file() else text
 
 
-def _agreed_enclave_pcr0(args) -> str | None:
-    """The measurement the policy names as its signer (`[signers] enclave_pcr0`): the
-    attested-signer check then runs without being asked. The audit itself reports a
-    policy that does not load."""
-    from .errors import PolicyError
-    from .log.writer import POLICY
-    from .policy import ConsortiumPolicy
-
-    try:
-        policy = ConsortiumPolicy.load(args.policy or args.path / POLICY)
-    except PolicyError:
-        return None
-    return policy.signers.enclave_pcr0 if policy.signers is not None else None
-
-
 def _audit(args) -> int:
     from .audit.check import audit
 
-    if args.enclave_pcr0 is None:
-        args.enclave_pcr0 = _agreed_enclave_pcr0(args)
-    if (args.trust_sim_root or args.enclave_principals) and not args.enclave_pcr0:
-        raise ParameterError("--trust-sim-root and --enclave-principals only apply to an enclave's log "
-                             "(--enclave-pcr0, or a policy whose [signers] names enclave_pcr0)")
-    attested = None
-    if args.enclave_pcr0:
-        attested = _attested_signer_problems(args)
+    pcr0 = None
+    if args.enclave_pcr0 is not None:
+        try:
+            pcr0 = bytes.fromhex(args.enclave_pcr0)
+        except ValueError:
+            raise ParameterError(f"--enclave-pcr0 is not hex: {args.enclave_pcr0!r}") from None
+    roots = [_read_arg(path, "--trust-sim-root") for path in args.trust_sim_root]
+    principals = None if args.enclave_principals is None else _read_arg(args.enclave_principals,
+                                                                        "--enclave-principals")
     report = audit(args.path, source=args.source, policy=args.policy, witness=args.witness,
                    trusted_keys=[_key_arg(k) for k in args.trust_key], allow_nonprivate=args.allow_nonprivate,
-                   submissions=args.submissions)
-    for problem in attested or ():
-        report.add("attestation", problem)          # part of the verdict, in the header and the exit code
+                   submissions=args.submissions, enclave_pcr0=pcr0, trusted_sim_roots=roots,
+                   enclave_principals=principals)
+    if (roots or principals is not None) and not report.attested:
+        raise ParameterError("--trust-sim-root and --enclave-principals only apply to an enclave's log "
+                             "(--enclave-pcr0, or a policy whose [signers] names enclave_pcr0)")
+    attested = [str(f) for f in report.findings if f.check == "attestation"]
     if args.json:
         out = report.to_dict()
-        if attested is not None:
+        if report.attested:
             out["attested_signers"] = {"ok": not attested, "findings": attested}
         print(json.dumps(out, indent=2))
     else:
         print(report.to_text())
-        if attested is not None:
+        if report.attested:
             print("attested signers: " + ("OK" if not attested else "FAILED (findings above)"))
     return 0 if report.ok else 1
 
 
-def _attested_signer_problems(args) -> list[str]:
-    from .log.writer import ENTRIES
-    from .tee.client import check_attested_signers
-
+def _read_arg(path: Path, flag: str) -> bytes:
     try:
-        pcr0 = bytes.fromhex(args.enclave_pcr0)
-    except ValueError:
-        raise ParameterError(f"--enclave-pcr0 is not hex: {args.enclave_pcr0!r}") from None
-    if not (args.path / ENTRIES).is_file():
-        raise ParameterError(f"--enclave-pcr0 needs a log directory with {ENTRIES}; {args.path} has none")
-    roots = []
-    for path in args.trust_sim_root:
-        try:
-            roots.append(path.read_bytes())
-        except OSError as e:
-            raise ParameterError(f"cannot read --trust-sim-root {path}: {e}") from None
-    principals = None
-    if args.enclave_principals is not None:
-        try:
-            principals = args.enclave_principals.read_bytes()
-        except OSError as e:
-            raise ParameterError(f"cannot read --enclave-principals {args.enclave_principals}: {e}") from None
-    return check_attested_signers(args.path, expected_pcr0=pcr0, expected_principals=principals,
-                                  trusted_sim_roots=roots)
+        return path.read_bytes()
+    except OSError as e:
+        raise ParameterError(f"cannot read {flag} {path}: {e.strerror or e}") from None
 
 
 def _party(args) -> int:

@@ -32,8 +32,19 @@ from ..accounting.conversions import zcdp_eps_tight
 from ..errors import DvsecureError, NoteError, ParameterError, PolicyError, ProofError
 from ..log import entry as E
 from ..log import signers as S
-from ..log.files import (ENTRIES_FILE, KEY_FILE, NOTE_FILE, POLICY_FILE, RECEIPT_FILE, WITNESS_FILE, Kind,
-                         PublishedFileError, read_named, read_published, scan_published)
+from ..log.files import (
+    ENTRIES_FILE,
+    KEY_FILE,
+    NOTE_FILE,
+    POLICY_FILE,
+    RECEIPT_FILE,
+    WITNESS_FILE,
+    Kind,
+    PublishedFileError,
+    read_named,
+    read_published,
+    scan_published,
+)
 from ..log.merkle import MerkleTree, verify_consistency, verify_inclusion
 from ..log.note import Checkpoint, Verifier, open_note, parse_note
 from ..log.writer import CHECKPOINT_SUFFIX, CHECKPOINTS, ENTRIES, KEY_SUFFIX, KEYS, POLICY, PREVIOUS, key_file_name
@@ -93,6 +104,7 @@ class AuditReport:
     entries: int = 0            # entries examined
     checkpoints: int = 0
     non_private_entries: int = 0
+    attested: bool = False      # the signers' attestations were checked (an enclave's log)
     findings: list[Finding] = field(default_factory=list)
     sources: list[SourceReport] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -163,6 +175,10 @@ def _b64hashes(items: list[str]) -> list[bytes]:
         h = base64.b64decode(s, validate=True)
         if len(h) != 32:
             raise ValueError("a proof hash is not 32 bytes")
+        if base64.b64encode(h).decode() != s:
+            # b64decode ignores the unused low bits of the last character: a receipt must
+            # not have two spellings, so every byte of it counts.
+            raise ValueError("a proof hash is not in canonical base64")
         out.append(h)
     return out
 
@@ -473,11 +489,15 @@ def _sorted_seqs(seqs, r) -> bool:
 def audit(path: str | Path, *, source: str | None = None, policy: str | Path | None = None,
           witness: str | Path | None = None, trusted_keys: list[str] = (),
           allow_nonprivate: bool = False, workers: int | None = None,
-          submissions: str | Path | None = None) -> AuditReport:
+          submissions: str | Path | None = None, enclave_pcr0: bytes | None = None,
+          trusted_sim_roots=(), enclave_principals: bytes | None = None) -> AuditReport:
     """Audit a log directory or an exported receipt (a directory with receipt.json).
     `workers`: processes for the per-entry work (default: one per core on large logs).
     `submissions`: the source's own submissions file (audit/submissions.py), checked
-    against the entries: the source is the receipt's, or `source`."""
+    against the entries: the source is the receipt's, or `source`.
+    Under a policy naming the enclave as signer (or with `enclave_pcr0`), every
+    signer's attestation is verified (audit/attested.py), a simulated one only if
+    its root is in `trusted_sim_roots`; `enclave_principals`: the agreed file."""
     path = Path(path)
     if not path.is_dir():
         raise ParameterError(f"{path} is not a log directory or receipt")
@@ -580,6 +600,16 @@ def audit(path: str | Path, *, source: str | None = None, policy: str | Path | N
 
     if submissions is not None:
         _check_submissions(a, policy_obj, submissions, data, seqs, qids)
+    agreed = policy_obj.signers.enclave_pcr0 if policy_obj is not None and policy_obj.signers else None
+    if enclave_pcr0 is None and agreed is not None:
+        enclave_pcr0 = bytes.fromhex(agreed)
+    if enclave_pcr0 is not None:
+        from .attested import check_attested_signers
+
+        r.attested = True
+        for problem in check_attested_signers(path, expected_pcr0=enclave_pcr0, expected_principals=enclave_principals,
+                                              trusted_sim_roots=trusted_sim_roots):
+            r.add("attestation", problem)
     if policy_obj is not None:
         _report_sources(a, policy_obj, shards, complete)
     if head is not None:

@@ -28,7 +28,6 @@ from ..policy import ConsortiumPolicy, SignerPolicy
 from ..tee.client import (
     CoordinatorClient,
     SourceClient,
-    check_attested_signers,
     check_commitments,
     check_not_rolled_back,
     connect,
@@ -146,12 +145,13 @@ def run_enclave_demo(out: Path, state: Path, num_sources: int = 5, num_queries: 
     correct = sum(1 for r, y in zip(released, labels) if r.answered and r.label == int(y))
     hedge = hedge_baseline(np.eye(num_classes)[votes], labels, policy.ids)
     # The sources' view: the published log and their own mirror of it, from signed data alone.
-    audited = audit(out)
+    # The policy names the enclave as signer, so each audit checks every attestation too.
+    attested = {"enclave_pcr0": pcr0, "enclave_principals": agreed, "trusted_sim_roots": roots}
+    audited = audit(out, **attested)
     findings = [str(f) for f in audited.findings]
-    findings += check_attested_signers(out, expected_pcr0=pcr0, expected_principals=agreed, trusted_sim_roots=roots)
     for sid in policy.ids:
         findings += [f"{sid}: {p}" for p in check_commitments(mirror, sid, sent[sid])]
-    mirrored = audit(mirror)
+    mirrored = audit(mirror, **attested)
     findings += [f"mirror: {f}" for f in mirrored.findings]
 
     flt = BudgetFilter(policy.mechanism)

@@ -11,25 +11,22 @@ Light install (grpcio, protobuf, nacl, cryptography; no torch). A source:
 3. seals its votes to that key and signs the request (`SourceClient.submit`),
    keeping each vote's commitment nonce;
 4. later mirrors the public log (`fetch_log`), audits it (`dvsecure.audit.check`),
-   checks that every key that signed it was attested (`check_attested_signers`)
-   and that the log commits to exactly the votes it sent (`check_commitments`).
+   checks that every key that signed it was attested (`audit.attested`, which
+   the audit runs under a policy naming the enclave) and that the log commits to exactly the votes it sent (`check_commitments`).
 
 Failures raise EnclaveError (code = the gRPC status name for refusals by the
 enclave) or AttestationError (reason says which check failed).
 """
 from __future__ import annotations
 
-import base64
 import hashlib
 import numbers
 import os
 import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
-import cbor2
 import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -37,7 +34,7 @@ from nacl.public import PublicKey, SealedBox
 from nacl.signing import SigningKey
 
 from ..attestation.nitro import AttestationDocument, verify
-from ..errors import AttestationError, EnclaveError, ProofError
+from ..errors import EnclaveError, ProofError
 from ..log import entry as E
 from ..log.files import ENTRIES_FILE, NOTE_FILE, read_published, scan_published
 from ..log.merkle import verify_consistency
@@ -269,63 +266,6 @@ def check_not_rolled_back(conn: Connection, identity: EnclaveIdentity, witness: 
         raise EnclaveError(f"forked: the enclave's log does not extend the checkpoint of {witness.size} entries "
                            f"this source saw ({e})", "DATA_LOSS") from None
     return latest
-
-
-def _document_time(document: bytes) -> datetime | None:
-    try:
-        item = cbor2.loads(document)
-        item = item.value if isinstance(item, cbor2.CBORTag) else item
-        ms = cbor2.loads(item[2])["timestamp"]
-        return datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(milliseconds=ms)
-    except Exception:   # anything unparsable: verify() below names the problem precisely
-        return None
-
-
-def check_attested_signers(log_dir: str | Path, *, expected_pcr0: bytes, expected_principals: bytes | None = None,
-                           trusted_sim_roots: Iterable = (), root=None) -> list[str]:
-    """Problems with the log's signers: every key that may sign a checkpoint must be an
-    enclave key whose attestation (checked at its own time: the keys were attested
-    then) chains to a trusted root, carries the expected PCR0 and binds that key and
-    the log's policy (and, if given, the agreed principals file). That the log's
-    policy is the one a source agreed to is the audit's check (`audit --policy`, or
-    a receipt's policy), not this one's. An empty list means every signer
-    set of the log is attested."""
-    roots = list(trusted_sim_roots)
-    problems, seen, policy_digest = [], 0, None
-    for line in read_published(log_dir, ENTRIES, ENTRIES_FILE).split(b"\n")[:-1]:
-        e = E.decode(line)
-        if isinstance(e, E.Genesis):
-            try:
-                policy_digest = bytes.fromhex(e.policy_digest)
-            except ValueError:
-                problems.append(f"entry {e.seq}: the genesis entry's policy digest is not hex")
-        if not isinstance(e, E.Signers):
-            continue
-        seen += 1
-        for k in e.keys:
-            where = f"entry {e.seq}, signer {k.name!r}"
-            if k.role != "enclave" or not k.attestation:
-                problems.append(f"{where}: role {k.role!r} without an attestation; not an attested enclave key")
-                continue
-            try:
-                raw = base64.b64decode(k.attestation, validate=True)
-                doc = verify(raw, root_der_or_pem=root, at=_document_time(raw), expected_pcrs={0: expected_pcr0},
-                             trusted_sim_roots=roots)
-                binding = proto.parse_binding(doc.user_data)
-                if binding.signer_vkey != k.vkey:
-                    problems.append(f"{where}: the attestation binds another checkpoint key")
-                if expected_principals is not None and \
-                        binding.principals_sha256 != hashlib.sha256(expected_principals).digest():
-                    problems.append(f"{where}: that instance ran with other principals than the agreed file")
-                if binding.policy_sha256 != policy_digest:
-                    problems.append(f"{where}: that instance enforced another policy than the log's")
-            except AttestationError as err:
-                problems.append(f"{where}: attestation refused ({err.reason}): {err}")
-            except (EnclaveError, ValueError) as err:
-                problems.append(f"{where}: {err}")
-    if not seen:
-        problems.append("the log has no signers entry")
-    return problems
 
 
 def check_commitments(log_dir: str | Path, source_id: str, sent: Mapping[str, Submission], *,

@@ -272,3 +272,19 @@ def test_an_enclave_policy_takes_no_operator_signature(tmp_path):
     (out / "policy.toml").write_text(policy.to_toml())
     report = audit(out, allow_nonprivate=True)
     assert any("attested enclave" in f for f in signer_findings(report)), [str(f) for f in report.findings]
+
+
+def test_the_library_audit_verifies_enclave_attestations(tmp_path):
+    """A host that signs an enclave-policy log itself, with a junk attestation in the
+    signers entry, fails the audit however the auditor is called (library, receipt)."""
+    host = new_signer("host-pretending-enclave")
+    policy = base_policy().with_signers(SignerPolicy(enclave_pcr0="ab" * 48))
+    with Ledger(tmp_path / "l.sqlite", policy) as ledger:
+        log = LogWriter(tmp_path / "log", ledger, [host], role="enclave", attestations={host.name: "AAAA"})
+        run_queries(log, ledger, 0, 3)
+    agreed = tmp_path / "agreed.toml"
+    agreed.write_text(policy.to_toml())
+    for path in (tmp_path / "log", export_receipt(tmp_path / "log", "a", tmp_path / "receipt")):
+        report = audit(path, policy=agreed, allow_nonprivate=True)
+        assert report.attested and any(f.check == "attestation" and "attestation refused" in f.message
+                                       for f in report.findings), [str(f) for f in report.findings]

@@ -414,3 +414,19 @@ def test_dishonest_scalars_are_findings_not_crashes(copy, changes, check):
     _resign(log, state, lines)
     report = audit(log, allow_nonprivate=True)
     assert any(f.check == check and f.seq == k for f in report.findings), [str(f) for f in report.findings]
+
+
+def test_a_receipt_proof_in_non_canonical_base64_is_refused(copy, tmp_path):
+    """The last base64 character of a 32-byte hash carries two unused bits: flipping
+    them decodes to the same hash, so a receipt could have two spellings."""
+    log, _ = copy
+    receipt = export_receipt(log, "inst-4", tmp_path / "r")
+    meta = json.loads((receipt / "receipt.json").read_text())
+    proof = next(p for p in meta["inclusion"] if p)
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    last = proof[0][-2]                       # "....X=": X holds 4 data bits and 2 unused ones
+    proof[0] = proof[0][:-2] + alphabet[alphabet.index(last) ^ 1] + "="
+    (receipt / "receipt.json").write_text(json.dumps(meta))
+    report = audit(receipt, allow_nonprivate=True)
+    assert any(f.check == "merkle" and "canonical base64" in f.message for f in report.findings), \
+        [str(f) for f in report.findings]

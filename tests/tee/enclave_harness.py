@@ -14,7 +14,6 @@ from dvsecure.policy import Budget, ConsortiumPolicy, MechanismPolicy, SignerPol
 from dvsecure.tee.client import (
     CoordinatorClient,
     SourceClient,
-    check_attested_signers,
     check_commitments,
     connect,
     fetch_log,
@@ -85,12 +84,12 @@ class Deployment:
 
     def check(self) -> list[str]:
         """Everything a source checks afterwards; empty means all is well."""
-        findings = [str(f) for f in audit(self.out).findings]
-        findings += check_attested_signers(self.out, expected_pcr0=self.pcr0, expected_principals=self.principals,
-                                           trusted_sim_roots=self.roots)
+        attested = {"enclave_pcr0": self.pcr0, "enclave_principals": self.principals,
+                    "trusted_sim_roots": self.roots}
+        findings = [str(f) for f in audit(self.out, **attested).findings]
         if self.conn is not None:
             mirror = fetch_log(self.conn, self.policy, self.root / "mirror")
-            findings += [f"mirror: {f}" for f in audit(mirror).findings]
+            findings += [f"mirror: {f}" for f in audit(mirror, **attested).findings]
             for sid in self.policy.ids:
                 findings += check_commitments(mirror, sid, self.sent[sid], complete=True)
         return findings

@@ -10,11 +10,12 @@ import sys
 import pytest
 from enclave_harness import Deployment, deployed
 
+from dvsecure.audit.attested import check_attested_signers
 from dvsecure.errors import AttestationError, EnclaveError
 from dvsecure.log import entry as E
 from dvsecure.log.writer import ENTRIES, KEYS, key_file_name
 from dvsecure.policy import Budget
-from dvsecure.tee.client import check_attested_signers, verify_checkpoint_from, verify_enclave
+from dvsecure.tee.client import verify_checkpoint_from, verify_enclave
 from dvsecure.tee.protocol import REPO_ROOT, enclave_measurement
 from dvsecure.wire.proto import dvsecure_pb2 as pb
 

@@ -59,7 +59,9 @@ def test_votes_released_logged_and_audited(dep, tmp_path):
     # A source's receipt, exported from its own mirror, audits clean on its own.
     mirror = fetch_log(dep.conn, dep.policy, tmp_path / "mirror2")
     receipt = export_receipt(mirror, "src1", tmp_path / "receipt")
-    assert audit(receipt).ok
+    # Its signers' attestations are checked too: a simulated one only with its root trusted.
+    assert any(f.check == "attestation" and "sim_untrusted" in f.message for f in audit(receipt).findings)
+    assert audit(receipt, trusted_sim_roots=dep.roots).ok
     # A commitment check that would catch a substituted vote.
     qid = "q0-0"
     forged = {qid: Submission(99, dep.sent["src1"][qid].nonce)}
@@ -75,7 +77,7 @@ def test_enclave_demo_report_matches_the_other_backends(tmp_path):
     assert d["audit"]["ok"], d["audit"]["findings"]
     assert d["answered"] + d["refused"] == 60 and len(d["labels"]) == 60
     assert d["attestation"]["simulated"] and "SIMULATED" in d["attestation"]["note"]
-    assert audit(tmp_path / "out").ok
+    assert audit(tmp_path / "out", trusted_sim_roots=[(tmp_path / "state" / "sim-ca" / "root.pem").read_bytes()]).ok
     plain = run_demo(out=tmp_path / "p-out", state=tmp_path / "p-state", num_sources=4, num_queries=60,
                      num_classes=5, seed=3, noise=make_noise("seeded", 1)).data
     assert set(plain) <= set(d)

@@ -9,11 +9,12 @@ import sqlite3
 import pytest
 from enclave_harness import deployed
 
+from dvsecure.audit.attested import check_attested_signers
 from dvsecure.audit.check import audit
 from dvsecure.errors import EnclaveError
 from dvsecure.log import entry as E
 from dvsecure.log.writer import CHECKPOINTS, ENTRIES
-from dvsecure.tee.client import check_attested_signers, verify_enclave
+from dvsecure.tee.client import verify_enclave
 
 
 @pytest.fixture
