@@ -182,6 +182,10 @@ def run_enclave_demo(out: Path, state: Path, num_sources: int = 5, num_queries: 
                         "note": ("SIMULATED attestation: not a TEE; its root was trusted explicitly"
                                  if enclave.ready["simulated"] else "AWS Nitro attestation")},
         "audit": {"ok": not findings, "entries": audited.entries, "checkpoints": audited.checkpoints,
-                  "findings": findings},
+                  "findings": findings,
+                  # The policy names the attested enclave, so the audit checks attestations:
+                  # a simulated one only with its root trusted by name.
+                  "command": f"dvsecure audit {out}" + (f" --trust-sim-root {state / 'sim-ca' / 'root.pem'}"
+                                                         if enclave.ready["simulated"] else "")},
     }
     return EnclaveDemoReport(data)

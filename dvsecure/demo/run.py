@@ -63,7 +63,7 @@ class DemoReport:
         a = d["audit"]
         lines.append("audit of the published log: " + ("OK" if a["ok"] else "FAILED") +
                      f" ({a['entries']} entries, {a['checkpoints']} signed checkpoints; "
-                     f"dvsecure audit {d['out']})")
+                     f"{a.get('command', 'dvsecure audit ' + d['out'])})")
         lines += [f"  {f}" for f in a["findings"]]
         lines.append(f"published log: {d['out']}   private state (ledgers and keys): {d['state']}")
         return "\n".join(lines)
