@@ -150,28 +150,16 @@ def _filter_checks(cmd: dict, policy, ledger, gammas: np.ndarray) -> None:
 
 def _seen(gammas_cmd: np.ndarray, present: np.ndarray, counts: np.ndarray, agreed: np.ndarray,
           valid: np.ndarray, inbox: bool) -> list[str]:
-    """Per query, the letter of what this party saw of each source (party_ledger.SEEN_*)."""
-    from .party_ledger import SEEN_COUNTED, SEEN_EXCLUDED, SEEN_NOT_RELAYED, SEEN_NOTHING, SEEN_PARTIAL, SEEN_REJECTED
+    """Per query, the letter of what this party saw of each source (party_ledger.SEEN_*),
+    the first that applies in this order (vectorised: Q*S can be 500,000)."""
+    from .party_ledger import (SEEN_COUNTED, SEEN_EXCLUDED, SEEN_NOT_RELAYED, SEEN_NOTHING, SEEN_PARTIAL,
+                               SEEN_REJECTED)
 
-    Q, S = gammas_cmd.shape
-    out = []
-    for q in range(Q):
-        row = []
-        for s in range(S):
-            if gammas_cmd[q, s] == 0:
-                row.append(SEEN_EXCLUDED)
-            elif inbox and counts[s, q] == 0:
-                row.append(SEEN_NOTHING)
-            elif not inbox and not present[q, s]:
-                row.append(SEEN_NOT_RELAYED)
-            elif not agreed[s, q]:
-                row.append(SEEN_PARTIAL)
-            elif not valid[s, q]:
-                row.append(SEEN_REJECTED)
-            else:
-                row.append(SEEN_COUNTED)
-        out.append("".join(row))
-    return out
+    none = (counts.T == 0) if inbox else ~present
+    letters = np.select([gammas_cmd == 0, none, ~agreed.T, ~valid.T],
+                        [ord(SEEN_EXCLUDED), ord(SEEN_NOTHING if inbox else SEEN_NOT_RELAYED), ord(SEEN_PARTIAL),
+                         ord(SEEN_REJECTED)], ord(SEEN_COUNTED)).astype(np.uint8)
+    return [row.tobytes().decode("ascii") for row in letters]
 
 
 def evaluate_batch(crypten, cmd: dict, rank: int, world: int, party_key, ledger, peers, inbox=None) -> dict:

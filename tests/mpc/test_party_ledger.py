@@ -288,3 +288,17 @@ def test_a_signers_entry_moving_this_partys_key_to_another_slot_is_refused(tmp_p
     honest = [genesis, signers(keys)]
     party.check_and_cosign(honest, text(honest))
     assert party.size == 2
+
+
+def test_what_a_party_saw_is_derived_in_order_of_precedence():
+    """Weight 0 (the filter) first, then no share, a share not every party holds, a
+    rejected vote; else counted. Relayed batches cannot tell absent from refused."""
+    from dvsecure.mpc.evaluate import _seen
+
+    gammas = np.array([[0, 5, 5, 5, 5], [5, 5, 5, 5, 0]])
+    present = np.array([[1, 0, 1, 1, 1], [1, 1, 1, 1, 1]], bool)
+    counts = np.array([[3, 3], [0, 3], [3, 3], [3, 3], [3, 3]])          # [S, Q]
+    agreed = np.array([[1, 1], [0, 1], [0, 1], [1, 1], [1, 1]], bool)
+    valid = np.array([[1, 1], [0, 1], [0, 1], [0, 1], [1, 1]], bool)
+    assert _seen(gammas, present, counts, agreed, valid, inbox=True) == ["BXPRV", "VVVVB"]
+    assert _seen(gammas, present, counts, agreed, valid, inbox=False) == ["BxPRV", "VVVVB"]
