@@ -115,8 +115,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _key_arg(text: str) -> str:
+    """--trust-key: a verifier key, or a file holding one (read capped: never a FIFO)."""
+    from .log.files import KEY_FILE, read_named
+
     path = Path(text)
-    return path.read_text().strip() if path.is_file() else text
+    if not path.exists():
+        return text
+    try:
+        return read_named(path, KEY_FILE, follow_links=True).decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise ParameterError(f"--trust-key {path}: not a UTF-8 verifier key file") from None
 
 
 def _audit(args) -> int:
@@ -152,8 +160,11 @@ def _audit(args) -> int:
 
 
 def _read_arg(path: Path, flag: str) -> bytes:
+    """A small file the user names (a root certificate, a principals file), read capped."""
+    from .log.files import POLICY_FILE, read_named
+
     try:
-        return path.read_bytes()
+        return read_named(path, POLICY_FILE, follow_links=True)
     except OSError as e:
         raise ParameterError(f"cannot read {flag} {path}: {e.strerror or e}") from None
 

@@ -28,6 +28,13 @@ def _b64(hs) -> list[str]:
     return [base64.b64encode(h).decode("ascii") for h in hs]
 
 
+def _entry(lines: list[bytes], seq: int):
+    try:
+        return E.decode(lines[seq])
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise LogError(f"entry {seq} does not decode ({exc}); audit the log first") from None
+
+
 def export_receipt(log_dir: str | Path, source_id: str, out: str | Path) -> Path:
     log_dir, out = Path(log_dir), Path(out)
     if not log_dir.is_dir():
@@ -49,17 +56,22 @@ def export_receipt(log_dir: str | Path, source_id: str, out: str | Path) -> Path
     size = head.size
     if size > len(lines):
         raise LogError(f"the latest checkpoint covers {size} entries but the log holds {len(lines)}")
-    genesis = E.decode(lines[0])
+    if size == 0:
+        raise LogError(f"{log_dir}'s latest checkpoint covers no entry")
+    genesis = _entry(lines, 0)
     if not isinstance(genesis, E.Genesis) or source_id not in genesis.sources:
         raise ParameterError(f"source {source_id!r} is not in this log's policy")
     j, count = genesis.sources.index(source_id), len(genesis.sources)
 
     picked, last = [], 0     # genesis, signers, the last entry, and the source's own
     for seq in range(size):
-        e = E.decode(lines[seq])
+        e = _entry(lines, seq)
         keep = isinstance(e, (E.Genesis, E.Signers)) or seq == size - 1
         if isinstance(e, (E.Query, E.Calibration)):
-            now = int(E.unpack(e.charged, "<u4", count)[j])
+            try:
+                now = int(E.unpack(e.charged, "<u4", count)[j])
+            except ValueError as exc:
+                raise LogError(f"entry {seq}: {exc}; audit the log first") from None
             keep = keep or now != last
             last = now
         # Every query the source is not absent from, charged or not: an exclusion or an

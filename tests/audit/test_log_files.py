@@ -343,3 +343,15 @@ def test_a_link_swapped_in_between_the_check_and_the_open_is_refused(log, monkey
     with pytest.raises(PublishedFileError, match="replaced while being opened") as e:
         read_published(log, ENTRIES, files.ENTRIES_FILE)
     assert e.value.path == ENTRIES
+
+
+@pytest.mark.parametrize("flag", ["--trust-key", "--trust-sim-root", "--enclave-principals"])
+def test_a_fifo_given_as_a_file_argument_is_refused_not_waited_on(log, tmp_path, flag):
+    """Files the user names on the command line are read capped too: a FIFO there
+    would otherwise hang the audit."""
+    fifo = tmp_path / "arg.fifo"
+    os.mkfifo(fifo)
+    extra = [flag, str(fifo)] + (["--enclave-pcr0", "ab" * 48] if flag != "--trust-key" else [])
+    done = run_cli("audit", str(log), "--allow-nonprivate", *extra)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert str(fifo) in done.stderr and "Traceback" not in done.stderr

@@ -430,3 +430,14 @@ def test_a_receipt_proof_in_non_canonical_base64_is_refused(copy, tmp_path):
     report = audit(receipt, allow_nonprivate=True)
     assert any(f.check == "merkle" and "canonical base64" in f.message for f in report.findings), \
         [str(f) for f in report.findings]
+
+
+@pytest.mark.parametrize("garbage", [b"{not json", b'{"kind":"query"}', b""])
+def test_receipt_export_of_a_log_with_a_malformed_entry_is_a_clear_error(copy, tmp_path, capsys, garbage):
+    log, _ = copy
+    lines = (log / ENTRIES).read_bytes().split(b"\n")
+    lines[5] = garbage
+    (log / ENTRIES).write_bytes(b"\n".join(lines))
+    assert main(["receipt", "export", str(log), "--source", "inst-1", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "entry 5 does not decode" in err and "audit the log first" in err and "Traceback" not in err
