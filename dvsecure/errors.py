@@ -49,6 +49,11 @@ class SubmissionError(DvsecureError):
     unknown source, meant for another party or query, or does not decrypt."""
 
 
+class UnauthenticatedSubmission(SubmissionError):
+    """A submission whose sender is not who it claims: an unknown source, a bad
+    signature, or signed by one source in another's name (gRPC UNAUTHENTICATED)."""
+
+
 class AttestationError(DvsecureError):
     """An enclave attestation document does not verify. `reason` names the
     failed check, machine-readable; the message says what was wrong.

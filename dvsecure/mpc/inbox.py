@@ -33,11 +33,10 @@ from typing import Callable, Mapping, NamedTuple
 
 import numpy as np
 
-from ..errors import PartyRefusal, SubmissionError
+from ..errors import PartyRefusal, SubmissionError, UnauthenticatedSubmission
 from ..wire.limits import check_query_id
 from .sharing import open_submission
 
-_AUTH_PROBLEMS = ("unknown source", "bad signature", "signed by")
 # What one pending share costs beyond its bytes (dict slot, key tuple, array header),
 # counted so that many tiny shares cannot exhaust memory under the byte limit.
 _ENTRY_OVERHEAD = 256
@@ -130,7 +129,8 @@ class ShareInbox:
         try:
             got = open_submission(envelope, self.rank, self.world, self.box_key, self.source_keys)
         except SubmissionError as e:
-            code = "UNAUTHENTICATED" if any(p in str(e) for p in _AUTH_PROBLEMS) else "INVALID_ARGUMENT"
+            # By type, never by the message, which quotes the sender's own source id.
+            code = "UNAUTHENTICATED" if isinstance(e, UnauthenticatedSubmission) else "INVALID_ARGUMENT"
             raise PartyRefusal(str(e), code) from None
         sid = got.source_id
         for qid in got.query_ids:

@@ -29,7 +29,7 @@ from nacl.exceptions import BadSignatureError, CryptoError
 from nacl.public import PrivateKey, PublicKey, SealedBox
 from nacl.signing import SigningKey, VerifyKey
 
-from ..errors import SubmissionError, VoteError
+from ..errors import SubmissionError, UnauthenticatedSubmission, VoteError
 from ..mechanism.votes import InvalidVote, encode_vote
 from ..policy import ONE_HOT
 
@@ -178,17 +178,17 @@ def open_submission(message: bytes, party_index: int, num_parties: int, party_ke
         raise SubmissionError(f"malformed submission: {e}") from None
     key = source_keys.get(signed.source_id)
     if key is None:
-        raise SubmissionError(f"submission from unknown source {signed.source_id!r}")
+        raise UnauthenticatedSubmission(f"submission from unknown source {signed.source_id!r}")
     try:
         key.verify(_DOMAIN + signed.body, signed.signature)
     except (BadSignatureError, ValueError):
-        raise SubmissionError(f"bad signature on the submission of source {signed.source_id!r}") from None
+        raise UnauthenticatedSubmission(f"bad signature on the submission of source {signed.source_id!r}") from None
     try:
         sub = _body_decoder.decode(signed.body)
     except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as e:
         raise SubmissionError(f"malformed submission body from {signed.source_id!r}: {e}") from None
     if sub.source_id != signed.source_id:
-        raise SubmissionError(f"submission signed by {signed.source_id!r} names source {sub.source_id!r}")
+        raise UnauthenticatedSubmission(f"submission signed by {signed.source_id!r} names source {sub.source_id!r}")
     if sub.v != VERSION:
         raise SubmissionError(f"submission version {sub.v} is not {VERSION}")
     if sub.party_index != party_index or sub.num_parties != num_parties:

@@ -260,3 +260,25 @@ def test_an_explicit_per_source_quota_and_bad_limits():
 def test_a_batch_command_with_an_oversized_query_id_is_refused_by_name():
     with pytest.raises(SubmissionError, match=r"query id 'qqqq.*'\.\.\. is 8388608 bytes"):
         _public_checks(command(query_ids=["q0", "q" * (8 << 20)]), POLICY, WORLD, LISTENING)
+
+
+def test_the_refusal_status_is_chosen_by_what_failed_not_by_the_senders_words():
+    """A source id is the sender's own text and is quoted in refusals: one spelled like
+    an authentication failure must not turn a malformed body into UNAUTHENTICATED, and
+    an unknown source stays UNAUTHENTICATED whatever it calls itself."""
+    import msgspec
+
+    from dvsecure.mpc import sharing
+
+    tricky = SigningKey.generate()
+    box = ShareInbox(0, WORLD, KEYS[0].private, {"bad signature": tricky.verify_key}, evaluated=set())
+    body = b"\xc1 not msgpack"                       # signed correctly, but no submission inside
+    signed = sharing.Signed(source_id="bad signature", body=body,
+                             signature=tricky.sign(sharing._DOMAIN + body).signature)
+    with pytest.raises(PartyRefusal, match="malformed submission body") as e:
+        box.submit(msgspec.msgpack.encode(signed))
+    assert e.value.code == "INVALID_ARGUMENT"
+    with pytest.raises(PartyRefusal, match="unknown source") as e:
+        inbox().submit(seal_submissions("malformed", SOURCE, ["q"], encode_batch([0], 2),
+                                        [k.public for k in KEYS])[0])
+    assert e.value.code == "UNAUTHENTICATED"
