@@ -27,6 +27,10 @@ File format (every key checked; unknown keys are errors):
     delta = 1e-5                     # reporting delta (defaults to the budget's, else 1e-5)
     on_exhaustion = "exclude"        # or "shrink"
     votes = "one-hot"                # or "simplex"
+    unit = "source"                  # privacy unit (DESIGN §4): "source" (default) or "slice"
+    # slices = 64                    # unit = "slice": m disjoint slices, one model each; votes are
+    #                                # histograms of the m slice votes, and the budget protects one slice
+    # influence_budget = { rho = 2000.0 }  # unit = "slice", optional: caps the source-level spend too
 
     [signers]                        # who must sign every checkpoint (DESIGN §5)
     operator = "<base64 Ed25519 public key>"
@@ -56,15 +60,24 @@ import tomli_w
 from .accounting.conversions import rho_from_eps_delta, rho_from_rdp_budget
 from .errors import PolicyError
 from .log.files import POLICY_FILE, PublishedFileError, read_named
-from .mechanism.fixedpoint import SCALE, ceil_to_grid, floor_to_grid
+from .mechanism.fixedpoint import SCALE
 
 GNMAX_KIND = "gnmax"
 CONFIDENT_KIND = "confident_gnmax"
 ONE_HOT = "one-hot"
 SIMPLEX = "simplex"
+HISTOGRAM = "histogram"          # a slice-unit source's vote: counts of its m slices' votes
+SOURCE_UNIT = "source"
+SLICE_UNIT = "slice"
+MAX_SLICES = 1 << 16             # gamma/m must stay a positive multiple of 2**-16
 EXCLUDE = "exclude"
 SHRINK = "shrink"
 DEFAULT_DELTA = 1e-5
+
+
+def unit_label(unit: str, slices: int) -> str:
+    """A privacy unit as people read it: "source", or "slice m=64"."""
+    return unit if unit == SOURCE_UNIT else f"{unit} m={slices}"
 
 
 def _number(where: str, name: str, value: Any) -> float:
@@ -157,13 +170,30 @@ class Budget:
 
 @dataclass(frozen=True)
 class SourcePolicy:
+    """One source's agreement: its weight band, its budget, its vote format and its
+    privacy unit.
+
+    unit "source" (default): the budget protects the source's whole vote stream
+    (source-level replacement). unit "slice" with `slices` = m: the source's data
+    is split into m disjoint slices, one model each, and its vote is the histogram
+    of the m slice votes, each weighted gamma/m; the budget protects any one
+    slice (hence any one record), every charge is 1/m^2 of the source-level one,
+    and the source-level spend — its influence — is m^2 times the slice-level
+    spend, reported beside it and capped by `influence_budget` if given.
+
+    Weights are multiples of m * 2**-16, so each slice's weight gamma/m is exact
+    on the 2**-16 grid (m = 1: every multiple of 2**-16)."""
+
     id: str
     gamma_min: float
     gamma_max: float
     budget: Budget
     delta: float = DEFAULT_DELTA
     on_exhaustion: str = EXCLUDE
-    votes: str = ONE_HOT
+    votes: str | None = None          # None: one-hot for unit "source", histogram for unit "slice"
+    unit: str = SOURCE_UNIT
+    slices: int = 1
+    influence_budget: Budget | None = None
 
     def __post_init__(self) -> None:
         where = f"source {self.id!r}"
@@ -173,6 +203,35 @@ class SourcePolicy:
                 object.__setattr__(self, name, float(v))
         if not isinstance(self.id, str) or not self.id or not self.id.isprintable() or len(self.id) > 128:
             raise PolicyError(f"source id must be a non-empty printable string of at most 128 characters, got {self.id!r}")
+        if self.unit not in (SOURCE_UNIT, SLICE_UNIT):
+            raise PolicyError(f"{where}: unit must be {SOURCE_UNIT!r} or {SLICE_UNIT!r}, got {self.unit!r}")
+        m = self.slices
+        if isinstance(m, bool) or not isinstance(m, int):
+            raise PolicyError(f"{where}: slices must be an integer, got {m!r}")
+        if self.unit == SOURCE_UNIT:
+            if m != 1:
+                raise PolicyError(f"{where}: slices = {m} needs unit = {SLICE_UNIT!r} "
+                                  f"(a source-unit source votes as one)")
+            if self.influence_budget is not None:
+                raise PolicyError(f"{where}: influence_budget is for unit = {SLICE_UNIT!r}; at unit "
+                                  f"{SOURCE_UNIT!r} the budget already caps the source-level spend")
+            if self.votes is None:
+                object.__setattr__(self, "votes", ONE_HOT)
+            if self.votes not in (ONE_HOT, SIMPLEX):
+                raise PolicyError(f"{where}: votes must be {ONE_HOT!r} or {SIMPLEX!r}, got {self.votes!r}"
+                                  + (f" ({HISTOGRAM!r} votes need unit = {SLICE_UNIT!r})"
+                                     if self.votes == HISTOGRAM else ""))
+        else:
+            if not 2 <= m <= MAX_SLICES:
+                raise PolicyError(f"{where}: unit = {SLICE_UNIT!r} needs slices = m with 2 <= m <= {MAX_SLICES}, "
+                                  f"got {m!r}")
+            if self.votes is None:
+                object.__setattr__(self, "votes", HISTOGRAM)
+            if self.votes != HISTOGRAM:
+                raise PolicyError(f"{where}: a slice-unit source votes with the histogram of its slices' votes "
+                                  f"(votes = {HISTOGRAM!r}), got votes = {self.votes!r}")
+            if self.influence_budget is not None and not isinstance(self.influence_budget, Budget):
+                raise PolicyError(f"{where}: influence_budget must be a Budget")
         lo = _number(where, "gamma_min", self.gamma_min)
         hi = _number(where, "gamma_max", self.gamma_max)
         if not 0 <= lo <= 1:
@@ -182,49 +241,99 @@ class SourcePolicy:
         if lo > hi:
             raise PolicyError(f"{where}: gamma_min ({lo}) > gamma_max ({hi})")
         if self.grid_min > self.grid_max:
-            raise PolicyError(f"{where}: the band [{lo}, {hi}] holds no multiple of 2**-16")
+            raise PolicyError(f"{where}: the band [{lo}, {hi}] holds no multiple of "
+                              + ("2**-16" if m == 1 else f"{m} * 2**-16 (gamma/m must be a multiple of 2**-16)"))
         if not isinstance(self.budget, Budget):
             raise PolicyError(f"{where}: budget must be a Budget")
         if not 0 < _number(where, "delta", self.delta) < 1:
             raise PolicyError(f"{where}: delta must be in (0, 1), got {self.delta}")
         if self.on_exhaustion not in (EXCLUDE, SHRINK):
             raise PolicyError(f"{where}: on_exhaustion must be {EXCLUDE!r} or {SHRINK!r}, got {self.on_exhaustion!r}")
-        if self.votes not in (ONE_HOT, SIMPLEX):
-            raise PolicyError(f"{where}: votes must be {ONE_HOT!r} or {SIMPLEX!r}, got {self.votes!r}")
 
-    # The band actually used: the multiples of 2**-16 inside the agreed band.
+    # The band actually used: the multiples of m * 2**-16 inside the agreed band.
     @cached_property
     def grid_min(self) -> float:
-        g = ceil_to_grid(self.gamma_min)
-        return g if g > 0 else 1 / SCALE  # a participating weight is never 0
+        step = self.slices
+        g = -(-math.ceil(Fraction(self.gamma_min) * SCALE) // step) * step
+        return max(g, step) / SCALE  # a participating weight is never 0
 
     @cached_property
     def grid_max(self) -> float:
-        return floor_to_grid(self.gamma_max)
+        return (math.floor(Fraction(self.gamma_max) * SCALE) // self.slices) * self.slices / SCALE
+
+    def on_grid(self, gamma: float) -> bool:
+        """Whether gamma is a weight this source can have: a multiple of m * 2**-16."""
+        g = Fraction(gamma) * SCALE
+        return g.denominator == 1 and g.numerator % self.slices == 0
+
+    def floor_to_band(self, x: float) -> float:
+        """The largest weight on this source's grid that is <= x, clamped to its band."""
+        g = (math.floor(Fraction(x) * SCALE) // self.slices) * self.slices / SCALE
+        return min(self.grid_max, max(self.grid_min, g))
 
     @cached_property
     def budget_rho(self) -> Fraction:
+        """The stated budget in zCDP rho, at the source's unit."""
         return self.budget.rho
 
+    @cached_property
+    def influence_budget_rho(self) -> Fraction | None:
+        """The cap on the source-level spend: influence_budget for a slice-unit
+        source, the budget itself for a source-unit one."""
+        if self.unit == SOURCE_UNIT:
+            return self.budget_rho
+        return None if self.influence_budget is None else self.influence_budget.rho
+
+    @cached_property
+    def cap_rho(self) -> Fraction:
+        """What the filter and the ledgers enforce on the spend at the source's unit:
+        its budget and, scaled down by m^2, its influence budget — both at once."""
+        cap = self.budget_rho
+        if self.influence_budget_rho is not None:
+            cap = min(cap, self.influence_budget_rho / (self.slices * self.slices))
+        return cap
+
+    @cached_property
+    def vote_format(self):
+        from .mechanism.votes import VoteFormat   # mechanism imports policy: resolved at call time
+        return VoteFormat(self.votes, self.slices)
+
+    def influence(self, rho: Fraction) -> Fraction:
+        """The source-level spend of a spend at the source's unit: every charge at the
+        slice level is 1/m^2 of the source-level one (sensitivities scale by 1/m)."""
+        return rho * self.slices * self.slices
+
     def to_dict(self) -> dict:
-        return {"id": self.id, "gamma_min": self.gamma_min, "gamma_max": self.gamma_max,
-                "budget": self.budget.to_dict(), "delta": self.delta,
-                "on_exhaustion": self.on_exhaustion, "votes": self.votes}
+        d = {"id": self.id, "gamma_min": self.gamma_min, "gamma_max": self.gamma_max,
+             "budget": self.budget.to_dict(), "delta": self.delta,
+             "on_exhaustion": self.on_exhaustion, "votes": self.votes}
+        if self.unit != SOURCE_UNIT:       # absent at the default: an older policy's digest is unchanged
+            d.update(unit=self.unit, slices=self.slices)
+            if self.influence_budget is not None:
+                d["influence_budget"] = self.influence_budget.to_dict()
+        return d
 
     @classmethod
     def from_dict(cls, d: Any, index: int = 0) -> "SourcePolicy":
         if not isinstance(d, Mapping):
             raise PolicyError(f"sources[{index}] must be a table")
         where = f"source {d.get('id', f'#{index}')!r}"
-        _no_unknown(where, d, {"id", "gamma_min", "gamma_max", "budget", "delta", "on_exhaustion", "votes"})
+        _no_unknown(where, d, {"id", "gamma_min", "gamma_max", "budget", "delta", "on_exhaustion", "votes",
+                               "unit", "slices", "influence_budget"})
         for key in ("id", "gamma_min", "gamma_max", "budget"):
             if key not in d:
                 raise PolicyError(f"{where}: missing required key {key!r}")
         budget = Budget.from_dict(where, d["budget"])
+        influence = (Budget.from_dict(f"{where}: influence_budget", d["influence_budget"])
+                     if "influence_budget" in d else None)
         delta = d.get("delta", budget.delta if budget.kind == "eps_delta" else DEFAULT_DELTA)
+        unit = d.get("unit", SOURCE_UNIT)
+        if unit == SLICE_UNIT and "slices" not in d:
+            raise PolicyError(f"{where}: unit = {SLICE_UNIT!r} needs slices = m (how many disjoint slices, "
+                              "one model each)")
         return cls(id=d["id"], gamma_min=d["gamma_min"], gamma_max=d["gamma_max"], budget=budget,
                    delta=delta, on_exhaustion=d.get("on_exhaustion", EXCLUDE),
-                   votes=d.get("votes", ONE_HOT))
+                   votes=d.get("votes"), unit=unit, slices=d.get("slices", 1), influence_budget=influence)
 
 
 @dataclass(frozen=True)

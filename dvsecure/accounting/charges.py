@@ -5,9 +5,15 @@ scale, the source's weight, whether the step ran) and its zCDP cost `rho` is a
 pure function of those fields. A record's meaning never changes: new mechanisms
 get new names, never new readings of old ones.
 
-Neighbouring relation (DESIGN §4): source-level replacement. A one-hot or simplex
-vote p_s scaled by gamma moves the tally vector by at most sqrt(2)*gamma in L2
-and the maximum tally entry by at most gamma.
+Neighbouring relation (DESIGN §4), by the source's privacy unit. Source unit
+(slices = 1): source-level replacement; a one-hot or simplex vote p_s scaled by
+gamma moves the tally vector by at most sqrt(2)*gamma in L2 and the maximum
+tally entry by at most gamma. Slice unit (slices = m): neighbours differ in one
+slice's data, so one of the m slice votes, each weighted gamma/m, changes: the
+tally moves by at most sqrt(2)*gamma/m in L2 and its maximum by gamma/m, and
+every charge is the source-level one divided by m^2 (PATE's teacher partition,
+Papernot et al. 2017, 2018). The source-level spend of a slice-unit source (its
+influence) is therefore m^2 times its slice-level spend.
 
 Every noise draw is a discrete Gaussian N_Z(0, sigma^2) on the integer tally
 grid (scale 2**32), and every sensitivity in grid units is an integer, because
@@ -52,12 +58,15 @@ class Charge:
     answered:  whether the step ran. The threshold check always runs; the GNMax
                release runs only on answered queries; a refused query's GNMax
                record has answered=False and costs nothing.
+    slices:    the privacy unit: 1 for a source-unit charge, m for a slice-unit
+               source (its sensitivity is 1/m of the source-level one).
     """
 
     mechanism: str
     sigma: float
     gamma: float
     answered: bool = True
+    slices: int = 1
 
     def __post_init__(self) -> None:
         if self.mechanism not in MECHANISMS:
@@ -69,6 +78,8 @@ class Charge:
             raise ParameterError(f"gamma must be a number, got {self.gamma!r}")
         if not isinstance(self.answered, bool):
             raise ParameterError(f"answered must be a bool, got {self.answered!r}")
+        if isinstance(self.slices, bool) or not isinstance(self.slices, int) or self.slices < 1:
+            raise ParameterError(f"slices must be an integer >= 1, got {self.slices!r}")
         if not 0 <= self.gamma <= 1:
             raise ParameterError(f"gamma must be in [0, 1], got {self.gamma!r}")
         if (Fraction(self.gamma) * 65536).denominator != 1:
@@ -77,30 +88,39 @@ class Charge:
     @property
     def rho(self) -> Fraction:
         """Exact zCDP cost of this step to this source."""
-        return _rho(self.mechanism, self.sigma, self.gamma, self.answered)
+        return _rho(self.mechanism, self.sigma, self.gamma, self.answered, self.slices)
+
+    @property
+    def influence_rho(self) -> Fraction:
+        """The same step's cost at the source level (slices = 1): the source's influence."""
+        return _rho(self.mechanism, self.sigma, self.gamma, self.answered, 1)
 
     def to_dict(self) -> dict:
-        return {"mechanism": self.mechanism, "sigma": self.sigma,
-                "gamma": self.gamma, "answered": self.answered}
+        d = {"mechanism": self.mechanism, "sigma": self.sigma, "gamma": self.gamma, "answered": self.answered}
+        if self.slices != 1:       # absent at the source unit: older records read the same
+            d["slices"] = self.slices
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "Charge":
         return cls(mechanism=d["mechanism"], sigma=float(d["sigma"]),
-                   gamma=float(d["gamma"]), answered=bool(d["answered"]))
+                   gamma=float(d["gamma"]), answered=bool(d["answered"]), slices=int(d.get("slices", 1)))
 
 
 @lru_cache(maxsize=65536)
-def _rho(mechanism: str, sigma: float, gamma: float, answered: bool) -> Fraction:
+def _rho(mechanism: str, sigma: float, gamma: float, answered: bool, slices: int = 1) -> Fraction:
     # Cached: a run repeats the same few (mechanism, sigma, gamma) triples.
     if not answered or gamma == 0:
         return Fraction(0)
-    g, s = Fraction(gamma), Fraction(sigma)
+    # Slice unit: every sensitivity below is that of one slice's vote, gamma/m.
+    g, s = Fraction(gamma) / slices, Fraction(sigma)
     if mechanism == GNMAX:
         # L2 sensitivity sqrt(2)*gamma: rho = 2 gamma^2 / (2 sigma^2).
         return discrete_gaussian_rho(2 * g * g, s)
     # THRESHOLD: the max tally moves by at most gamma.
     # CALIBRATION: a source's mean accuracy in [0,1], weighted by gamma (=1),
-    # moves by at most gamma.  Both: rho = gamma^2 / (2 sigma^2).
+    # moves by at most gamma (a slice's share of it, gamma/m, at the slice unit).
+    # Both: rho = (gamma/m)^2 / (2 sigma^2).
     return discrete_gaussian_rho(g * g, s)
 
 
@@ -111,16 +131,17 @@ def total_rho(charges: Iterable[Charge]) -> Fraction:
     return sum((c.rho for c in charges), Fraction(0))
 
 
-def query_charges(mechanism, gamma: float, answered: bool) -> tuple[Charge, ...]:
+def query_charges(mechanism, gamma: float, answered: bool, slices: int = 1) -> tuple[Charge, ...]:
     """A participant's charges for one query, from public data only (the policy's
-    mechanism, its weight, the answered bit): the threshold check always, under
-    Confident-GNMax; the GNMax release, recorded with its answered bit (it costs
-    nothing when the query was refused). A non-participant (gamma 0) pays nothing.
-    The operator and every MPC party compute charges with this one function."""
+    mechanism, its weight, the answered bit, its privacy unit): the threshold check
+    always, under Confident-GNMax; the GNMax release, recorded with its answered
+    bit (it costs nothing when the query was refused). A non-participant (gamma 0)
+    pays nothing. The operator and every MPC party compute charges with this one
+    function."""
     if not gamma:
         return ()
     out = []
     if mechanism.confident:
-        out.append(Charge(THRESHOLD, mechanism.sigma1, gamma, True))
-    out.append(Charge(GNMAX, mechanism.sigma2, gamma, answered))
+        out.append(Charge(THRESHOLD, mechanism.sigma1, gamma, True, slices))
+    out.append(Charge(GNMAX, mechanism.sigma2, gamma, answered, slices))
     return tuple(out)

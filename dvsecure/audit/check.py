@@ -49,7 +49,7 @@ from ..log.merkle import MerkleTree, verify_consistency, verify_inclusion
 from ..log.note import Checkpoint, Verifier, open_note, parse_note
 from ..log.writer import CHECKPOINT_SUFFIX, CHECKPOINTS, ENTRIES, KEY_SUFFIX, KEYS, POLICY, PREVIOUS, key_file_name
 from ..mechanism.fixedpoint import SCALE
-from ..policy import ConsortiumPolicy
+from ..policy import ConsortiumPolicy, unit_label
 from .recompute import Context, check_entries
 
 RECEIPT = "receipt.json"
@@ -79,10 +79,10 @@ class SourceReport:
     id: str
     gamma_min: float
     gamma_max: float
-    budget_rho: float
-    spent_rho: float            # recomputed, exact total rounded to float
+    budget_rho: float           # the stated budget, at the source's unit
+    spent_rho: float            # recomputed, exact total rounded to float, at the source's unit
     stated_spent_rho: float | None
-    epsilon: float
+    epsilon: float              # at the source's unit
     delta: float
     charged_entries: int
     queries_answered: int       # answered queries it took part in
@@ -90,6 +90,11 @@ class SourceReport:
     gamma_used_max: float | None
     statuses: dict[str, int]
     complete: bool              # whole history present (log, or the receipt's own source)
+    unit: str = "source"        # privacy unit: "source", or "slice" (one of `slices` slices)
+    slices: int = 1
+    influence_rho: float = float("nan")       # source-level spend: slices^2 * spent_rho
+    influence_epsilon: float = float("nan")
+    influence_budget_rho: float | None = None  # its cap (the budget itself at the source unit)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -137,13 +142,14 @@ class AuditReport:
         if self.non_private_entries:
             lines.append(f"!!! {self.non_private_entries} entries were released WITHOUT private noise !!!")
         if self.sources:
-            hdr = (f"{'source':<12} {'band':>13} {'gamma used':>17} {'spent rho':>10} {'budget rho':>10} "
-                   f"{'eps@delta':>16} {'charged':>7}  history")
+            hdr = (f"{'source':<12} {'unit':>10} {'band':>13} {'gamma used':>17} {'spent rho':>10} "
+                   f"{'budget rho':>10} {'eps@delta':>16} {'influence eps':>13} {'charged':>7}  history")
             lines += ["", hdr, "-" * len(hdr)]
             for s in self.sources:
                 used = "-" if s.gamma_used_min is None else f"{s.gamma_used_min:.3f}..{s.gamma_used_max:.3f}"
-                lines.append(f"{s.id:<12} {s.gamma_min:>6.3f}..{s.gamma_max:<5.3f} {used:>17} {s.spent_rho:>10.4f} "
-                             f"{s.budget_rho:>10.4f} {s.epsilon:>7.3f}@{s.delta:<8.0e} {s.charged_entries:>7}  "
+                lines.append(f"{s.id:<12} {unit_label(s.unit, s.slices):>10} {s.gamma_min:>6.3f}..{s.gamma_max:<5.3f} "
+                             f"{used:>17} {s.spent_rho:>10.4f} {s.budget_rho:>10.4f} "
+                             f"{s.epsilon:>7.3f}@{s.delta:<8.0e} {s.influence_epsilon:>13.3f} {s.charged_entries:>7}  "
                              + ("complete" if s.complete else "partial (receipt of another source)"))
         if self.findings:
             lines += ["", "findings:"] + [f"  {f}" for f in self.findings]
@@ -666,15 +672,26 @@ def _report_sources(a: _Audit, policy: ConsortiumPolicy, shards, complete) -> No
         if whole and last is not None and float(exact) != last[j]:
             r.add("spend", f"source {sid!r}: final stated spend {last[j]!r} is not the exact recomputed total "
                   f"{float(exact)!r}")
+        over = [st.first_over for st in parts if st.first_over is not None]
         if whole and exact > src.budget_rho:
-            over = [st.first_over for st in parts if st.first_over is not None]
             r.add("budget", f"source {sid!r}: recomputed spend {float(exact):.6g} exceeds its budget "
-                  f"{float(src.budget_rho):.6g}", seq=min(over) if over else None)
+                  f"{float(src.budget_rho):.6g} ({unit_label(src.unit, src.slices)} level)",
+                  seq=min(over) if over else None)
+        influence = src.influence(exact)
+        if whole and src.unit != "source" and src.influence_budget_rho is not None \
+                and influence > src.influence_budget_rho:
+            r.add("budget", f"source {sid!r}: recomputed influence (source-level spend) {float(influence):.6g} "
+                  f"exceeds its influence budget {float(src.influence_budget_rho):.6g}",
+                  seq=min(over) if over else None)
         r.sources.append(SourceReport(
             id=sid, gamma_min=src.gamma_min, gamma_max=src.gamma_max, budget_rho=float(src.budget_rho),
             spent_rho=float(exact) if whole else float("nan"),
             stated_spent_rho=None if last is None else float(last[j]),
             epsilon=zcdp_eps_tight(exact, src.delta) if whole else float("nan"), delta=src.delta,
+            unit=src.unit, slices=src.slices,
+            influence_rho=float(influence) if whole else float("nan"),
+            influence_epsilon=zcdp_eps_tight(influence, src.delta) if whole else float("nan"),
+            influence_budget_rho=None if src.influence_budget_rho is None else float(src.influence_budget_rho),
             charged_entries=sum(st.charged for st in parts), queries_answered=sum(st.answered for st in parts),
             gamma_used_min=min(mins) / SCALE if mins else None, gamma_used_max=max(maxs) / SCALE if maxs else None,
             statuses=statuses, complete=whole))

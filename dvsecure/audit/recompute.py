@@ -213,6 +213,7 @@ def check_shard(data: bytes, begin: int, end: int, start: int, seqs: list[int], 
                 add(("status", f"source {ids[j]!r} skipped yet has a calibration release", seq))
 
     # Status letters and bands, every source of every entry.
+    msl = np.array([s.slices for s in policy.sources], np.int64)     # privacy unit: 1, or m slices
     lo = np.array([gamma_to_fixed(s.grid_min) for s in policy.sources], np.int64)
     hi = np.array([gamma_to_fixed(s.grid_max) for s in policy.sources], np.int64)
     shrink_ok = np.array([s.on_exhaustion == SHRINK for s in policy.sources])
@@ -225,6 +226,10 @@ def check_shard(data: bytes, begin: int, end: int, start: int, seqs: list[int], 
     for k, j in zip(*np.nonzero(((q & takes_part) | c) & ~((gamma >= lo) & (gamma <= hi)))):
         add(("band", f"source {ids[j]!r}: gamma {gamma[k, j] / SCALE} outside its band "
              f"[{policy.sources[j].gamma_min}, {policy.sources[j].gamma_max}]", int(seq_arr[k])))
+    # A slice-unit source's weight is m times a slice's, which is on the 2**-16 grid.
+    for k, j in zip(*np.nonzero(((q & takes_part) | c) & (gamma % msl != 0))):
+        add(("band", f"source {ids[j]!r}: gamma {gamma[k, j] / SCALE} is not a multiple of its {msl[j]} slices "
+             "times 2**-16", int(seq_arr[k])))
     for k, j in zip(*np.nonzero(q & ~takes_part & (gamma != 0))):
         add(("band", f"source {ids[j]!r} was excluded ({chr(status[k, j])}) yet weighted {gamma[k, j] / SCALE}",
              int(seq_arr[k])))
@@ -242,9 +247,10 @@ def check_shard(data: bytes, begin: int, end: int, start: int, seqs: list[int], 
     # Charges recomputed from each entry's own data: a float per entry for the
     # per-entry checks, and exact rationals per distinct group for the totals.
     # Threshold check: gamma^2/(2 sigma1^2) on every Confident query; GNMax:
-    # gamma^2/sigma2^2 when answered (DESIGN §4; the Charge records cite the theorems).
+    # gamma^2/sigma2^2 when answered; both over m^2 for a slice-unit source
+    # (DESIGN §4; the Charge records cite the theorems).
     rho_f = np.zeros((n, S))
-    g2 = (gamma / SCALE) ** 2
+    g2 = (gamma / (SCALE * msl)) ** 2
     exact = [Fraction(0)] * S
     width = SCALE + 1
     offsets = np.arange(S, dtype=np.int64) * width
@@ -263,14 +269,14 @@ def check_shard(data: bytes, begin: int, end: int, start: int, seqs: list[int], 
         sub = np.where(part, gamma[idx], 0)
         tally = np.bincount((sub + offsets).ravel(), minlength=S * width).reshape(S, width)
         for j, v in zip(*np.nonzero(tally[:, 1:] * want_exact[:, None])):
-            g = (int(v) + 1) / SCALE
-            rho = Charge(GNMAX, s2, g, ans).rho
+            g, m = (int(v) + 1) / SCALE, int(msl[j])
+            rho = Charge(GNMAX, s2, g, ans, m).rho
             if kind == "confident_gnmax":
-                rho += Charge(THRESHOLD, s1, g, True).rho
+                rho += Charge(THRESHOLD, s1, g, True, m).rho
             exact[j] += int(tally[j, v + 1]) * rho
     for k, j, sig in calibration:
         try:
-            rho = Charge(CALIBRATION, sig, 1.0).rho
+            rho = Charge(CALIBRATION, sig, 1.0, True, int(msl[j])).rho
         except _RECOMPUTE_ERRORS as ex:
             add(("charge", f"source {ids[j]!r}: cannot recompute the calibration charge: {ex}", int(seq_arr[k])))
             continue
@@ -318,7 +324,8 @@ def check_shard(data: bytes, begin: int, end: int, start: int, seqs: list[int], 
             k = wrong[0]
             add(("spend", f"source {sid!r}: stated cumulative spend {stated[k, j]!r} but the recomputed charges "
                  f"sum to {cum[k, j]!r}", int(seq_arr[k])))
-        over = np.nonzero(cum[:, j] > float(src.budget_rho))[0]
+        cap = float(src.cap_rho)        # the budget and the influence budget / m^2 at once
+        over = np.nonzero(cum[:, j] > cap)[0]
         if over.size:
             st.first_over = int(seq_arr[over[0]])
         # The budget filter re-run (DESIGN §4): it is a function of public data, so an
@@ -330,10 +337,10 @@ def check_shard(data: bytes, begin: int, end: int, start: int, seqs: list[int], 
         # fits (gamma_min under "shrink"; under "exclude" any desired weight, so the
         # ceiling), with a margin far wider than float rounding.
         w = (lo[j] if src.on_exhaustion == SHRINK else hi[j]) / SCALE
-        fits = cum[:, j] + wc_unit * w * w < float(src.budget_rho) * (1 - 1e-9)
+        fits = cum[:, j] + wc_unit * (w / msl[j]) ** 2 < cap * (1 - 1e-9)
         for k in np.nonzero(q[:, 0] & (status[:, j] == B) & per_query & fits)[0]:
             add(("filter", f"source {sid!r} was excluded by the budget filter although it could afford this "
-                 f"query at weight {w} (spent {cum[k, j]:.6g} of {float(src.budget_rho):.6g}): an exclusion the "
+                 f"query at weight {w} (spent {cum[k, j]:.6g} of {cap:.6g}): an exclusion the "
                  "filter does not make", int(seq_arr[k])))
             break
     out.last_stated = stated[-1].copy() if n else None

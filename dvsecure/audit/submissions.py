@@ -86,7 +86,7 @@ def check_submissions(items, decoded: dict[str, tuple[int, E.Query]], policy, so
     """Findings (message, seq) for `source_id`'s submissions against the query
     entries examined (query id -> (seq, entry))."""
     j = policy.ids.index(source_id)
-    kind = policy.sources[j].votes
+    kind = policy.sources[j].vote_format
     problems = []
     for item in items:
         hit = decoded.get(item.query_id)
@@ -103,6 +103,14 @@ def check_submissions(items, decoded: dict[str, tuple[int, E.Query]], policy, so
         if mine != item.submission.commitment(item.query_id, source_id):
             problems.append((f"query {item.query_id!r}: the logged commitment is not {source_id!r}'s to the vote "
                              "it submitted", seq))
+        if letter in "AS":
+            # Counted: the vote must be one the policy allows (a histogram of exactly m
+            # slice votes for a slice-unit source), or the tally took what no one agreed to.
+            try:
+                encode_vote(item.submission.vote, e.num_classes, kind)
+            except (InvalidVote, TypeError, ValueError) as ex:
+                problems.append((f"query {item.query_id!r}: {source_id!r}'s vote was counted although its policy "
+                                 f"does not allow it ({ex})", seq))
         if letter == "I":
             try:
                 encode_vote(item.submission.vote, e.num_classes, kind)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..mechanism.release import release_batch, tally
-from ..mechanism.votes import encode_votes
+from ..mechanism.votes import encode_votes, vote_format
 from .base import Backend, BackendOutput
 
 
@@ -15,6 +15,7 @@ class PlaintextBackend(Backend):
     def evaluate(self, gammas_fixed, submissions, kinds, num_classes, mechanism, noise, query_ids=None,
                  desired=None):
         gammas = np.array(gammas_fixed, dtype=np.int64, copy=True)
+        kinds = [vote_format(k) for k in kinds]
         q, s = gammas.shape
         votes = np.zeros((q, s, num_classes), dtype=np.int64)
         problems = []
@@ -24,5 +25,5 @@ class PlaintextBackend(Backend):
                 if p is not None:
                     gammas[i, j] = 0   # invalid or absent: no weight in the tally
             problems.append(tuple(probs))
-        releases = release_batch(tally(gammas, votes), mechanism, noise)
+        releases = release_batch(tally(gammas, votes, [k.slices for k in kinds]), mechanism, noise)
         return [BackendOutput(r, p) for r, p in zip(releases, problems)]

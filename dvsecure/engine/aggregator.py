@@ -88,7 +88,7 @@ class Aggregator:
         self.noise = noise or PrivateNoise()
         self.filter = BudgetFilter(policy.mechanism)
         self._budgets = ledger.budgets()
-        self._kinds = [s.votes for s in policy.sources]
+        self._kinds = [s.vote_format for s in policy.sources]
         self.weights: dict[str, float] = {s.id: s.grid_max for s in policy.sources}
         if weights:
             self.set_weights(weights)
@@ -99,7 +99,7 @@ class Aggregator:
         mech = policy.mechanism
         self._mechanism_entry = entry.Mechanism(kind=mech.kind, sigma2=mech.sigma2, sigma1=mech.sigma1,
                                                 threshold=mech.threshold)
-        self._charge_cache: dict[tuple[float, bool], tuple[tuple[Charge, ...], Fraction]] = {}
+        self._charge_cache: dict[tuple[float, bool, int], tuple[tuple[Charge, ...], Fraction]] = {}
         self._init_exact()
 
     def set_weights(self, weights: Mapping[str, float]) -> None:
@@ -107,9 +107,10 @@ class Aggregator:
         for sid, g in weights.items():
             src = self.policy.source(sid)
             gamma_to_fixed(g)
-            if not src.grid_min <= g <= src.grid_max:
+            if not (src.grid_min <= g <= src.grid_max and src.on_grid(g)):
                 raise ParameterError(f"source {sid!r}: weight {g} is outside its band "
-                                     f"[{src.grid_min}, {src.grid_max}] on the 2**-16 grid")
+                                     f"[{src.grid_min}, {src.grid_max}] on its grid (multiples of "
+                                     f"{src.slices} * 2**-16)")
             self.weights[sid] = float(g)
 
     def spent(self) -> dict[str, Fraction]:
@@ -235,7 +236,7 @@ class Aggregator:
                 continue
             d = self.filter.decide(src, desired, self._vals[i], self._budgets[src.id])
             if desired and d.status == ACTIVE and d.gamma == desired and desired not in fast[i]:
-                wc = self._over_den(self.filter.worst_case(desired))
+                wc = self._over_den(self.filter.worst_case(desired, src.slices))
                 fast[i][desired] = (wc, d)
             row.append(d)
         return row
@@ -248,14 +249,15 @@ class Aggregator:
         return self.backend.evaluate(gammas, submissions, self._kinds, num_classes, self.policy.mechanism,
                                      self.noise, query_ids=query_ids, desired=desired)
 
-    def _source_charges(self, gamma: float, answered: bool) -> tuple[tuple[Charge, ...], Fraction]:
+    def _source_charges(self, gamma: float, answered: bool, slices: int) -> tuple[tuple[Charge, ...], Fraction]:
         """A participant pays the threshold check (always, under Confident-GNMax)
-        and the GNMax release (only if answered); a non-participant pays nothing.
-        Returns the charges and their total (memoised: records are immutable)."""
-        key = (gamma, answered)
+        and the GNMax release (only if answered), at its privacy unit; a
+        non-participant pays nothing. Returns the charges and their total
+        (memoised: records are immutable)."""
+        key = (gamma, answered, slices)
         hit = self._charge_cache.get(key)
         if hit is None:
-            out = query_charges(self.policy.mechanism, gamma, answered)
+            out = query_charges(self.policy.mechanism, gamma, answered, slices)
             hit = (out, sum((c.rho for c in out), Fraction(0)))
             self._charge_cache[key] = hit
         return hit
@@ -267,7 +269,7 @@ class Aggregator:
         key = (i, gamma, answered)
         hit = self._charge_nums.get(key)
         if hit is None:
-            mine, rho = self._source_charges(gamma, answered)
+            mine, rho = self._source_charges(gamma, answered, self.policy.sources[i].slices)
             sid = self._id_list[i]
             hit = (tuple((sid, c) for c in mine), mine, rho, self._over_den(rho))
             self._charge_nums[key] = hit
@@ -362,7 +364,7 @@ class Aggregator:
                 row = self._decide(provisional)
                 for src, d in zip(self.policy.sources, row):
                     if d.gamma:
-                        provisional[src.id] += self.filter.worst_case(d.gamma)
+                        provisional[src.id] += self.filter.worst_case(d.gamma, src.slices)
                 rows.append(row)
             outputs = self._evaluate(rows, submissions, num_classes, ids)
             for item, row, out in zip(items, rows, outputs):

@@ -10,7 +10,11 @@ release. Per source s it releases one number: s's mean accuracy on the labelled
 queries (the mass its votes put on the true label), plus discrete Gaussian noise.
 Under source-level replacement all of s's votes may change, so that mean moves
 by at most 1: a scalar Gaussian with sensitivity 1, charged
-1/(2 sigma_s^2) (Charge(CALIBRATION, sigma_s, gamma=1)). Each noisy accuracy
+1/(2 sigma_s^2) (Charge(CALIBRATION, sigma_s, gamma=1)). A slice-unit source's
+vote is the histogram of its m slices' votes and its accuracy the mean share of
+its slices voting the true label; one slice's data changes that slice's votes
+on every labelled query, moving the mean by at most 1/m, so the charge is
+1/(2 m^2 sigma_s^2) (Charge(..., slices=m)). Each noisy accuracy
 depends on one source's votes only, so nobody else pays for it, and the weights
 are a post-processing of released values. sigma_s is set so the charge is the
 policy's `budget_fraction` of s's budget. The prototype instead averaged 2,000
@@ -27,7 +31,7 @@ import numpy as np
 from ..accounting.charges import CALIBRATION, Charge
 from ..errors import ParameterError, VoteError
 from ..log import entry
-from ..mechanism.fixedpoint import SCALE, floor_to_grid
+from ..mechanism.fixedpoint import SCALE
 from ..mechanism.votes import InvalidVote, encode_vote
 from ..noise import NoiseSource, PrivateNoise
 from ..policy import ConsortiumPolicy
@@ -88,11 +92,12 @@ class PrivateCalibration:
         self.noise = noise or PrivateNoise()
 
     def sigma_for(self, source_id: str) -> float:
-        """Noise on the mean accuracy so that 1/(2 sigma^2) <= fraction * budget."""
+        """Noise on the mean accuracy so that 1/(2 m^2 sigma^2) <= fraction * budget
+        (m = 1 at the source unit; the budget is what the ledger enforces)."""
         src = self.policy.source(source_id)
-        target = float(src.budget_rho) * self.policy.calibration.budget_fraction
-        sigma = _round_sigma_up(1 / math.sqrt(2 * target))
-        while Charge(CALIBRATION, sigma, 1.0).rho > Fraction(target):
+        target = float(src.cap_rho) * self.policy.calibration.budget_fraction
+        sigma = _round_sigma_up(1 / (src.slices * math.sqrt(2 * target)))
+        while Charge(CALIBRATION, sigma, 1.0, True, src.slices).rho > Fraction(target):
             sigma = _round_sigma_up(sigma * (1 + 2 ** -19))
         return sigma
 
@@ -113,32 +118,33 @@ class PrivateCalibration:
         weights, released, charges, skipped = {}, {}, {}, {}
         for j, src in enumerate(self.policy.sources):
             sigma = self.sigma_for(src.id)
-            charge = Charge(CALIBRATION, sigma, 1.0)
+            m = src.slices
+            charge = Charge(CALIBRATION, sigma, 1.0, True, m)
             if spent[src.id] + charge.rho > budgets[src.id]:
                 skipped[src.id] = "budget"
                 weights[src.id] = src.grid_max
                 released[src.id] = None
                 continue
-            # Sum over t of the mass on the true label, at scale 2**16 (exact integers);
-            # an invalid or absent vote counts 0.
+            # Sum over t of the mass on the true label, at scale 2**16 (exact integers;
+            # a histogram's count times 2**16); an invalid or absent vote counts 0.
             total = 0
             for t in range(t_count):
                 v = votes[t][j]
                 if v is None:
                     continue
                 try:
-                    total += int(encode_vote(v, num_classes, src.votes)[labels[t]])
+                    total += int(encode_vote(v, num_classes, src.vote_format)[labels[t]])
                 except InvalidVote:
                     pass
-            # Mean accuracy has sensitivity 1 <=> the sum has sensitivity T*2**16 grid units.
-            noisy_sum = total + int(self.noise.sample(Fraction(sigma) * t_count * SCALE, 1)[0])
-            acc = noisy_sum / (t_count * SCALE)
+            # Mean accuracy (sum / (T m 2**16)) has sensitivity 1/m <=> the sum has
+            # sensitivity T*2**16 grid units; the noise is sigma in accuracy units.
+            noisy_sum = total + int(self.noise.sample(Fraction(sigma) * t_count * m * SCALE, 1)[0])
+            acc = noisy_sum / (t_count * m * SCALE)
             released[src.id] = acc
             charges[src.id] = charge
             chance = 1 / num_classes
             score = min(1.0, max(0.0, (acc - chance) / (1 - chance)))
-            g = floor_to_grid(src.gamma_min + (src.gamma_max - src.gamma_min) * score)
-            weights[src.id] = min(src.grid_max, max(src.grid_min, g))
+            weights[src.id] = src.floor_to_band(src.gamma_min + (src.gamma_max - src.gamma_min) * score)
         ids = self.policy.ids
         gamma_col = entry.pack_u32([int(weights[s] * SCALE) for s in ids])   # on the grid: exact
         status = "".join(entry.CALIBRATION_SKIPPED if s in skipped else entry.CALIBRATED for s in ids)

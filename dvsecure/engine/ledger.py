@@ -150,7 +150,7 @@ class Ledger:
                 self._db.execute("INSERT INTO meta VALUES ('policy_digest', ?)", (digest,))
                 self._db.execute("INSERT INTO meta VALUES ('policy', ?)", (self.policy.canonical_json().decode(),))
                 for s in self.policy.sources:
-                    b = s.budget_rho
+                    b = s.cap_rho
                     self._db.execute("INSERT INTO spend VALUES (?, '0', ?, 0)",
                                      (s.id, f"{b.numerator}/{b.denominator}"))
                 # Record 0 (the log's genesis entry) binds the log to this policy.
@@ -180,9 +180,17 @@ class Ledger:
         return {sid: _frac(s) for sid, s in self._db.execute("SELECT source_id, spent FROM spend")}
 
     def budgets(self) -> dict[str, Fraction]:
-        # From the policy, never from the file: whoever holds the file (the enclave's
-        # host) must not be able to raise a budget.
-        return {s.id: s.budget_rho for s in self.policy.sources}
+        """The cap on each source's spend at its unit (its budget and, for a slice-unit
+        source, its influence budget / m^2: `SourcePolicy.cap_rho`). From the policy,
+        never from the file: whoever holds the file (the enclave's host) must not be
+        able to raise a budget."""
+        return {s.id: s.cap_rho for s in self.policy.sources}
+
+    def influence(self) -> dict[str, Fraction]:
+        """Each source's source-level spend (its influence): m^2 times its spend at
+        its unit (equal to it for a source-unit source)."""
+        spent = self.spent()
+        return {s.id: s.influence(spent[s.id]) for s in self.policy.sources}
 
     def charged_counts(self) -> dict[str, int]:
         return dict(self._db.execute("SELECT source_id, charged FROM spend"))
@@ -211,7 +219,8 @@ class Ledger:
     def charges(self, source_id: str) -> list[Charge]:
         rows = self._db.execute("SELECT mechanism, sigma, gamma, answered FROM charges WHERE source_id=? ORDER BY seq",
                                 (source_id,))
-        return [Charge(m, s, g, bool(a)) for m, s, g, a in rows]
+        slices = self.policy.source(source_id).slices
+        return [Charge(m, s, g, bool(a), slices) for m, s, g, a in rows]
 
     def get_meta(self, key: str) -> str | None:
         row = self._db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()

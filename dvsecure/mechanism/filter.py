@@ -8,6 +8,11 @@ a zCDP filter is an RDP filter at every order, so the best order may be chosen
 afterwards). A source whose spend plus this query's worst-case charge would
 exceed its budget is excluded (gamma 0) or, under "shrink", gets the largest
 grid weight that fits, never below gamma_min.
+
+A slice-unit source (m slices) is charged at the slice level, 1/m^2 of the
+source-level charge, and its weights are multiples of m * 2**-16; the budget a
+caller passes is what the ledger enforces at its unit (`SourcePolicy.cap_rho`:
+its budget and its influence budget / m^2, both at once).
 """
 from __future__ import annotations
 
@@ -49,23 +54,27 @@ class BudgetFilter:
         except OverflowError:   # a sigma so small no float holds 1/sigma^2: exact path only
             self._unit_f = math.inf
 
-    def worst_case(self, gamma: float) -> Fraction:
-        g = Fraction(gamma_to_fixed(gamma), SCALE)
+    def worst_case(self, gamma: float, slices: int = 1) -> Fraction:
+        """The most one query can charge a source of weight gamma at its unit."""
+        g = Fraction(gamma_to_fixed(gamma), SCALE * slices)
         return self.unit * g * g
 
     def decide(self, source: SourcePolicy, desired: float, spent: Fraction, budget: Fraction) -> Decision:
-        if not source.grid_min <= desired <= source.grid_max:
+        if not (source.grid_min <= desired <= source.grid_max and source.on_grid(desired)):
             raise ParameterError(f"source {source.id!r}: weight {desired} is outside its band "
-                                 f"[{source.grid_min}, {source.grid_max}] on the 2**-16 grid")
+                                 f"[{source.grid_min}, {source.grid_max}] on its grid (multiples of "
+                                 f"{source.slices} * 2**-16)")
+        m = source.slices
         # Fast accept in floats with a margin far wider than their rounding error;
         # exact rationals decide everything near the boundary.
-        if float(spent) + self._unit_f * desired * desired < float(budget) * (1 - 1e-7):
+        if float(spent) + self._unit_f * desired * desired / (m * m) < float(budget) * (1 - 1e-7):
             return Decision(desired, ACTIVE)
         remaining = budget - spent
-        if self.worst_case(desired) <= remaining:
+        if self.worst_case(desired, m) <= remaining:
             return Decision(desired, ACTIVE)
         if source.on_exhaustion == SHRINK and remaining > 0:
-            g = self._largest_fitting(remaining)
+            # One slice's weight k/2**16 is what is charged; the source's is m times it.
+            g = m * self._largest_fitting(remaining)
             if g / SCALE >= source.grid_min:
                 return Decision(g / SCALE, SHRUNK)
         return Decision(0.0, EXCLUDED_BUDGET)

@@ -29,10 +29,19 @@ class Release:
     label: int | None
 
 
-def tally(gammas_fixed: np.ndarray, votes_fixed: np.ndarray) -> np.ndarray:
+def tally(gammas_fixed: np.ndarray, votes_fixed: np.ndarray, slices=None) -> np.ndarray:
     """v_j = sum_s gamma[s] * p_s[j], exact, at scale 2**32.
-    gammas_fixed: int64[..., S]; votes_fixed: int64[..., S, C] -> int64[..., C]."""
-    return np.einsum("...s,...sc->...c", gammas_fixed.astype(np.int64), votes_fixed.astype(np.int64))
+    gammas_fixed: int64[..., S]; votes_fixed: int64[..., S, C] (`votes.encode_vote`)
+    -> int64[..., C]. slices: int[S], each source's units per vote (m for a
+    slice histogram, whose counts are tallied at gamma/m each; gamma is a
+    multiple of m * 2**-16, so gamma/m is exact); None: all 1."""
+    gammas = gammas_fixed.astype(np.int64)
+    if slices is not None:
+        slices = np.asarray(slices, dtype=np.int64)
+        if np.any(gammas % slices):
+            raise ValueError("a weight is not a multiple of its source's slice count times 2**-16")
+        gammas = gammas // slices
+    return np.einsum("...s,...sc->...c", gammas, votes_fixed.astype(np.int64))
 
 
 def release_batch(tallies: np.ndarray, mechanism: MechanismPolicy, noise: NoiseSource) -> list[Release]:
