@@ -34,7 +34,7 @@ from nacl.signing import SigningKey
 from ..errors import ParameterError, VoteError
 from ..mechanism.release import Release
 from ..mpc.party_ledger import PARTIAL, REJECTED, UNOPENED
-from ..mpc.sharing import encode_batch, seal_submissions, wire_scale
+from ..mpc.sharing import encode_batch, seal_submissions, wire_rows, wire_scale
 from ..noise import SEEDED
 from .base import FROM_SOURCES, Backend, BackendOutput
 
@@ -42,11 +42,12 @@ TFP_WARNING = ("TFP Beaver triples: party 0 generates every triple in the clear 
                "every vote; this deployment protects nothing from party 0")
 
 
-def _client_encoding(vote, num_classes: int, kind: str) -> np.ndarray | str:
+def _client_encoding(vote, num_classes: int, kind) -> np.ndarray | str:
     """What a source would submit: its validated encoding if the vote is valid
     (`sharing.encode_batch`); otherwise (a misbehaving source) the raw rounding of
     whatever it holds at its kind's wire scale, when that is a finite vector of
-    the right shape; else a reason."""
+    the right shape (for a histogram: as its first row, the others zero); else a
+    reason."""
     try:
         return encode_batch([vote], num_classes, kind)[0]
     except VoteError as e:
@@ -59,7 +60,9 @@ def _client_encoding(vote, num_classes: int, kind: str) -> np.ndarray | str:
         return reason
     if arr.shape != (num_classes,) or not np.all(np.isfinite(arr)) or np.any(np.abs(arr) > 2.0 ** 40):
         return reason
-    return np.round(arr * wire_scale(kind)).astype(np.int64)
+    raw = np.zeros(wire_rows(kind) * num_classes, dtype=np.int64)
+    raw[:num_classes] = np.round(arr * wire_scale(kind)).astype(np.int64)
+    return raw
 
 
 class MPCBackend(Backend):
@@ -239,7 +242,7 @@ class MPCBackend(Backend):
                 continue
             present[rows, j] = True
             messages = seal_submissions(sid, self._source_keys[sid], [query_ids[i] for i in rows],
-                                        np.stack(encoded), public)
+                                        np.stack(encoded), public, rows=wire_rows(kinds[j]))
             for p, m in enumerate(messages):
                 per_party[p].append(m)
         result = parties.call({

@@ -249,7 +249,7 @@ class Aggregator:
         return self.backend.evaluate(gammas, submissions, self._kinds, num_classes, self.policy.mechanism,
                                      self.noise, query_ids=query_ids, desired=desired)
 
-    def _source_charges(self, gamma: float, answered: bool, slices: int) -> tuple[tuple[Charge, ...], Fraction]:
+    def _source_charges(self, gamma: float, answered: bool, slices: int = 1) -> tuple[tuple[Charge, ...], Fraction]:
         """A participant pays the threshold check (always, under Confident-GNMax)
         and the GNMax release (only if answered), at its privacy unit; a
         non-participant pays nothing. Returns the charges and their total

@@ -20,7 +20,7 @@ from ..errors import PartyRefusal
 from ..policy import ONE_HOT
 from ..wire.proto import dvsecure_pb2 as pb
 from ..wire.submission import Submission
-from .sharing import encode_batch, seal_submissions
+from .sharing import encode_batch, seal_submissions, wire_rows
 
 SERVICE = "/dvsecure.v1.Party/"
 
@@ -59,14 +59,14 @@ class PartySubmitter:
             self.box_keys.append(PublicKey(keys.box_key))
 
     def envelopes(self, query_ids: Sequence[str], votes: Sequence, num_classes: int,
-                  kind: str = ONE_HOT) -> tuple[list[bytes], list[Submission]]:
+                  kind=ONE_HOT) -> tuple[list[bytes], list[Submission]]:
         """The signed, sealed envelope for each party, and the submissions whose
         nonces let the source find its commitments in the log later."""
         encoded = encode_batch(list(votes), num_classes, kind)
         subs = [Submission.new(v) for v in votes]
         commitments = [s.commitment(q, self.source_id) for q, s in zip(query_ids, subs)]
         return seal_submissions(self.source_id, self.signing_key, list(query_ids), encoded, self.box_keys,
-                                commitments), subs
+                                commitments, rows=wire_rows(kind)), subs
 
     def send(self, envelopes: Sequence[bytes]) -> None:
         """Each party its own envelope; raises PartyRefusal naming the refusing party."""
@@ -74,7 +74,7 @@ class PartySubmitter:
             party.call("SubmitShares", pb.ShareEnvelope(envelope=envelope), pb.SubmitReply)
 
     def submit(self, query_ids: Sequence[str], votes: Sequence, num_classes: int,
-               kind: str = ONE_HOT) -> list[Submission]:
+               kind=ONE_HOT) -> list[Submission]:
         envelopes, subs = self.envelopes(query_ids, votes, num_classes, kind)
         self.send(envelopes)
         return subs

@@ -11,10 +11,10 @@ from ..errors import DvsecureError, LedgerError, SubmissionError
 from ..mechanism.filter import BudgetFilter
 from ..mechanism.fixedpoint import threshold_to_tally
 from ..noise import make_noise
-from ..policy import ONE_HOT
+from ..policy import SIMPLEX
 from ..wire.limits import check_query_id
 from . import secure
-from .sharing import open_submission
+from .sharing import open_submission, wire_rows
 
 MAX_CLASSES = 4096
 MAX_BATCH_ENTRIES = 1 << 25        # sources x queries x classes in one batch: bounds every party's memory
@@ -51,28 +51,39 @@ def party_sigmas(policy, world: int, num_classes: int):
     return sigma1, Fraction(party_noise_scale(sigma_on_tally_grid(mech.sigma2), world, t, num_classes))
 
 
-def _relayed_inputs(cmd, rank, world, party_key, S, Q, C):
+def _relayed_inputs(cmd, rank, world, party_key, rows, Q, C):
     """Shares relayed by the coordinator in the command (each sealed to this
-    party): x int64[S, Q, C], opened int64[S, Q]."""
+    party): x int64[R, Q, C] (source j's vote in rows[j] consecutive rows),
+    opened int64[S, Q]."""
     from nacl.signing import VerifyKey
 
     source_keys = {sid: VerifyKey(k) for sid, k in cmd["source_keys"].items()}
     col = {sid: j for j, sid in enumerate(cmd["source_ids"])}
     row = {qid: i for i, qid in enumerate(cmd["query_ids"])}
-    x = np.zeros((S, Q, C), dtype=np.int64)
-    opened = np.zeros((S, Q), dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(rows)]).astype(int)
+    x = np.zeros((int(offsets[-1]), Q, C), dtype=np.int64)
+    opened = np.zeros((len(rows), Q), dtype=np.int64)
     for message in cmd["messages"][rank]:
         try:
             got = open_submission(message, rank, world, party_key, source_keys)
             j = col[got.source_id]
             if got.num_classes != C or any(q not in row for q in got.query_ids):
                 raise SubmissionError(f"submission of {got.source_id!r} is for other queries or classes")
+            if got.rows != rows[j]:
+                raise SubmissionError(f"submission of {got.source_id!r} has {got.rows} rows per vote, "
+                                      f"its policy {rows[j]}")
         except (SubmissionError, KeyError):
             continue                  # this party could not open it: the source does not count
         for k, qid in enumerate(got.query_ids):
-            x[j, row[qid]] = got.shares[k].view(np.int64)
+            x[offsets[j]:offsets[j + 1], row[qid]] = got.shares[k].view(np.int64).reshape(rows[j], C)
             opened[j, row[qid]] = 1
     return x, opened
+
+
+def vote_rows(policy) -> list[int]:
+    """Rows each source's vote fills in the shared input: m one-hot rows for a
+    slice-unit source's histogram, 1 otherwise (`sharing.wire_rows`)."""
+    return [wire_rows(s.vote_format) for s in policy.sources]
 
 
 def _public_checks(cmd: dict, policy, world: int, inbox):
@@ -98,9 +109,10 @@ def _public_checks(cmd: dict, policy, world: int, inbox):
         raise SubmissionError("a batch needs distinct query ids")
     for qid in query_ids:
         check_query_id(qid, SubmissionError)
-    if len(policy.ids) * len(query_ids) * C > MAX_BATCH_ENTRIES:
-        raise SubmissionError(f"{len(query_ids)} queries x {len(policy.ids)} sources x {C} classes is more than "
-                              f"{MAX_BATCH_ENTRIES} entries in one batch")
+    R = sum(vote_rows(policy))
+    if R * len(query_ids) * C > MAX_BATCH_ENTRIES:
+        raise SubmissionError(f"{len(query_ids)} queries x {R} vote rows (of {len(policy.ids)} sources) x {C} "
+                              f"classes is more than {MAX_BATCH_ENTRIES} entries in one batch")
     for sid, key in cmd["source_keys"].items():
         if sid not in policy.ids or len(key) != 32:
             raise SubmissionError(f"source key for {sid!r}: not a policy source's 32-byte Ed25519 key")
@@ -110,10 +122,10 @@ def _public_checks(cmd: dict, policy, world: int, inbox):
         raise SubmissionError(f"malformed batch arrays: {e}") from None
     for src, column in zip(policy.sources, gammas.T):
         outside = column[(column != 0) & ((column < round(src.grid_min * 65536)) |
-                                          (column > round(src.grid_max * 65536)))]
+                                          (column > round(src.grid_max * 65536)) | (column % src.slices != 0))]
         if outside.size:
             raise LedgerError(f"weight {int(outside[0]) / 65536} of {src.id!r} is outside its band "
-                              f"[{src.grid_min}, {src.grid_max}]")
+                              f"[{src.grid_min}, {src.grid_max}] on its grid (multiples of {src.slices} * 2**-16)")
     sigma1, sigma2 = party_sigmas(policy, world, C)
     return present, gammas, sigma1, sigma2
 
@@ -134,15 +146,15 @@ def _filter_checks(cmd: dict, policy, ledger, gammas: np.ndarray) -> None:
     flt = BudgetFilter(policy.mechanism)
     spent = ledger.spent()
     # Earlier queries of the batch reserve their worst case, as the coordinator's filter
-    # does: unit * (g / 2**16)**2 each, summed exactly as integers g**2.
+    # does: unit * (g / (m 2**16))**2 each, summed exactly as integers g**2.
     before = np.cumsum(gammas ** 2, axis=0) - gammas ** 2
     for j, src in enumerate(policy.sources):
         zeros = np.nonzero(gammas[:, j] == 0)[0]
         if not zeros.size:
             continue
         q = int(zeros[0])
-        provisional = spent[src.id] + flt.unit * Fraction(int(before[q, j]), 1 << 32)
-        d = flt.decide(src, int(desired[j]) / 65536, provisional, src.budget_rho)
+        provisional = spent[src.id] + flt.unit * Fraction(int(before[q, j]), (1 << 32) * src.slices ** 2)
+        d = flt.decide(src, int(desired[j]) / 65536, provisional, src.cap_rho)
         if d.gamma > 0:
             raise LedgerError(f"query {cmd['query_ids'][q]!r}: source {src.id!r} has budget for weight {d.gamma} "
                               "but the coordinator gave it weight 0 (the budget filter does not exclude it)")
@@ -188,11 +200,14 @@ def evaluate_batch(crypten, cmd: dict, rank: int, world: int, party_key, ledger,
     S, Q = len(source_ids), len(query_ids)
     comm = crypten.communicator.get()
     commitments = None
+    rows = vote_rows(policy)
+    offsets = np.concatenate([[0], np.cumsum(rows)]).astype(int)
+    owner = torch.from_numpy(np.repeat(np.arange(S), rows))          # the source of each vote row
     if cmd.get("inbox"):
-        x_np, opened_np, commitments = inbox.take(query_ids, source_ids, C)
+        x_np, opened_np, commitments = inbox.take(query_ids, source_ids, C, rows)
         present = np.ones((Q, S), dtype=bool)
     else:
-        x_np, opened_np = _relayed_inputs(cmd, rank, world, party_key, S, Q, C)
+        x_np, opened_np = _relayed_inputs(cmd, rank, world, party_key, rows, Q, C)
     # Every party must hold a source's share for its vote to count ...
     counts = comm.all_reduce(torch.from_numpy(opened_np))                   # returns a new tensor
     agreed = counts == world
@@ -204,11 +219,14 @@ def evaluate_batch(crypten, cmd: dict, rank: int, world: int, party_key, ledger,
     # A share that not every party holds is zeroed by every party before anything is
     # computed: otherwise the parties that do hold theirs would reconstruct the vote
     # minus the missing share, and validation would reveal a function of it.
-    x = torch.from_numpy(x_np) * agreed.long().unsqueeze(-1)
+    x = torch.from_numpy(x_np) * agreed.long()[owner].unsqueeze(-1)
 
-    one_hot = [s.votes == ONE_HOT for s in policy.sources]
+    # Every row is a one-hot vote (a slice's row of a histogram included) but a simplex vote's.
+    one_hot = [policy.sources[j].votes != SIMPLEX for j in owner.tolist()]
     shared = crypten.mpc.MPCTensor.from_shares(x, precision=0)
-    valid = secure.validate(shared, one_hot)                                        # reveal: validity
+    valid_rows = secure.validate(shared, one_hot).numpy()                          # reveal: validity
+    # A source's vote is valid iff all its rows are: m one-hot rows are exactly a histogram of m votes.
+    valid = torch.from_numpy(np.logical_and.reduceat(valid_rows, offsets[:-1], axis=0))
     valid = valid & torch.from_numpy(present.T.copy()) & agreed
     gammas = torch.from_numpy(gammas_np) * valid.t().long()
     # What this party saw of each source, checked against the log when it cosigns.
@@ -217,7 +235,9 @@ def evaluate_batch(crypten, cmd: dict, rank: int, world: int, party_key, ledger,
     if commitments is not None:
         mine = np.array(commitments, dtype=np.uint8, copy=True)
         mine[~agreed.numpy()] = 0
-    tallies = secure.tally(secure.to_tally_scale(shared, one_hot), gammas)
+    # Each row is tallied at gamma/m (exact: gamma is a multiple of m * 2**-16).
+    per_row = (gammas // torch.tensor(rows, dtype=torch.long))[:, owner]
+    tallies = secure.tally(secure.to_tally_scale(shared, one_hot), per_row)
 
     # Worst-case charges (every query answered) checked and durable before any
     # answered bit can be reconstructed.

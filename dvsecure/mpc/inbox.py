@@ -166,12 +166,16 @@ class ShareInbox:
             self._source_bytes[sid] = used + size
         return len(got.query_ids)
 
-    def take(self, query_ids, source_ids, num_classes: int):
+    def take(self, query_ids, source_ids, num_classes: int, rows=None):
         """The shares for these queries, removed from the inbox and marked
-        evaluated: (x int64[S, Q, C], opened int64[S, Q], commitments bytes[S, Q, 32]).
-        A share that has expired is not among them."""
+        evaluated: (x int64[R, Q, C], opened int64[S, Q], commitments bytes[S, Q, 32]),
+        where source j's vote fills rows[j] consecutive rows of x (its m one-hot
+        rows for a histogram; rows None: one each). A share that has expired, or
+        has another shape than its source's votes, is not among them."""
         S, Q = len(source_ids), len(query_ids)
-        x = np.zeros((S, Q, num_classes), dtype=np.int64)
+        rows = [1] * S if rows is None else [int(r) for r in rows]
+        offsets = np.concatenate([[0], np.cumsum(rows)]).astype(int)
+        x = np.zeros((int(offsets[-1]), Q, num_classes), dtype=np.int64)
         opened = np.zeros((S, Q), dtype=np.int64)
         commitments = np.zeros((S, Q, 32), dtype=np.uint8)
         with self._lock:
@@ -182,9 +186,9 @@ class ShareInbox:
                     held = self._pending.pop((sid, qid), None)
                     if held is not None:
                         self._release((sid, qid), held)
-                    if held is None or held.share.shape != (num_classes,):
+                    if held is None or held.share.shape != (rows[j] * num_classes,):
                         continue                 # absent, or a share of the wrong width: not counted
-                    x[j, i] = held.share.view(np.int64)
+                    x[offsets[j]:offsets[j + 1], i] = held.share.view(np.int64).reshape(rows[j], num_classes)
                     opened[j, i] = 1
                     if held.commitment:
                         commitments[j, i] = np.frombuffer(held.commitment, dtype=np.uint8)

@@ -146,15 +146,15 @@ class PartyLedger:
                 raise LedgerError(f"query {qid!r} was already revealed; a party answers a query once")
             for src, g in zip(self.policy.sources, g_row):
                 gamma = int(g) / 65536
-                if g and not src.grid_min <= gamma <= src.grid_max:
+                if g and not (src.grid_min <= gamma <= src.grid_max and src.on_grid(gamma)):
                     raise LedgerError(f"query {qid!r}: weight {gamma} of {src.id!r} is outside its band "
-                                      f"[{src.grid_min}, {src.grid_max}]")
-                for c in query_charges(mech, gamma, bool(ans)):
+                                      f"[{src.grid_min}, {src.grid_max}] on its grid")
+                for c in query_charges(mech, gamma, bool(ans), src.slices):
                     spent[src.id] += c.rho
-                if spent[src.id] > src.budget_rho:
+                if spent[src.id] > src.cap_rho:
                     raise BudgetExceededError(
                         f"query {qid!r}: source {src.id!r} would spend {float(spent[src.id]):.6g} of its "
-                        f"budget {float(src.budget_rho):.6g} rho by this party's record")
+                        f"budget {float(src.cap_rho):.6g} rho by this party's record")
             k = len(rows)
             rows.append((qid, 1 if prior is None else prior[0] + 1, entry.pack_u32(g_row), int(bool(ans)), noise,
                          None if seen is None else seen[k],
@@ -178,8 +178,8 @@ class PartyLedger:
                 continue
             (gamma,) = self._db.execute("SELECT gamma FROM queries WHERE query_id=?", (qid,)).fetchone()
             for src, g in zip(self.policy.sources, entry.unpack(gamma, "<u4", len(self.ids))):
-                reserved = query_charges(mech, int(g) / 65536, True)
-                actual = query_charges(mech, int(g) / 65536, False)
+                reserved = query_charges(mech, int(g) / 65536, True, src.slices)
+                actual = query_charges(mech, int(g) / 65536, False, src.slices)
                 spent[src.id] -= sum((c.rho for c in reserved), Fraction(0)) - sum((c.rho for c in actual),
                                                                                     Fraction(0))
             refused.append((qid,))
@@ -298,8 +298,9 @@ class PartyLedger:
         if seen is not None:
             self._check_statuses(seq, e, seen, commitments)
         weights = entry.unpack(e.gamma, "<u4", len(self.ids))
-        for sid, g in zip(self.ids, weights):
-            charges = query_charges(mech, int(g) / 65536, e.answered)
+        for src, g in zip(self.policy.sources, weights):
+            sid = src.id
+            charges = query_charges(mech, int(g) / 65536, e.answered, src.slices)
             if charges:
                 spent[sid] += sum((c.rho for c in charges), Fraction(0))
                 charged[sid] += 1

@@ -15,9 +15,10 @@ SCALE = 1 << 16
 
 
 def validate(x, one_hot):
-    """x: shared int [S, Q, C] as the sources sent them (`sharing.wire_scale`:
-    one-hot votes as bits b, simplex votes at 2**16); one_hot: public bool [S].
-    Returns public bool [S, Q]: whether each vote is valid for its source's kind.
+    """x: shared int [R, Q, C], the vote rows as the sources sent them
+    (`sharing.wire_scale`: one-hot votes and each slice's row of a histogram as
+    bits b, simplex votes at 2**16); one_hot: public bool [R].
+    Returns public bool [R, Q]: whether each row is valid for its kind.
 
     One-hot: b_c(b_c - 1) = 0 for every c (modulo 2**64 only b_c in {0, 1}
     satisfies it) and sum_c b_c = 1. One Beaver square per entry; the values

@@ -2,7 +2,10 @@
 submission envelope.
 
 A source encodes each vote as integers — a one-hot vote as its bits (0/1), a
-simplex vote in fixed point (2**16) — splits it into n additive shares modulo 2**64 with the operating system's CSPRNG
+simplex vote in fixed point (2**16), a slice-unit source's histogram of m slice
+votes as m one-hot bit rows (one per slice, in class order: the parties check
+each row as a one-hot vote, so they accept exactly the histograms of m votes) —
+splits it into n additive shares modulo 2**64 with the operating system's CSPRNG
 (n - 1 uniform shares, the last fixing the sum), seals share i to party i's
 X25519 key (NaCl sealed box: only party i can open it, and it learns nothing
 about the sender from the box), and signs each party's submission with its
@@ -30,11 +33,12 @@ from nacl.public import PrivateKey, PublicKey, SealedBox
 from nacl.signing import SigningKey, VerifyKey
 
 from ..errors import SubmissionError, UnauthenticatedSubmission, VoteError
-from ..mechanism.votes import InvalidVote, encode_vote
-from ..policy import ONE_HOT
+from ..mechanism.votes import InvalidVote, encode_vote, vote_format
+from ..policy import HISTOGRAM, MAX_SLICES, ONE_HOT, SIMPLEX
 
 VERSION = 1
 RING_BITS = 64
+MAX_ROWS = MAX_SLICES
 _DOMAIN = b"dvsecure/share-submission/v1\x00"
 
 
@@ -45,11 +49,12 @@ class ShareSubmission(msgspec.Struct, forbid_unknown_fields=True):
     num_classes: int
     party_index: int
     num_parties: int
-    sealed: bytes            # SealedBox(party key) of uint64 LE shares [Q, C]
+    sealed: bytes            # SealedBox(party key) of uint64 LE shares [Q, rows, C]
     # The source's commitment to each vote (entry.commitment: SHA-256 under its own
     # nonce), the same in every party's message; the log records it so the source
     # can find its vote there. Empty: the coordinator supplies the commitments.
     commitments: list[bytes] = []
+    rows: int = 1            # vectors per vote: m one-hot rows for a slice-unit source's histogram
 
 
 class Signed(msgspec.Struct, forbid_unknown_fields=True):
@@ -89,23 +94,44 @@ def reconstruct(shares: np.ndarray) -> np.ndarray:
         return np.asarray(shares, dtype=np.uint64).sum(axis=0, dtype=np.uint64).view(np.int64)
 
 
-def wire_scale(kind: str) -> int:
-    """The scale a vote travels at: one-hot votes as bits, so the parties can check
-    b(b - 1) = 0, which modulo 2**64 holds only for b in {0, 1} (b and b - 1 are
-    coprime, so the even one would have to be 0 mod 2**64); simplex votes at 2**16."""
-    return 1 if kind == ONE_HOT else 1 << 16
+def wire_scale(kind) -> int:
+    """The scale a vote travels at: one-hot votes (and each slice's row of a
+    histogram) as bits, so the parties can check b(b - 1) = 0, which modulo 2**64
+    holds only for b in {0, 1} (b and b - 1 are coprime, so the even one would
+    have to be 0 mod 2**64); simplex votes at 2**16."""
+    return 1 << 16 if vote_format(kind).kind == SIMPLEX else 1
 
 
-def encode_batch(votes: Sequence, num_classes: int, kind: str = ONE_HOT) -> np.ndarray:
-    """An honest source's votes, validated and encoded for the wire: int64[Q, C]
-    (bits for one-hot, 2**16 fixed point for simplex; `wire_scale`). A vote
-    that is not valid for its kind is refused here, before anything is sent."""
+def wire_rows(kind) -> int:
+    """Vectors per vote on the wire: m one-hot rows for a histogram, else 1."""
+    fmt = vote_format(kind)
+    return fmt.slices if fmt.kind == HISTOGRAM else 1
+
+
+def histogram_rows(counts: np.ndarray) -> np.ndarray:
+    """The m one-hot rows of a histogram of m slice votes (counts int[C] summing to
+    m), in class order: int64[m, C]."""
+    counts = np.asarray(counts, dtype=np.int64)
+    return np.eye(len(counts), dtype=np.int64)[np.repeat(np.arange(len(counts)), counts)]
+
+
+def encode_batch(votes: Sequence, num_classes: int, kind=ONE_HOT) -> np.ndarray:
+    """An honest source's votes, validated and encoded for the wire: int64[Q, rows*C]
+    (bits for one-hot, 2**16 fixed point for simplex, m bit rows for a histogram;
+    `wire_scale`, `wire_rows`). A vote that is not valid for its kind is refused
+    here, before anything is sent."""
+    fmt = vote_format(kind)
+    rows = wire_rows(fmt)
     try:
-        fixed = np.stack([encode_vote(v, num_classes, kind) for v in votes]) if len(votes) else \
+        fixed = np.stack([encode_vote(v, num_classes, fmt) for v in votes]) if len(votes) else \
             np.zeros((0, num_classes), np.int64)
     except InvalidVote as e:
         raise VoteError(f"refusing to submit an invalid vote: {e}") from None
-    return fixed // ((1 << 16) // wire_scale(kind))
+    if fmt.kind == HISTOGRAM:
+        counts = fixed // (1 << 16)
+        return np.stack([histogram_rows(c).ravel() for c in counts]) if len(votes) else \
+            np.zeros((0, rows * num_classes), np.int64)
+    return fixed // ((1 << 16) // wire_scale(fmt))
 
 
 # ---- keys ----------------------------------------------------------------------------
@@ -131,14 +157,16 @@ class PartyKeys:
 
 def seal_submissions(source_id: str, signing_key: SigningKey, query_ids: Sequence[str],
                      encoded: np.ndarray, party_keys: Sequence[PublicKey],
-                     commitments: Sequence[bytes] = ()) -> list[bytes]:
+                     commitments: Sequence[bytes] = (), rows: int = 1) -> list[bytes]:
     """One signed, sealed message per party for a batch of queries.
-    `encoded`: int64[Q, C] fixed-point votes (`encode_batch`), or any int64 array of
-    that shape (a test of a malicious source); `commitments`: none, or one 32-byte
-    commitment per query."""
+    `encoded`: int64[Q, rows*C] fixed-point votes (`encode_batch`), or any int64
+    array of that shape (a test of a malicious source); `commitments`: none, or
+    one 32-byte commitment per query; `rows`: vectors per vote (`wire_rows`)."""
     encoded = np.asarray(encoded)
     if encoded.ndim != 2 or encoded.shape[0] != len(query_ids):
-        raise VoteError(f"expected votes of shape [{len(query_ids)}, C], got {encoded.shape}")
+        raise VoteError(f"expected votes of shape [{len(query_ids)}, rows*C], got {encoded.shape}")
+    if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1 or encoded.shape[1] % rows:
+        raise VoteError(f"{encoded.shape[1]} values per vote do not split into {rows!r} rows")
     if len(set(query_ids)) != len(query_ids) or not all(isinstance(q, str) and q for q in query_ids):
         raise VoteError("query ids must be distinct non-empty strings")
     commitments = [bytes(c) for c in commitments]
@@ -150,8 +178,8 @@ def seal_submissions(source_id: str, signing_key: SigningKey, query_ids: Sequenc
     for i, pk in enumerate(party_keys):
         sealed = SealedBox(pk).encrypt(shares[i].astype("<u8").tobytes())
         body = msgspec.msgpack.encode(ShareSubmission(
-            v=VERSION, source_id=source_id, query_ids=list(query_ids), num_classes=int(encoded.shape[1]),
-            party_index=i, num_parties=n, sealed=bytes(sealed), commitments=commitments))
+            v=VERSION, source_id=source_id, query_ids=list(query_ids), num_classes=int(encoded.shape[1]) // rows,
+            party_index=i, num_parties=n, sealed=bytes(sealed), commitments=commitments, rows=rows))
         signature = signing_key.sign(_DOMAIN + body).signature
         out.append(msgspec.msgpack.encode(Signed(source_id=source_id, body=body, signature=signature)))
     return out
@@ -162,9 +190,10 @@ class OpenedShare:
     source_id: str
     query_ids: tuple[str, ...]
     num_classes: int
-    shares: np.ndarray        # uint64[Q, C], this party's share of each vote
+    shares: np.ndarray        # uint64[Q, rows*C], this party's share of each vote
     body: bytes               # the exact signed bytes
     commitments: tuple[bytes, ...] = ()     # the source's commitment per query, if it sent them
+    rows: int = 1             # vectors per vote (m one-hot rows for a histogram)
 
 
 def open_submission(message: bytes, party_index: int, num_parties: int, party_key: PrivateKey,
@@ -198,14 +227,16 @@ def open_submission(message: bytes, party_index: int, num_parties: int, party_ke
         raw = SealedBox(party_key).decrypt(sub.sealed)
     except CryptoError:
         raise SubmissionError(f"the share of {sub.source_id!r} does not decrypt with this party's key") from None
-    q, c = len(sub.query_ids), sub.num_classes
+    q, c, r = len(sub.query_ids), sub.num_classes, sub.rows
     if len(set(sub.query_ids)) != q:
         raise SubmissionError(f"submission of {sub.source_id!r} names a query twice")
-    if c < 2 or len(raw) != 8 * q * c:
-        raise SubmissionError(f"share of {sub.source_id!r} holds {len(raw)} bytes, expected {8 * q * c} "
-                              f"({q} queries x {c} classes)")
+    if not 1 <= r <= MAX_ROWS:
+        raise SubmissionError(f"submission of {sub.source_id!r} has {r} rows per vote, not 1..{MAX_ROWS}")
+    if c < 2 or len(raw) != 8 * q * r * c:
+        raise SubmissionError(f"share of {sub.source_id!r} holds {len(raw)} bytes, expected {8 * q * r * c} "
+                              f"({q} queries x {r} rows x {c} classes)")
     if sub.commitments and (len(sub.commitments) != q or any(len(x) != 32 for x in sub.commitments)):
         raise SubmissionError(f"submission of {sub.source_id!r} carries malformed commitments")
-    shares = np.frombuffer(raw, dtype="<u8").reshape(q, c).astype(np.uint64)
+    shares = np.frombuffer(raw, dtype="<u8").reshape(q, r * c).astype(np.uint64)
     return OpenedShare(sub.source_id, tuple(sub.query_ids), c, shares, bytes(signed.body),
-                       tuple(bytes(x) for x in sub.commitments))
+                       tuple(bytes(x) for x in sub.commitments), r)

@@ -196,8 +196,8 @@ def test_a_submission_one_party_cannot_open_excludes_only_that_source(mpc, tmp_p
 
     real = backend_module.seal_submissions
 
-    def tampered(source_id, key, query_ids, encoded, party_keys):
-        messages = real(source_id, key, query_ids, encoded, party_keys)
+    def tampered(source_id, key, query_ids, encoded, party_keys, **kw):
+        messages = real(source_id, key, query_ids, encoded, party_keys, **kw)
         if source_id == "src3":
             messages[1] = messages[1][:-5] + bytes(5)
         return messages

@@ -131,7 +131,7 @@ def test_batch_limits_on_query_ids_size_and_source_keys(monkeypatch):
         _public_checks(command(query_ids=["q0", "q0"]), POLICY, WORLD, LISTENING)
     monkeypatch.setattr(ev, "MAX_BATCH_ENTRIES", 2 * 2 * 3)           # two queries of 2 sources x 3 classes
     _public_checks(command(), POLICY, WORLD, LISTENING)
-    with pytest.raises(SubmissionError, match="3 queries x 2 sources x 3 classes is more than 12 entries"):
+    with pytest.raises(SubmissionError, match=r"3 queries x 2 vote rows \(of 2 sources\) x 3 classes is more than 12 entries"):
         _public_checks(command(query_ids=["q0", "q1", "q2"], present=bytes(6), gammas=bytes(48)),
                        POLICY, WORLD, LISTENING)
     relayed = {"inbox": False, "messages": [[], [], []]}
