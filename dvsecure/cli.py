@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--classes", type=_positive_int, default=10, help="classes per query (default 10)")
     d.add_argument("--seed", type=int, default=0, help="seed of the synthetic voters (not of the noise)")
     d.add_argument("--policy", type=Path, help="a consortium policy TOML file instead of the embedded one")
+    d.add_argument("--consortium", choices=["slices", "prototype"],
+                   help="the embedded consortium: slices (default; slice-unit budgets, eps <= 8 per slice) or "
+                        "prototype (the deep-voting prototype's source-level budgets)")
     d.add_argument("--out", type=Path, default=Path("dvsecure-demo"),
                    help="published directory (default ./dvsecure-demo)")
     d.add_argument("--state", type=Path, help="private state directory (default: OUT.state beside OUT)")
@@ -271,8 +274,14 @@ def main(argv: list[str] | None = None) -> int:
             if policy is not None and args.sources is not None:
                 raise ParameterError("--sources applies to the embedded consortium; with --policy the sources "
                                      "are the policy's")
+            if policy is not None and args.consortium is not None:
+                raise ParameterError("--consortium picks an embedded consortium; --policy gives your own")
             if args.sources is None:
                 args.sources = len(policy.sources) if policy is not None else 5
+            if policy is None:
+                from .demo.consortium import DEFAULT_CONSORTIUM, default_policy
+
+                policy = default_policy(args.sources, args.consortium or DEFAULT_CONSORTIUM)
             state = args.state or args.out.with_name(args.out.name + ".state")
             if args.backend == "enclave":
                 from .demo.enclave import run_enclave_demo
@@ -293,9 +302,8 @@ def main(argv: list[str] | None = None) -> int:
                 # (--rendezvous) the coordinator relays the sealed shares through party 0.
                 principals = None
                 if not args.rendezvous:
-                    from .demo.consortium import default_policy
                     from .demo.run import demo_sources
-                    _, principals = demo_sources(state, policy or default_policy(args.sources))
+                    _, principals = demo_sources(state, policy)
                 backend = MPCBackend(num_parties=args.parties, provider=args.provider, allow_tfp=args.allow_tfp,
                                      state_dir=str(state / "parties"), principals=principals,
                                      rendezvous=args.rendezvous, spawn_ranks=[0] if args.rendezvous else None)

@@ -200,12 +200,15 @@ class Enclave:
                 kind = v.WhichOneof("value")
                 if kind is None:
                     fail(f"vote of {sid!r} for {q!r} is empty")
-                if kind == "probabilities" and len(v.probabilities.p) != body.num_classes:
-                    fail(f"vote of {sid!r} for {q!r} has {len(v.probabilities.p)} entries, "
+                value = v.label if kind == "label" else list(v.probabilities.p if kind == "probabilities"
+                                                             else v.counts.n)
+                if kind != "label" and len(value) != body.num_classes:
+                    fail(f"vote of {sid!r} for {q!r} has {len(value)} entries, "
                          f"the query has {body.num_classes} classes")
-                # Invalid values (out of range, not one-hot) are not errors: the mechanism
-                # excludes the source from that query and the log says why.
-                opened.append(Submission(v.label if kind == "label" else list(v.probabilities.p), v.nonce))
+                # Invalid values (out of range, not one-hot, not a histogram of its m slices)
+                # are not errors: the mechanism excludes the source from that query and the
+                # log says why.
+                opened.append(Submission(value, v.nonce))
             for p, s in zip(queries, opened):
                 p.votes[sid] = s
             return pb.SubmitReply(accepted=len(opened))

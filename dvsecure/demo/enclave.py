@@ -14,10 +14,8 @@ import os
 from fractions import Fraction
 from pathlib import Path
 
-import numpy as np
 from nacl.signing import SigningKey
 
-from ..accounting.conversions import zcdp_eps_tight
 from ..audit.check import audit
 from ..engine.calibration import hedge_baseline
 from ..errors import ParameterError
@@ -37,8 +35,8 @@ from ..tee.client import (
 from ..tee.process import start_enclave
 from ..tee.protocol import Principals, enclave_measurement
 from ..wire.proto import dvsecure_pb2 as pb
-from .consortium import default_policy, synthetic_votes
-from .run import DemoReport
+from .consortium import default_policy, single_source_accuracy, synthetic_votes, vote_vectors
+from .run import DemoReport, source_row
 
 COORDINATOR = "coordinator"
 BATCH = 50
@@ -122,14 +120,14 @@ def run_enclave_demo(out: Path, state: Path, num_sources: int = 5, num_queries: 
             sources = [SourceClient(sid, keys[sid], conns[sid], ids[sid]) for sid in policy.ids]
             # Each run continues the log: query ids continue where the last run stopped.
             start = conns[COORDINATOR].call("GetCheckpoint", pb.CheckpointRequest(size=0)).size
-            labels, votes = synthetic_votes(num_queries, len(sources), num_classes, seed + start)
+            labels, votes = synthetic_votes(num_queries, policy, num_classes, seed + start)
             qids = [f"run{start:06d}-q{i:05d}" for i in range(num_queries)]
             released = []
             for b in range(0, num_queries, BATCH):
                 batch = qids[b:b + BATCH]
                 coordinator.open(batch, num_classes)
                 for j, src in enumerate(sources):
-                    sent[src.name].update(src.submit(batch, votes[b:b + BATCH, j].tolist(), num_classes))
+                    sent[src.name].update(src.submit(batch, [row[j] for row in votes[b:b + BATCH]], num_classes))
                 released += coordinator.release(batch).releases
             mirror = fetch_log(conns[policy.ids[0]], policy, state / "mirror")
             for sid in policy.ids:
@@ -143,7 +141,8 @@ def run_enclave_demo(out: Path, state: Path, num_sources: int = 5, num_queries: 
 
     answered = sum(r.answered for r in released)
     correct = sum(1 for r, y in zip(released, labels) if r.answered and r.label == int(y))
-    hedge = hedge_baseline(np.eye(num_classes)[votes], labels, policy.ids)
+    hedge = hedge_baseline(vote_vectors(votes, num_classes), labels, policy.ids)
+    alone = single_source_accuracy(votes, labels, num_classes)
     # The sources' view: the published log and their own mirror of it, from signed data alone.
     # The policy names the enclave as signer, so each audit checks every attestation too.
     attested = {"enclave_pcr0": pcr0, "enclave_principals": agreed, "trusted_sim_roots": roots}
@@ -159,15 +158,12 @@ def run_enclave_demo(out: Path, state: Path, num_sources: int = 5, num_queries: 
     sources = []
     for src in policy.sources:
         a = by_id.get(src.id)
-        spent = a.spent_rho if a else 0.0
-        budget = a.budget_rho if a else float(src.budget_rho)
-        can_continue = flt.decide(src, src.grid_max, Fraction(spent), Fraction(budget)).gamma > 0
-        sources.append({
-            "id": src.id, "gamma_min": src.gamma_min, "gamma_max": src.gamma_max, "gamma_calibrated": src.grid_max,
-            "gamma_used_min": a.gamma_used_min if a else None, "gamma_used_max": a.gamma_used_max if a else None,
-            "budget_rho": budget, "spent_rho": spent, "epsilon": zcdp_eps_tight(Fraction(spent), src.delta),
-            "delta": src.delta, "queries_answered": a.queries_answered if a else 0,
-            "status": "active" if can_continue else "exhausted"})
+        # The audit's exact recomputation, from the published log alone.
+        spent = Fraction(a.spent_rho) if a else Fraction(0)
+        can_continue = flt.decide(src, src.grid_max, spent, src.cap_rho).gamma > 0
+        used = [] if a is None or a.gamma_used_min is None else [a.gamma_used_min, a.gamma_used_max]
+        sources.append(source_row(src, spent, src.influence(spent), src.grid_max, used,
+                                  a.queries_answered if a else 0, "active" if can_continue else "exhausted"))
     data = {
         "backend": "enclave", "noise_mode": "private", "private": True,
         "votes_sent": "by each source to the attested enclave, sealed to its key, over gRPC+TLS",
@@ -175,6 +171,8 @@ def run_enclave_demo(out: Path, state: Path, num_sources: int = 5, num_queries: 
         "calibration_queries": 0, "answered": answered, "refused": len(released) - answered,
         "accuracy": (correct / answered) if answered else None,
         "hedge_baseline_accuracy": hedge.accuracy, "hedge_baseline_private": False,
+        "best_single_source_accuracy": max(alone) if alone else None,
+        "single_source_accuracy": dict(zip(policy.ids, alone)),
         "labels": [r.label if r.HasField("label") else None for r in released],
         "sources": sources, "out": str(out), "state": str(state),
         "attestation": {"provider": enclave.ready["attestation"], "simulated": enclave.ready["simulated"],

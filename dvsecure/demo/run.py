@@ -11,7 +11,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 
 from ..accounting.conversions import zcdp_eps_tight
 from ..audit.check import audit
@@ -24,7 +23,7 @@ from ..log.writer import LogWriter, name_signers, operator_signer
 from ..mechanism.filter import BudgetFilter
 from ..noise import NoiseSource
 from ..policy import ConsortiumPolicy
-from .consortium import default_policy, synthetic_votes
+from .consortium import default_policy, single_source_accuracy, synthetic_votes, vote_vectors
 
 
 @dataclass
@@ -46,19 +45,26 @@ class DemoReport:
         lines.append(f"queries: {d['answered'] + d['refused']} released ({d['answered']} answered, "
                      f"{d['refused']} refused); accuracy on answered: "
                      + (f"{d['accuracy']:.3f}" if d['accuracy'] is not None else "n/a"))
+        if d.get("best_single_source_accuracy") is not None:
+            lines.append(f"best single source alone (NOT private, comparison only): "
+                         f"{d['best_single_source_accuracy']:.3f}")
         if d.get("hedge_baseline_accuracy") is not None:
             lines.append(f"non-private Hedge baseline (NOT private, comparison only): "
                          f"{d['hedge_baseline_accuracy']:.3f}")
         lines.append("")
-        hdr = f"{'source':<10} {'band':>13} {'gamma used':>17} {'spent rho':>10} {'budget rho':>10} " \
-              f"{'eps@delta':>16} {'answered':>8}  status"
+        hdr = f"{'source':<10} {'unit':>6} {'slices':>6} {'band':>13} {'gamma used':>17} {'spent rho':>10} " \
+              f"{'budget rho':>10} {'eps@delta':>16} {'influence eps':>13} {'answered':>8}  status"
         lines.append(hdr)
         lines.append("-" * len(hdr))
         for s in d["sources"]:
             used = "-" if s["gamma_used_min"] is None else f"{s['gamma_used_min']:.3f}..{s['gamma_used_max']:.3f}"
-            lines.append(f"{s['id']:<10} {s['gamma_min']:>6.3f}..{s['gamma_max']:<5.3f} {used:>17} "
-                         f"{s['spent_rho']:>10.4f} {s['budget_rho']:>10.4f} "
-                         f"{s['epsilon']:>7.3f}@{s['delta']:<8.0e} {s['queries_answered']:>8}  {s['status']}")
+            lines.append(f"{s['id']:<10} {s['unit']:>6} {s['slices']:>6} "
+                         f"{s['gamma_min']:>6.3f}..{s['gamma_max']:<5.3f} {used:>17} {s['spent_rho']:>10.4f} {s['budget_rho']:>10.4f} "
+                         f"{s['epsilon']:>7.3f}@{s['delta']:<8.0e} {s['influence_epsilon']:>13.1f} "
+                         f"{s['queries_answered']:>8}  {s['status']}")
+        if any(s["unit"] != "source" for s in d["sources"]):
+            lines.append("eps@delta protects one slice (any one record) of a slice-unit source, one whole source "
+                         "otherwise; influence eps is the source-level spend")
         lines.append("")
         a = d["audit"]
         lines.append("audit of the published log: " + ("OK" if a["ok"] else "FAILED") +
@@ -67,6 +73,22 @@ class DemoReport:
         lines += [f"  {f}" for f in a["findings"]]
         lines.append(f"published log: {d['out']}   private state (ledgers and keys): {d['state']}")
         return "\n".join(lines)
+
+
+def source_row(src, spent, influence, gamma_calibrated, used, answered: int, status: str) -> dict:
+    """One source's line of the demo report, both units labelled: `epsilon` and
+    `spent_rho` at the source's unit (one slice of a slice-unit source), the
+    `influence_*` at the source level."""
+    return {
+        "id": src.id, "unit": src.unit, "slices": src.slices,
+        "gamma_min": src.gamma_min, "gamma_max": src.gamma_max, "gamma_calibrated": gamma_calibrated,
+        "gamma_used_min": min(used) if used else None, "gamma_used_max": max(used) if used else None,
+        "budget_rho": float(src.budget_rho), "enforced_rho": float(src.cap_rho), "spent_rho": float(spent),
+        "epsilon": zcdp_eps_tight(spent, src.delta), "delta": src.delta,
+        "influence_rho": float(influence), "influence_epsilon": zcdp_eps_tight(influence, src.delta),
+        "influence_budget_rho": None if src.influence_budget_rho is None else float(src.influence_budget_rho),
+        "queries_answered": answered, "status": status,
+    }
 
 
 def demo_sources(state: Path, policy: ConsortiumPolicy) -> tuple[dict, Path]:
@@ -101,18 +123,18 @@ def _ask(agg: Aggregator, items, num_classes: int, submitters) -> list:
         return agg.query_batch(items, num_classes)
     qids = [q for q, _ in items]
     for j, submitter in enumerate(submitters):
-        submitter.submit(qids, [votes[j] for _, votes in items], num_classes)
+        submitter.submit(qids, [votes[j] for _, votes in items], num_classes, agg.policy.sources[j].vote_format)
     return agg.query_batch([(q, FROM_SOURCES) for q in qids], num_classes)
 
 
 def run_demo(*, out: Path, state: Path, num_sources: int = 5, num_queries: int = 300, num_classes: int = 10,
              seed: int = 0, noise: NoiseSource, policy: ConsortiumPolicy | None = None,
-             backend=None) -> DemoReport:
+             backend=None, consortium: str = "slices") -> DemoReport:
     if num_queries < 2:
         raise ParameterError(f"--queries must be >= 2, got {num_queries}")
     if num_classes < 2:
         raise ParameterError(f"--classes must be >= 2, got {num_classes}")
-    policy = policy or default_policy(num_sources)
+    policy = policy or default_policy(num_sources, consortium)
     num_sources = len(policy.sources)
     state.mkdir(parents=True, exist_ok=True)
     os.chmod(state, 0o700)
@@ -127,7 +149,7 @@ def run_demo(*, out: Path, state: Path, num_sources: int = 5, num_queries: int =
         log.sync()      # catches up whatever a crash left unlogged
         # Each run continues the ledger: query ids continue where the last run stopped.
         start = ledger.next_seq()
-        labels, votes = synthetic_votes(num_queries, num_sources, num_classes, seed + start)
+        labels, votes = synthetic_votes(num_queries, policy, num_classes, seed + start)
         weights = stored_weights(ledger)
         secure = backend is not None and backend.name != "plaintext"
         # The first third is labelled for calibration only on the first run: a run that
@@ -139,13 +161,14 @@ def run_demo(*, out: Path, state: Path, num_sources: int = 5, num_queries: int =
             weights = {src.id: src.grid_max for src in policy.sources}
         elif weights is None:
             cal = PrivateCalibration(policy, ledger, noise).run(
-                f"calibration-{start:06d}", votes[:n_cal].tolist(), labels[:n_cal], num_classes)
+                f"calibration-{start:06d}", votes[:n_cal], labels[:n_cal], num_classes)
             weights = cal.weights
             log.sync()
-        hedge = hedge_baseline(np.eye(num_classes)[votes[n_cal:]], labels[n_cal:], policy.ids)
+        hedge = hedge_baseline(vote_vectors(votes[n_cal:], num_classes), labels[n_cal:], policy.ids)
+        alone = single_source_accuracy(votes[n_cal:], labels[n_cal:], num_classes)
         agg = Aggregator(policy, ledger, backend=backend or PlaintextBackend(), noise=noise, weights=weights,
                          log=log)
-        items = [(f"run{start:06d}-q{i:05d}", votes[i].tolist()) for i in range(n_cal, num_queries)]
+        items = [(f"run{start:06d}-q{i:05d}", votes[i]) for i in range(n_cal, num_queries)]
         submitters = []
         if getattr(backend, "takes_votes_from_sources", False):
             from ..mpc.client import PartySubmitter
@@ -165,6 +188,7 @@ def run_demo(*, out: Path, state: Path, num_sources: int = 5, num_queries: int =
         correct = sum(1 for r, y in zip(results, labels[n_cal:]) if r.answered and r.label == int(y))
         spent = ledger.spent()
         budgets = ledger.budgets()
+        influence = ledger.influence()
         flt = BudgetFilter(policy.mechanism)
         sources = []
         for src in policy.sources:
@@ -172,15 +196,8 @@ def run_demo(*, out: Path, state: Path, num_sources: int = 5, num_queries: int =
             took_part = sum(1 for r in results for p in r.participants
                             if p.source_id == src.id and p.gamma > 0 and r.answered)
             can_continue = flt.decide(src, weights[src.id], spent[src.id], budgets[src.id]).gamma > 0
-            sources.append({
-                "id": src.id, "gamma_min": src.gamma_min, "gamma_max": src.gamma_max,
-                "gamma_calibrated": weights[src.id],
-                "gamma_used_min": min(used) if used else None, "gamma_used_max": max(used) if used else None,
-                "budget_rho": float(budgets[src.id]), "spent_rho": float(spent[src.id]),
-                "epsilon": zcdp_eps_tight(spent[src.id], src.delta), "delta": src.delta,
-                "queries_answered": took_part,
-                "status": "active" if can_continue else "exhausted",
-            })
+            sources.append(source_row(src, spent[src.id], influence[src.id], weights[src.id], used, took_part,
+                                      "active" if can_continue else "exhausted"))
         data = {
             "backend": agg.backend.name, "noise_mode": noise.mode, "private": noise.private,
             "votes_sent": "by each source to each party, as sealed shares over gRPC+TLS" if submitters
@@ -189,6 +206,8 @@ def run_demo(*, out: Path, state: Path, num_sources: int = 5, num_queries: int =
             "calibration_queries": n_cal, "answered": answered, "refused": len(results) - answered,
             "accuracy": (correct / answered) if answered else None,
             "hedge_baseline_accuracy": hedge.accuracy, "hedge_baseline_private": False,
+            "best_single_source_accuracy": max(alone) if alone else None,
+            "single_source_accuracy": dict(zip(policy.ids, alone)),
             "labels": released, "sources": sources, "out": str(out), "state": str(state),
         }
         # The sources' view: audit the published log from signed data alone.

@@ -142,6 +142,10 @@ def _vote_message(vote, nonce: bytes) -> tuple[pb.Vote, object]:
     sides compute the same commitment."""
     if isinstance(vote, numbers.Integral) and not isinstance(vote, bool):
         return pb.Vote(label=int(vote), nonce=nonce), int(vote)
+    if all(isinstance(x, numbers.Integral) and not isinstance(x, bool) for x in vote):
+        # Integer entries: a slice histogram's counts (or a one-hot vector), sent exactly.
+        counts = [int(x) for x in vote]
+        return pb.Vote(counts=pb.Counts(n=counts), nonce=nonce), counts
     probs = [float(x) for x in vote]
     return pb.Vote(probabilities=pb.Probabilities(p=probs), nonce=nonce), probs
 
