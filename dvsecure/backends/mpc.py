@@ -247,7 +247,7 @@ class MPCBackend(Backend):
                 per_party[p].append(m)
         result = parties.call({
             "op": "batch", "policy": self._policy.to_toml(), "query_ids": query_ids, "source_ids": source_ids,
-            "source_keys": {sid: bytes(k.verify_key) for sid, k in self._source_keys.items()},
+            "source_keys": {sid: bytes(self._source_keys[sid].verify_key) for sid in source_ids},
             "messages": per_party, "present": present.astype(np.uint8).tobytes(),
             "gammas": gammas.astype("<i8").tobytes(), "num_classes": num_classes,
             "noise_mode": noise.mode, "noise_seeds": self._party_seeds(noise), **extra})

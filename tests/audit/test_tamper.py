@@ -30,7 +30,9 @@ from dvsecure.policy import ConsortiumPolicy
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
     root = tmp_path_factory.mktemp("base")
-    assert main(["demo", "--backend", "plaintext", "--out", str(root / "log"), "--queries", "60", "--noise-seed", "11", "--json"]) == 0
+    # The prototype's source-level consortium: the forgeries below name its bands and budgets.
+    assert main(["demo", "--backend", "plaintext", "--consortium", "prototype", "--out", str(root / "log"),
+                 "--queries", "60", "--noise-seed", "11", "--json"]) == 0
     return root
 
 
@@ -166,8 +168,8 @@ def test_pinned_key_mismatch(copy):
 
 
 def _continue_demo(log: Path, state: Path, seed: int) -> None:
-    assert main(["demo", "--backend", "plaintext", "--out", str(log), "--state", str(state), "--queries", "30",
-                 "--noise-seed", str(seed), "--seed", str(seed), "--json"]) == 0
+    assert main(["demo", "--backend", "plaintext", "--consortium", "prototype", "--out", str(log),
+                 "--state", str(state), "--queries", "30", "--noise-seed", str(seed), "--seed", str(seed), "--json"]) == 0
 
 
 def test_fork_and_rollback_are_caught_by_the_witness(copy, tmp_path, capsys):
@@ -242,7 +244,7 @@ def test_dishonest_weight_outside_its_band(copy):
     log, state = copy
     lines = lines_of(log)
     prev = _last_query(lines)
-    policy = default_policy()
+    policy = default_policy(consortium="prototype")
     g = E.unpack(prev.gamma, "<u4", 5).copy()
     # inst-4 (band 0.03..0.20) weighted 0.25, status "active"; spends and counts made consistent.
     g[3] = int(0.25 * 65536)

@@ -1,0 +1,176 @@
+"""Slice-unit sources on every backend (issue 12): with no noise MPC releases and
+charges exactly what the plaintext backend does on random streams mixing
+source- and slice-unit sources; a malicious slice histogram is rejected by the
+parties' secure check and cannot move the tally; the enclave releases the
+plaintext labels and charges on streams whose margins no noise can flip."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from dvsecure.backends.mpc import REJECTED, MPCBackend
+from dvsecure.backends.plaintext import PlaintextBackend
+from dvsecure.engine.aggregator import Aggregator
+from dvsecure.engine.ledger import Ledger
+from dvsecure.mechanism.release import tally
+from dvsecure.mechanism.votes import encode_votes, slice_histogram
+from dvsecure.noise import make_noise
+from dvsecure.policy import Budget, ConsortiumPolicy, MechanismPolicy, SignerPolicy, SourcePolicy
+
+C = 4
+
+
+class WholeBatchPlaintext(PlaintextBackend):
+    evaluates_whole_batch = True
+
+
+def mixed_policy(rng, name="mixed", signers=None) -> ConsortiumPolicy:
+    """Two source-unit sources (one-hot, simplex) and two slice-unit ones (m = 3, 5)."""
+    srcs = []
+    for i, (unit, m, votes) in enumerate([("source", 1, "one-hot"), ("source", 1, "simplex"),
+                                          ("slice", 3, None), ("slice", 5, None)]):
+        hi = float(rng.uniform(0.3, 0.6))
+        srcs.append(SourcePolicy(f"src{i}", float(rng.uniform(0.0, hi / 2)), hi,
+                                 Budget("rho", float(rng.uniform(0.3, 2.0))),
+                                 on_exhaustion=("shrink", "exclude")[i % 2], votes=votes, unit=unit, slices=m))
+    mech = MechanismPolicy("confident_gnmax", float(rng.uniform(0.5, 2)), sigma1=float(rng.uniform(0.5, 2)),
+                           threshold=float(rng.uniform(0.1, 0.6)))
+    return ConsortiumPolicy(sources=tuple(srcs), mechanism=mech, name=name, signers=signers)
+
+
+BAD_HISTOGRAMS = [[4, 0, 0, 0], [2, 2, 1, -1], [6, 0, 0, -1], [1, 1, 0, 0], [1.5, 1.5, 0, 0], [0, 0, 0, 0]]
+
+
+def random_vote(rng, src, bad=True, absent=True):
+    r = rng.random()
+    if r < 0.1:
+        return None if absent else int(rng.integers(C))
+    if src.slices > 1:
+        if bad and r < 0.25:
+            return BAD_HISTOGRAMS[rng.integers(len(BAD_HISTOGRAMS))]
+        return slice_histogram(rng.integers(0, C, src.slices).tolist(), C)
+    if src.votes == "simplex" and r < 0.6:
+        return rng.dirichlet(np.ones(C)).tolist()
+    return int(rng.integers(C))
+
+
+def run(policy, items, backend, path, batch=8):
+    with Ledger(path, policy) as ledger:
+        agg = Aggregator(policy, ledger, backend=backend, noise=make_noise("no_noise"))
+        results = []
+        for i in range(0, len(items), batch):
+            results += agg.query_batch(items[i:i + batch], C)
+        return results, ledger.spent(), [ledger.charges(s.id) for s in policy.sources]
+
+
+@pytest.fixture(scope="module")
+def mpc():
+    backend = MPCBackend(num_parties=3, timeout=120)
+    yield backend
+    backend.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(3))
+def test_no_noise_mpc_equals_plaintext_with_slice_sources(mpc, tmp_path, seed):
+    rng = np.random.default_rng(100 + seed)
+    policy = mixed_policy(rng)
+    items = [(f"q{q}", {s.id: random_vote(rng, s) for s in policy.sources}) for q in range(24)]
+    ref = run(policy, items, WholeBatchPlaintext(), tmp_path / "p.sqlite")
+    got = run(policy, items, mpc, tmp_path / "m.sqlite")
+    assert [(r.answered, r.label) for r in got[0]] == [(r.answered, r.label) for r in ref[0]]
+    assert [[(p.gamma, p.status) for p in r.participants] for r in got[0]] == \
+        [[(p.gamma, p.status) for p in r.participants] for r in ref[0]]
+    assert got[1] == ref[1] and got[2] == ref[2]
+    slice_statuses = {p.status for r in got[0] for p in r.participants if p.source_id in ("src2", "src3")}
+    assert {"active", "excluded:invalid"} <= slice_statuses
+    assert any(c.slices == 5 for c in got[2][3])             # charged at the slice unit
+
+
+@pytest.mark.slow
+def test_malicious_slice_rows_are_rejected_and_cannot_move_the_tally(mpc, tmp_path, monkeypatch):
+    """A slice-unit source (m = 3) that bypasses the honest client: rows that are not
+    bits, rows with two ones or none (even where the counts would sum to m), rows
+    that wrap the ring, and random 64-bit garbage. Each is rejected by the parties'
+    check of its m rows, and the release is what it is without that source."""
+    import dvsecure.backends.mpc as backend_module
+
+    real = backend_module._client_encoding
+    ring = 1 << 63
+    cheats = iter([
+        [[2, 0, 0, 0], [0, 1, 0, 0], [0, 0, 0, 0]],                 # a count of 2 in one row, one row empty
+        [[1, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 0]],                 # counts sum to 3 = m, rows not one-hot
+        [[1, 0, 0, 0], [1, 0, 0, 0], [1, 0, 0, -1]],                # a negative entry
+        [[-ring, -ring + 1, 0, 0], [1, 0, 0, 0], [1, 0, 0, 0]],     # 2**63 and 2**63 + 1: row sums to 1 mod 2**64
+        [[1 << 40, 0, 0, 0], [1, 0, 0, 0], [0, 1, 0, 0]],           # a huge count
+        np.random.default_rng(7).integers(-ring, ring - 1, size=(3, 4), dtype=np.int64).tolist(),
+    ])
+
+    def cheating(vote, num_classes, kind):
+        if vote == "cheat":
+            return np.array(next(cheats), dtype=np.int64).ravel()
+        return real(vote, num_classes, kind)
+    monkeypatch.setattr(backend_module, "_client_encoding", cheating)
+    policy = ConsortiumPolicy(
+        sources=(SourcePolicy("a", 0.25, 0.25, Budget("rho", 100.0)),
+                 SourcePolicy("b", 0.25, 0.25, Budget("rho", 100.0)),
+                 SourcePolicy("s", 0.375, 0.375, Budget("rho", 100.0), unit="slice", slices=3)),
+        mechanism=MechanismPolicy("gnmax", 1.0), name="slice-malice")
+    items = [(f"c{k}", {"a": 1, "b": 2, "s": "cheat"}) for k in range(6)]
+    items.append(("honest", {"a": 1, "b": 2, "s": [0, 0, 3, 0]}))     # 3 slices for class 2: it decides
+    items.append(("absent", {"a": 1, "b": 2, "s": None}))             # tie 1 vs 2 without it: 1
+    got, _, _ = run(policy, items, mpc, tmp_path / "c.sqlite", batch=len(items))
+    for r in got[:6]:
+        p = r.participant("s")
+        assert (p.status, p.reason, p.gamma, p.rho) == ("excluded:invalid", REJECTED, 0, 0)
+        assert r.label == got[-1].label == 1
+    assert got[6].label == 2 and got[6].participant("s").status == "active"
+
+
+@pytest.mark.slow
+def test_enclave_releases_the_plaintext_labels_and_charges_with_slice_sources(tmp_path):
+    """The enclave adds private noise only, so the stream is chosen with margins
+    (top two tallies, and the top against the threshold) of at least 40 sigma:
+    no draw of the noise can change a release (probability below 1e-300)."""
+    import sys
+    from pathlib import Path
+
+    from dvsecure.audit.check import audit
+    from dvsecure.tee.protocol import enclave_measurement
+
+    sys.path.insert(0, str(Path(__file__).with_name("tee")))     # the enclave tests' deployment harness
+    from enclave_harness import deployed
+
+    rng = np.random.default_rng(5)
+    policy = mixed_policy(rng, "enclave-slices", SignerPolicy(enclave_pcr0=enclave_measurement().hex()))
+    # Budgets that such small noise cannot exhaust: every source takes part at its ceiling.
+    policy = ConsortiumPolicy(sources=tuple(dataclasses.replace(s, budget=Budget("rho", 1e12)) for s in policy.sources),
+                              name=policy.name, signers=policy.signers,
+                              mechanism=MechanismPolicy("confident_gnmax", 0.002, sigma1=0.002, threshold=0.3))
+    kinds = [s.vote_format for s in policy.sources]
+    weights = np.array([[s.grid_max * 65536 for s in policy.sources]], np.int64)
+    slices = [s.slices for s in policy.sources]
+    items = []
+    while len(items) < 30:
+        votes = {s.id: random_vote(rng, s, bad=len(items) % 2 == 0, absent=False) for s in policy.sources}
+        fixed, problems = encode_votes(list(votes.values()), kinds, C)
+        w = weights * np.array([[p is None for p in problems]])
+        v = np.sort(tally(w, fixed[None], slices)[0]) / 2.0 ** 32
+        if v[-1] - v[-2] >= 0.08 and abs(v[-1] - 0.3) >= 0.08:
+            items.append((f"e{len(items)}", votes))
+    ref, ref_spent, ref_charges = run(policy, items, PlaintextBackend(), tmp_path / "p.sqlite", batch=10)
+    with deployed(tmp_path / "enc", policy=policy) as dep:
+        released = []
+        for b in range(0, len(items), 10):
+            batch = items[b:b + 10]
+            qids = [q for q, _ in batch]
+            released += dep.batch(qids, {s.id: [v[s.id] for _, v in batch] for s in policy.sources})
+        assert dep.check() == []
+        report = audit(dep.out, enclave_pcr0=dep.pcr0, enclave_principals=dep.principals,
+                       trusted_sim_roots=dep.roots)
+    assert [(r.answered, r.label if r.HasField("label") else None) for r in released] == \
+        [(r.answered, r.label) for r in ref]
+    assert {s.id: s.spent_rho for s in report.sources} == {k: float(v) for k, v in ref_spent.items()}
+    assert any(p.status == "excluded:invalid" for r in ref for p in r.participants if p.source_id in ("src2", "src3"))
