@@ -192,3 +192,18 @@ def test_a_counted_histogram_the_policy_does_not_allow_is_caught(copy, tmp_path)
     resign(log, state, lines)
     subs.write_text(json.dumps(json.loads(submission_line(e.query_id, fine))) + "\n")
     assert audit(log, allow_nonprivate=True, source="inst-1", submissions=subs).ok
+
+
+def test_a_receipt_reports_both_units_of_its_source(copy, tmp_path):
+    from dvsecure.audit.receipt import export_receipt
+
+    log, _ = copy
+    full = {s.id: s for s in audit(log, allow_nonprivate=True).sources}
+    receipt = export_receipt(log, "inst-3", tmp_path / "receipt")
+    report = audit(receipt, allow_nonprivate=True)
+    assert report.ok, [str(f) for f in report.findings]
+    mine = next(s for s in report.sources if s.id == "inst-3")
+    assert mine.complete and (mine.unit, mine.slices) == ("slice", 64)
+    assert (mine.spent_rho, mine.influence_rho, mine.influence_epsilon) == \
+        (full["inst-3"].spent_rho, full["inst-3"].influence_rho, full["inst-3"].influence_epsilon)
+    assert "slice m=64" in report.to_text()
