@@ -1,4 +1,5 @@
-"""Command line: `dvsecure demo | audit | receipt export | bench | party | attestation verify`."""
+"""Command line: `dvsecure demo | audit | receipt export | bench | party | attestation verify | experiment |
+report`."""
 from __future__ import annotations
 
 import argparse
@@ -107,6 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .attestation.cli import add_parser as add_attestation_parser
     add_attestation_parser(sub)
+    from .experiments.cli import add_parsers as add_experiment_parsers
+    add_experiment_parsers(sub)
 
     r = sub.add_parser("receipt", help="receipts for sources")
     rsub = r.add_subparsers(dest="receipt_command", required=True)
@@ -235,6 +238,9 @@ def _require_mpc_extra(what: str, alternative: str = "") -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command in ("experiment", "report"):
+            from .experiments.cli import run_experiment, run_report
+            return (run_experiment if args.command == "experiment" else run_report)(args)
         if args.command == "audit":
             return _audit(args)
         if args.command == "bench":
