@@ -80,7 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--json", action="store_true", help="print one JSON object")
 
     b = sub.add_parser("bench", help="measure the MPC secure pipeline against CrypTen's own argmax")
-    b.add_argument("--backend", choices=["mpc"], default="mpc")
+    b.add_argument("--backend", choices=["mpc", "all"], default="mpc",
+                   help="mpc: the secure pipeline against CrypTen's argmax; all: plaintext, MPC and enclave on one "
+                        "workload, with a bar chart (experiments extra)")
+    b.add_argument("--out", type=Path, default=Path("bench-all"), help="--backend all: where the JSON and chart go")
     b.add_argument("--queries", type=_positive_int, default=10000)
     b.add_argument("--classes", type=_positive_int, default=10)
     b.add_argument("--sources", type=_positive_int, default=50)
@@ -249,6 +252,17 @@ def main(argv: list[str] | None = None) -> int:
             _require_mpc_extra("bench")
             if args.parties < 2 or args.classes < 2:
                 raise ParameterError("--parties and --classes must be at least 2")
+            if args.backend == "all":
+                from .experiments.cli import _extra
+                from .experiments.overhead import run_all
+
+                _extra()
+                result = json.dumps(run_all(args.queries, args.classes, args.sources, args.parties, args.out),
+                                    indent=2)
+                if args.json:
+                    args.json.write_text(result + "\n")
+                print(result)
+                return 0
             result = json.dumps(run_bench(args.queries, args.classes, args.sources, args.parties), indent=2)
             if args.json:
                 args.json.write_text(result + "\n")

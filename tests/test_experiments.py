@@ -133,7 +133,7 @@ def test_the_researcher_doc_shows_real_figures_and_commands_that_parse():
     doc_dir = Path(__file__).parents[1] / "docs"
     text = (doc_dir / "researcher.md").read_text()
     images = re.findall(r"!\[[^]]*\]\(([^)]+)\)", text)
-    assert len(images) == 4
+    assert len(images) == 5
     for rel in images:
         assert (doc_dir / rel).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     commands = [line.split("#")[0].strip() for line in text.splitlines() if line.startswith("dvsecure ")]
@@ -141,3 +141,24 @@ def test_the_researcher_doc_shows_real_figures_and_commands_that_parse():
     for cmd in commands:
         argv = [a.replace("[--json]", "--json") for a in shlex.split(cmd)[1:] if a != "[--json]"]
         build_parser().parse_args(argv)          # raises SystemExit on an unknown option
+
+
+@pytest.mark.slow
+def test_bench_all_runs_the_three_backends_on_one_workload(tmp_path, capsys):
+    assert main(["bench", "--backend", "all", "--queries", "20", "--classes", "4", "--sources", "3",
+                 "--out", str(tmp_path / "b")]) == 0
+    result = json.loads(capsys.readouterr().out)
+    secs = result["seconds"]
+    assert set(secs) == {"plaintext", "mpc", "enclave"} and result["workload"]["queries"] == 20
+    for name in ("mpc", "enclave"):
+        assert result["ratio_to_plaintext"][name] == pytest.approx(secs[name]["total"] / secs["plaintext"]["total"])
+    assert secs["plaintext"]["evaluate"] + secs["plaintext"]["account_commit_log"] == \
+        pytest.approx(secs["plaintext"]["total"])
+    b = result["bytes_per_query"]
+    assert b["plaintext"]["network"] == 0 and b["mpc"]["sources_to_parties"] > 0 and b["enclave"]["sources_to_enclave"] > 0
+    assert b["mpc"]["per_party_to_others"] == result["mpc_parties_bench"]["bytes_per_query_per_party"] > 0
+    assert json.loads((tmp_path / "b" / "bench_all.json").read_text()) == result
+    chart = json.loads((tmp_path / "b" / "bench_all_chart.json").read_text())
+    assert chart["ratio_to_plaintext"] == result["ratio_to_plaintext"]
+    assert chart["bytes_per_query"]["values"][1] == b["mpc"]["per_party_to_others"]
+    assert (tmp_path / "b" / "bench_all_chart.png").read_bytes()[:4] == b"\x89PNG"
