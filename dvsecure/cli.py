@@ -77,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a source's own submissions (JSON lines: query_id, vote, nonce): each must be logged "
                         "with its commitment, not as absent, and not as invalid if the vote is valid; the source "
                         "is the receipt's, or --source")
+    a.add_argument("--submissions-complete", action="store_true",
+                   help="the --submissions file holds every vote this source sent to this log: also flag any "
+                        "entry that counts it, or judges its vote, without one")
     a.add_argument("--json", action="store_true", help="print one JSON object")
 
     b = sub.add_parser("bench", help="measure the MPC secure pipeline against CrypTen's own argmax")
@@ -150,7 +153,8 @@ def _audit(args) -> int:
                                                                         "--enclave-principals")
     report = audit(args.path, source=args.source, policy=args.policy, witness=args.witness,
                    trusted_keys=[_key_arg(k) for k in args.trust_key], allow_nonprivate=args.allow_nonprivate,
-                   submissions=args.submissions, enclave_pcr0=pcr0, trusted_sim_roots=roots,
+                   submissions=args.submissions, submissions_complete=args.submissions_complete,
+                   enclave_pcr0=pcr0, trusted_sim_roots=roots,
                    enclave_principals=principals)
     if (roots or principals is not None) and not report.attested:
         raise ParameterError("--trust-sim-root and --enclave-principals only apply to an enclave's log "

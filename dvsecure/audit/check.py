@@ -495,7 +495,8 @@ def _sorted_seqs(seqs, r) -> bool:
 def audit(path: str | Path, *, source: str | None = None, policy: str | Path | None = None,
           witness: str | Path | None = None, trusted_keys: list[str] = (),
           allow_nonprivate: bool = False, workers: int | None = None,
-          submissions: str | Path | None = None, enclave_pcr0: bytes | None = None,
+          submissions: str | Path | None = None, submissions_complete: bool = False,
+          enclave_pcr0: bytes | None = None,
           trusted_sim_roots=(), enclave_principals: bytes | None = None) -> AuditReport:
     """Audit a log directory or an exported receipt (a directory with receipt.json).
     `workers`: processes for the per-entry work (default: one per core on large logs).
@@ -605,7 +606,7 @@ def audit(path: str | Path, *, source: str | None = None, policy: str | Path | N
     a.witness_check(lambda m: roots.get(m))
 
     if submissions is not None:
-        _check_submissions(a, policy_obj, submissions, data, seqs, qids)
+        _check_submissions(a, policy_obj, submissions, data, seqs, qids, submissions_complete)
     agreed = policy_obj.signers.enclave_pcr0 if policy_obj is not None and policy_obj.signers else None
     if enclave_pcr0 is None and agreed is not None:
         enclave_pcr0 = bytes.fromhex(agreed)
@@ -623,7 +624,11 @@ def audit(path: str | Path, *, source: str | None = None, policy: str | Path | N
     return r
 
 
-def _check_submissions(a: _Audit, policy, path, data: bytes, seqs, qids) -> None:
+def _check_submissions(a: _Audit, policy, path, data: bytes, seqs, qids, complete: bool = False) -> None:
+    """The source's submissions against the entries; with `complete` (the file
+    holds every vote it sent to this log), also every entry that counts it or
+    judges its vote without a submission in the file: participation fabricated
+    in its name."""
     from .submissions import check_submissions, load_submissions
 
     if a.source is None:
@@ -636,7 +641,16 @@ def _check_submissions(a: _Audit, policy, path, data: bytes, seqs, qids) -> None
     index = {seq: i for i, seq in enumerate(seqs)} if a.r.kind == "receipt" else None
     lines = data.split(b"\n")
     found: dict[str, tuple[int, E.Query]] = {}
+    j = policy.ids.index(a.source) if a.source in policy.ids else None
     for q, seq in qids:
+        if complete and q not in wanted and j is not None:
+            try:
+                e = E.decode(lines[seq if index is None else index[seq]])
+            except (msgspec.DecodeError, msgspec.ValidationError, KeyError, IndexError):
+                continue
+            if isinstance(e, E.Query) and len(e.status) == len(policy.ids) and e.status[j] in "ASI":
+                a.r.add("submission", f"query {q!r}: {a.source!r} is logged {E.STATUS_NAMES[e.status[j]]} "
+                        "although it submitted nothing to it (its submissions file is complete)", seq=seq)
         if q in wanted:
             try:
                 e = E.decode(lines[seq if index is None else index[seq]])
@@ -677,6 +691,14 @@ def _report_sources(a: _Audit, policy: ConsortiumPolicy, shards, complete) -> No
             r.add("budget", f"source {sid!r}: recomputed spend {float(exact):.6g} exceeds its budget "
                   f"{float(src.budget_rho):.6g} ({unit_label(src.unit, src.slices)} level)",
                   seq=min(over) if over else None)
+        # Calibration may spend at most the policy's share of the budget, over all its runs.
+        share, total = Fraction(policy.calibration.budget_fraction) * src.cap_rho, Fraction(0)
+        for seq, rho in sorted(x for st in parts for x in st.calibration):
+            total += rho
+            if whole and total > share:
+                r.add("budget", f"source {sid!r}: calibration has spent {float(total):.6g}, more than the policy's "
+                      f"share {policy.calibration.budget_fraction:g} of its budget ({float(share):.6g})", seq=seq)
+                break
         influence = src.influence(exact)
         if whole and src.unit != "source" and src.influence_budget_rho is not None \
                 and influence > src.influence_budget_rho:

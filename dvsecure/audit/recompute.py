@@ -58,6 +58,7 @@ class SourceStats:
     used_max: int | None = None
     statuses: dict[str, int] = field(default_factory=dict)
     first_over: int | None = None          # first seq whose cumulative spend passed the budget
+    calibration: list[tuple[int, Fraction]] = field(default_factory=list)   # (seq, charge) of calibration entries
 
 
 @dataclass
@@ -274,6 +275,7 @@ def check_shard(data: bytes, begin: int, end: int, start: int, seqs: list[int], 
             if kind == "confident_gnmax":
                 rho += Charge(THRESHOLD, s1, g, True, m).rho
             exact[j] += int(tally[j, v + 1]) * rho
+    calib: list[list[tuple[int, Fraction]]] = [[] for _ in range(S)]
     for k, j, sig in calibration:
         try:
             rho = Charge(CALIBRATION, sig, 1.0, True, int(msl[j])).rho
@@ -282,6 +284,7 @@ def check_shard(data: bytes, begin: int, end: int, start: int, seqs: list[int], 
             continue
         rho_f[k, j] = float(rho)
         exact[j] += rho
+        calib[j].append((int(seq_arr[k]), rho))      # check.py adds them up against the policy's share
 
     # Who re-runs the filter is the signer set's business, not the entry's (the operator
     # writes its backend field): where the policy names computing parties, they do,
@@ -311,6 +314,7 @@ def check_shard(data: bytes, begin: int, end: int, start: int, seqs: list[int], 
         if sid not in ctx.complete or not n:
             continue
         st.exact = exact[j]
+        st.calibration = calib[j]
         wrong = np.nonzero(counts[:, j] != cum_counts[:, j])[0]
         if wrong.size:
             k = wrong[0]
@@ -319,7 +323,8 @@ def check_shard(data: bytes, begin: int, end: int, start: int, seqs: list[int], 
                                                        if counts[k, j] > cum_counts[k, j] else ""),
                  int(seq_arr[k])))
         tol = 1e-9 * np.maximum(np.abs(cum[:, j]), 1e-12)
-        wrong = np.nonzero(np.abs(stated[:, j] - cum[:, j]) > tol)[0]
+        # NaN compares false with everything: a non-finite stated spend is wrong by itself.
+        wrong = np.nonzero(~np.isfinite(stated[:, j]) | (np.abs(stated[:, j] - cum[:, j]) > tol))[0]
         if wrong.size:
             k = wrong[0]
             add(("spend", f"source {sid!r}: stated cumulative spend {stated[k, j]!r} but the recomputed charges "

@@ -33,6 +33,7 @@ from nacl.signing import SigningKey
 
 from ..errors import ParameterError, VoteError
 from ..mechanism.release import Release
+from ..mechanism.votes import InvalidVote, real_vector
 from ..mpc.party_ledger import PARTIAL, REJECTED, UNOPENED
 from ..mpc.sharing import encode_batch, seal_submissions, wire_rows, wire_scale
 from ..noise import SEEDED
@@ -44,10 +45,11 @@ TFP_WARNING = ("TFP Beaver triples: party 0 generates every triple in the clear 
 
 def _client_encoding(vote, num_classes: int, kind) -> np.ndarray | str:
     """What a source would submit: its validated encoding if the vote is valid
-    (`sharing.encode_batch`); otherwise (a misbehaving source) the raw rounding of
-    whatever it holds at its kind's wire scale, when that is a finite vector of
-    the right shape (for a histogram: as its first row, the others zero); else a
-    reason."""
+    (`sharing.encode_batch`); otherwise (a misbehaving source) what it holds, at
+    its kind's wire scale, when that is a finite numeric vector of the right shape
+    whose entries are exactly integers there (for a histogram: as its first row,
+    the others zero) — so the parties' check sees the invalid vote itself, never a
+    rounding of it that might be valid; else the reason the plaintext backend gives."""
     try:
         return encode_batch([vote], num_classes, kind)[0]
     except VoteError as e:
@@ -55,13 +57,14 @@ def _client_encoding(vote, num_classes: int, kind) -> np.ndarray | str:
     if isinstance(vote, numbers.Integral):
         return reason                       # an index out of range has no vector to share
     try:
-        arr = np.asarray(vote, dtype=np.float64)
-    except (TypeError, ValueError):
+        arr = real_vector(vote) * wire_scale(kind)     # booleans, strings, complex: not numeric votes
+    except InvalidVote:
         return reason
-    if arr.shape != (num_classes,) or not np.all(np.isfinite(arr)) or np.any(np.abs(arr) > 2.0 ** 40):
+    if arr.shape != (num_classes,) or not np.all(np.isfinite(arr)) or np.any(np.abs(arr) > 2.0 ** 40) \
+            or np.any(arr != np.floor(arr)):
         return reason
     raw = np.zeros(wire_rows(kind) * num_classes, dtype=np.int64)
-    raw[:num_classes] = np.round(arr * wire_scale(kind)).astype(np.int64)
+    raw[:num_classes] = arr.astype(np.int64)
     return raw
 
 

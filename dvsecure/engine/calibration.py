@@ -95,9 +95,9 @@ class PrivateCalibration:
         """Noise on the mean accuracy so that 1/(2 m^2 sigma^2) <= fraction * budget
         (m = 1 at the source unit; the budget is what the ledger enforces)."""
         src = self.policy.source(source_id)
-        target = float(src.cap_rho) * self.policy.calibration.budget_fraction
-        sigma = _round_sigma_up(1 / (src.slices * math.sqrt(2 * target)))
-        while Charge(CALIBRATION, sigma, 1.0, True, src.slices).rho > Fraction(target):
+        target = Fraction(self.policy.calibration.budget_fraction) * src.cap_rho      # exact: the cap run() checks
+        sigma = _round_sigma_up(1 / (src.slices * math.sqrt(2 * float(target))))
+        while Charge(CALIBRATION, sigma, 1.0, True, src.slices).rho > target:
             sigma = _round_sigma_up(sigma * (1 + 2 ** -19))
         return sigma
 
@@ -120,7 +120,11 @@ class PrivateCalibration:
             sigma = self.sigma_for(src.id)
             m = src.slices
             charge = Charge(CALIBRATION, sigma, 1.0, True, m)
-            if spent[src.id] + charge.rho > budgets[src.id]:
+            # The policy's share is a cap on all calibration, not on one run: a second
+            # run that would take the source past it is skipped for that source.
+            share = Fraction(self.policy.calibration.budget_fraction) * src.cap_rho
+            before = sum((c.rho for c in self.ledger.charges(src.id) if c.mechanism == CALIBRATION), Fraction(0))
+            if spent[src.id] + charge.rho > budgets[src.id] or before + charge.rho > share:
                 skipped[src.id] = "budget"
                 weights[src.id] = src.grid_max
                 released[src.id] = None

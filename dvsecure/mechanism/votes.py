@@ -86,7 +86,7 @@ def encode_vote(vote, num_classes: int, kind=ONE_HOT) -> np.ndarray:
         out = np.zeros(num_classes, dtype=np.int64)
         out[int(vote)] = SCALE
         return out
-    arr = _real_vector(vote)
+    arr = real_vector(vote)
     if arr.shape != (num_classes,):
         raise InvalidVote(f"shape {arr.shape} != ({num_classes},)")
     if not np.all(np.isfinite(arr)):
@@ -110,7 +110,7 @@ def _encode_histogram(vote, num_classes: int, m: int) -> np.ndarray:
     A bare class index is not a histogram (it would hide how many slices voted)."""
     if isinstance(vote, numbers.Integral) and not isinstance(vote, bool):
         raise InvalidVote(f"a class index, not the histogram of {m} slice votes")
-    arr = _real_vector(vote)
+    arr = real_vector(vote)
     if arr.shape != (num_classes,):
         raise InvalidVote(f"shape {arr.shape} != ({num_classes},)")
     if not np.all(np.isfinite(arr)):
@@ -129,7 +129,7 @@ def _is_real_scalar(x) -> bool:
     return isinstance(x, (numbers.Real, decimal.Decimal)) and not isinstance(x, (bool, np.bool_))
 
 
-def _real_vector(vote) -> np.ndarray:
+def real_vector(vote) -> np.ndarray:
     """The vote as float64, refusing anything whose entries are not real numbers.
 
     A plain float64 conversion would parse strings ("1" -> 1.0), read booleans as

@@ -78,6 +78,7 @@ class _Held(NamedTuple):
     commitment: bytes
     cost: int                     # what it counts against the budget and its source's quota
     expires: float
+    layout: tuple[int, int]       # (rows, classes) the source declared and signed
 
 
 class ShareInbox:
@@ -161,7 +162,7 @@ class ShareInbox:
             for qid, share, commitment, cost in zip(got.query_ids, got.shares, commitments, costs):
                 # A copy: a row view would keep the whole envelope's array alive after the
                 # other rows are taken, beyond what the budget counts.
-                self._pending[(sid, qid)] = _Held(share.copy(), commitment, cost, expires)
+                self._pending[(sid, qid)] = _Held(share.copy(), commitment, cost, expires, (got.rows, got.num_classes))
             self._bytes += size
             self._source_bytes[sid] = used + size
         return len(got.query_ids)
@@ -186,8 +187,8 @@ class ShareInbox:
                     held = self._pending.pop((sid, qid), None)
                     if held is not None:
                         self._release((sid, qid), held)
-                    if held is None or held.share.shape != (rows[j] * num_classes,):
-                        continue                 # absent, or a share of the wrong width: not counted
+                    if held is None or held.layout != (rows[j], num_classes):
+                        continue                 # absent, or not its policy's vote layout (as the relay path)
                     x[offsets[j]:offsets[j + 1], i] = held.share.view(np.int64).reshape(rows[j], num_classes)
                     opened[j, i] = 1
                     if held.commitment:

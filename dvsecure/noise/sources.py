@@ -45,11 +45,16 @@ class NoiseSource:
 
 @lru_cache(maxsize=64)
 def _opendp_measurement(sigma: float):
-    import opendp.prelude as dp
+    # The modules themselves, not opendp.prelude: the prelude also imports opendp's
+    # scikit-learn extras whenever scikit-learn is installed (over a second at start).
+    from opendp.domains import atom_domain, vector_domain
+    from opendp.measurements import make_gaussian
+    from opendp.metrics import l2_distance
+    from opendp.mod import enable_features
 
-    dp.enable_features("contrib")
+    enable_features("contrib")
     # "i64", never `int`: opendp maps Python int to i32, which saturates.
-    return dp.m.make_gaussian(dp.vector_domain(dp.atom_domain(T="i64")), dp.l2_distance(T="i64"), scale=sigma)
+    return make_gaussian(vector_domain(atom_domain(T="i64")), l2_distance(T="i64"), scale=sigma)
 
 
 class _Pool:

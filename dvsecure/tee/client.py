@@ -28,13 +28,14 @@ from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 import grpc
+import numpy as np
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from nacl.public import PublicKey, SealedBox
 from nacl.signing import SigningKey
 
 from ..attestation.nitro import AttestationDocument, verify
-from ..errors import EnclaveError, ProofError
+from ..errors import EnclaveError, ProofError, VoteError
 from ..log import entry as E
 from ..log.files import ENTRIES_FILE, NOTE_FILE, read_published, scan_published
 from ..log.merkle import verify_consistency
@@ -142,7 +143,11 @@ def _vote_message(vote, nonce: bytes) -> tuple[pb.Vote, object]:
     sides compute the same commitment."""
     if isinstance(vote, numbers.Integral) and not isinstance(vote, bool):
         return pb.Vote(label=int(vote), nonce=nonce), int(vote)
-    if all(isinstance(x, numbers.Integral) and not isinstance(x, bool) for x in vote):
+    if isinstance(vote, (str, bytes)) or not all(isinstance(x, numbers.Real) and not isinstance(x, (bool, np.bool_))
+                                                 for x in vote):
+        # float() would read "1" or True as a number: a vote that is not numeric is refused here.
+        raise VoteError(f"a vote must be a class index or a vector of numbers, got {vote!r}")
+    if all(isinstance(x, numbers.Integral) for x in vote):
         # Integer entries: a slice histogram's counts (or a one-hot vector), sent exactly.
         counts = [int(x) for x in vote]
         return pb.Vote(counts=pb.Counts(n=counts), nonce=nonce), counts
