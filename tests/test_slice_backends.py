@@ -174,3 +174,30 @@ def test_enclave_releases_the_plaintext_labels_and_charges_with_slice_sources(tm
         [(r.answered, r.label) for r in ref]
     assert {s.id: s.spent_rho for s in report.sources} == {k: float(v) for k, v in ref_spent.items()}
     assert any(p.status == "excluded:invalid" for r in ref for p in r.participants if p.source_id in ("src2", "src3"))
+
+
+@pytest.mark.parametrize("vote", [[0, 1.2, 0, 0], [0, 1.4, -0.3, 0], [True, False, False, False], ["1", 0, 0, 0],
+                                  [0.5, 0.5, 0, 0]])
+def test_a_malformed_vote_is_invalid_on_mpc_exactly_as_in_plaintext(vote):
+    """The MPC backend's stand-in for a misbehaving source sends what the source holds,
+    or nothing: never a rounding of it that the parties' check could accept."""
+    from dvsecure.backends.mpc import _client_encoding
+    from dvsecure.mechanism.votes import VoteFormat
+
+    for kind in ("one-hot", VoteFormat("histogram", 3)):
+        _, problems = encode_votes([vote], [kind], C)
+        assert problems[0].startswith("invalid")
+        sent = _client_encoding(vote, C, kind)
+        if not isinstance(sent, str):          # an integer vector: the parties see exactly it, and reject it
+            assert sent[:C].tolist() == [float(v) for v in vote] and sent.tolist() != [0, 1, 0, 0]
+
+
+@pytest.mark.parametrize("vote", [[True, False, True, False], ["1", "0", "0", "0"], "0100"])
+def test_the_enclave_client_refuses_a_vote_that_is_not_numeric(vote):
+    from dvsecure.errors import VoteError
+    from dvsecure.tee.client import _vote_message
+
+    with pytest.raises(VoteError, match="vector of numbers"):
+        _vote_message(vote, bytes(32))
+    msg, value = _vote_message([0, 3, 1, 0], bytes(32))
+    assert msg.WhichOneof("value") == "counts" and value == [0, 3, 1, 0]

@@ -294,6 +294,10 @@ def check_shard(data: bytes, begin: int, end: int, start: int, seqs: list[int], 
                           for _, e in rows], bool)
     wc_unit = float(worst_case_unit(mech))
 
+    # The latest calibration row at or before each row (-1: none in this shard): its
+    # weights are the desired ones from then on.
+    last_cal = np.maximum.accumulate(np.where(~is_query, np.arange(n), -1)) if n else np.zeros(0, np.int64)
+
     # Stated spends and counts against the recomputation, from the carry.
     charged = rho_f > 0
     carry_spent, carry_counts = _carry(data, begin, S)
@@ -339,13 +343,17 @@ def check_shard(data: bytes, begin: int, end: int, start: int, seqs: list[int], 
         # case, which the log does not show, so its exclusions are the parties' to check
         # (`per_query` above).
         # A source is surely admitted when even the smallest weight its filter may give
-        # fits (gamma_min under "shrink"; under "exclude" any desired weight, so the
-        # ceiling), with a margin far wider than float rounding.
-        w = (lo[j] if src.on_exhaustion == SHRINK else hi[j]) / SCALE
+        # fits (gamma_min under "shrink"; under "exclude" its desired weight: the one the
+        # latest calibration entry published, or else any, so the ceiling), with a
+        # margin far wider than float rounding.
+        if src.on_exhaustion == SHRINK:
+            w = np.full(n, lo[j] / SCALE)
+        else:
+            w = np.where(last_cal >= 0, gamma[np.maximum(last_cal, 0), j], hi[j]) / SCALE
         fits = cum[:, j] + wc_unit * (w / msl[j]) ** 2 < cap * (1 - 1e-9)
         for k in np.nonzero(q[:, 0] & (status[:, j] == B) & per_query & fits)[0]:
             add(("filter", f"source {sid!r} was excluded by the budget filter although it could afford this "
-                 f"query at weight {w} (spent {cum[k, j]:.6g} of {cap:.6g}): an exclusion the "
+                 f"query at weight {w[k]} (spent {cum[k, j]:.6g} of {cap:.6g}): an exclusion the "
                  "filter does not make", int(seq_arr[k])))
             break
     out.last_stated = stated[-1].copy() if n else None

@@ -207,3 +207,58 @@ def test_a_receipt_reports_both_units_of_its_source(copy, tmp_path):
     assert (mine.spent_rho, mine.influence_rho, mine.influence_epsilon) == \
         (full["inst-3"].spent_rho, full["inst-3"].influence_rho, full["inst-3"].influence_epsilon)
     assert "slice m=64" in report.to_text()
+
+
+def test_a_non_finite_stated_spend_is_a_finding_whatever_the_sharding(copy):
+    log, state = copy
+    lines = lines_of(log)
+    k = next(i for i, x in enumerate(lines) if isinstance(E.decode(x), E.Query))
+    e = E.decode(lines[k])
+    spent = E.unpack(e.spent, "<f8", 5).copy()
+    spent[2] = float("nan")
+    lines[k] = E.encode(msgspec.structs.replace(e, spent=E.pack_f64(spent)))
+    resign(log, state, lines)
+    for workers in (1, 3):
+        report = audit(log, allow_nonprivate=True, workers=workers)
+        assert any(f.check == "spend" and f.seq == k and "inst-3" in f.message for f in report.findings)
+
+
+def test_a_calibrated_exclude_source_framed_as_out_of_budget_is_caught(tmp_path):
+    """After calibration the desired weight is the calibrated one the log publishes:
+    excluding a source that can still afford it is framing, even where its ceiling
+    would no longer fit (the window an auditor testing only the ceiling misses)."""
+    from dvsecure.mechanism.filter import BudgetFilter
+
+    log, state = tmp_path / "log", tmp_path / "state"
+    run_demo(out=log, state=state, num_queries=30, seed=2, noise=make_noise(SEEDED, 1), policy=default_policy(2))
+    lines = lines_of(log)
+    policy = ConsortiumPolicy.load(log / "policy.toml")
+    src = policy.sources[0]                                    # inst-1: on_exhaustion "exclude"
+    cal = next(E.decode(x) for x in lines if isinstance(E.decode(x), E.Calibration))
+    g = int(E.unpack(cal.gamma, "<u4", 2)[0])
+    flt = BudgetFilter(policy.mechanism)
+    wc_cal, wc_top = flt.worst_case(g / 65536, src.slices), flt.worst_case(src.grid_max, src.slices)
+    assert wc_top > 2 * wc_cal                                 # calibrated well below its ceiling
+    spent = Fraction(float(E.unpack(last_query(lines).spent, "<f8", 2)[0]))
+    n = int((src.cap_rho - wc_cal - spent) / wc_cal) - 1       # answered queries at the calibrated weight ...
+    more = forge_queries(lines, policy, n, np.array([g, 0], np.int64))
+    assert src.cap_rho - wc_top < spent + n * wc_cal < src.cap_rho - wc_cal   # ... into the window
+    lines = lines + more
+    framed = msgspec.structs.replace(E.decode(forge_queries(lines, policy, 1, np.array([0, 0], np.int64))[0]),
+                                     status="BX")
+    resign(log, state, lines + [E.encode(framed)])
+    report = audit(log, allow_nonprivate=True)
+    assert [f.seq for f in report.findings if f.check == "filter" and "inst-1" in f.message] == [len(lines)]
+
+
+def test_a_complete_submissions_file_exposes_participation_fabricated_in_its_name(copy, tmp_path):
+    log, state = copy
+    lines = lines_of(log)
+    policy = ConsortiumPolicy.load(log / "policy.toml")
+    subs = tmp_path / "subs.jsonl"
+    subs.write_text("")                                   # inst-2 sent nothing to this log
+    report = audit(log, allow_nonprivate=True, source="inst-2", submissions=subs, submissions_complete=True)
+    counted = [f for f in report.findings if f.check == "submission" and "submitted nothing" in f.message]
+    assert counted and all("inst-2" in f.message for f in counted)
+    assert audit(log, allow_nonprivate=True, source="inst-2", submissions=subs).ok     # a partial file: no claim
+    assert policy and lines

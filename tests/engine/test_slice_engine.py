@@ -120,3 +120,15 @@ def test_policy_file_round_trip_and_errors():
         with pytest.raises(PolicyError, match=why):
             SourcePolicy.from_dict({**base, **extra})
     assert dataclasses.replace(policy.sources[0], unit="slice").slices == 10
+
+
+def test_calibration_never_spends_more_than_its_share_over_all_runs(tmp_path):
+    policy = ConsortiumPolicy(sources=(slice_source("s", m=40, budget=Budget("eps_delta", 4.0, delta=1e-5)),),
+                              mechanism=MECH, name="share")
+    votes = [[slice_histogram([0] * 30 + [1] * 10, 3)]] * 20
+    with Ledger(tmp_path / "c.sqlite", policy) as ledger:
+        cal = PrivateCalibration(policy, ledger, make_noise("no_noise"))
+        runs = [cal.run(f"cal-{k}", votes, [0] * 20, 3) for k in range(5)]
+        spent = ledger.spent()["s"]
+    assert "s" not in runs[0].skipped and all(r.skipped == {"s": "budget"} for r in runs[1:])
+    assert 0 < spent <= Fraction(1, 10) * policy.source("s").cap_rho

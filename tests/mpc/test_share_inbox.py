@@ -131,7 +131,8 @@ def test_batch_limits_on_query_ids_size_and_source_keys(monkeypatch):
         _public_checks(command(query_ids=["q0", "q0"]), POLICY, WORLD, LISTENING)
     monkeypatch.setattr(ev, "MAX_BATCH_ENTRIES", 2 * 2 * 3)           # two queries of 2 sources x 3 classes
     _public_checks(command(), POLICY, WORLD, LISTENING)
-    with pytest.raises(SubmissionError, match=r"3 queries x 2 vote rows \(of 2 sources\) x 3 classes is more than 12 entries"):
+    too_many = r"3 queries x 2 vote rows \(of 2 sources\) x 3 classes is more than 12 entries"
+    with pytest.raises(SubmissionError, match=too_many):
         _public_checks(command(query_ids=["q0", "q1", "q2"], present=bytes(6), gammas=bytes(48)),
                        POLICY, WORLD, LISTENING)
     relayed = {"inbox": False, "messages": [[], [], []]}
@@ -282,3 +283,16 @@ def test_the_refusal_status_is_chosen_by_what_failed_not_by_the_senders_words():
         inbox().submit(seal_submissions("malformed", SOURCE, ["q"], encode_batch([0], 2),
                                         [k.public for k in KEYS])[0])
     assert e.value.code == "UNAUTHENTICATED"
+
+
+def test_a_share_counts_only_in_its_policys_vote_layout():
+    """A slice source with m = 3 rows of 4 classes: the same 12 values declared as
+    1 row of 12 or 6 rows of 2 are not its vote, as on the relay path."""
+    import numpy as np
+
+    box = inbox()
+    width = np.zeros((1, 12), np.int64)
+    for qid, rows in (("one-row", 1), ("six-rows", 6), ("right", 3)):
+        box.submit(seal_submissions("s0", SOURCE, [qid], width, [k.public for k in KEYS], rows=rows)[0])
+    x, opened, _ = box.take(["one-row", "six-rows", "right"], ["s0"], 4, rows=[3])
+    assert opened.tolist() == [[0, 0, 1]] and x.shape == (3, 3, 4)
