@@ -15,7 +15,7 @@
     sigma2 = [0.5]               # GNMax noise
     calibration = [0, 40]        # labelled queries for private calibration (plaintext backend)
     epsilon = [8.0]              # every institution's budget at its unit, at delta
-    backend = ["plaintext"]      # or "mpc"
+    backend = ["plaintext"]      # or "mpc", "enclave" (simulated attestation; both without calibration)
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ from typing import Any
 from ..errors import ParameterError
 from .data import DATASETS
 
-BACKENDS = ("plaintext", "mpc")
+BACKENDS = ("plaintext", "mpc", "enclave")
 _EXPERIMENT_KEYS = {"dataset": str, "seed": int, "queries": int, "delta": float}
 _GRID_KEYS = {"skew": float, "institutions": int, "slices": int, "sigma1": float, "threshold": float,
               "sigma2": float, "calibration": int, "epsilon": float, "backend": str}

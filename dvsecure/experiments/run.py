@@ -17,18 +17,20 @@ from __future__ import annotations
 import csv
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..accounting import pate
-from ..accounting.conversions import DEFAULT_ORDERS, zcdp_eps_tight
+from ..accounting.conversions import DEFAULT_ORDERS
 from ..audit.check import audit
 from ..demo.consortium import single_source_accuracy, vote_vectors
 from ..engine.aggregator import Aggregator
 from ..engine.calibration import PrivateCalibration, hedge_baseline
 from ..engine.ledger import Ledger
 from ..errors import ParameterError
+from ..log import entry as E
 from ..log.writer import LogWriter, name_signers, operator_signer
 from ..mechanism.release import tally
 from ..mechanism.votes import encode_votes
@@ -101,7 +103,64 @@ def _pate_epsilons(policy, items, results, num_classes: int, delta: float) -> li
     return [float(pate.eps_from_rdp(orders, row, delta)[0]) if row.any() else 0.0 for row in rdp]
 
 
-def run_config(cfg: Config, workdir: Path, votes_cache: Votes) -> dict:
+@dataclass(frozen=True)
+class _Part:
+    gamma: float
+    spent: float
+
+
+@dataclass(frozen=True)
+class _Released:
+    """One query as its log entry records it (the enclave path reads its results there)."""
+    answered: bool
+    label: int | None
+    participants: tuple[_Part, ...]
+
+
+def _enclave(policy, state: Path, out: Path, items, num_classes: int) -> tuple[list, dict]:
+    """The queries through the simulated enclave (sources seal and sign, the coordinator
+    opens and releases); the releases as its published log records them, and the
+    options that audit that log (its measurement and simulated root, trusted by name)."""
+    from ..demo.enclave import COORDINATOR, launch, prepare
+    from ..log.files import ENTRIES_FILE, read_published
+    from ..log.writer import ENTRIES
+    from ..policy import SignerPolicy
+    from ..tee.client import CoordinatorClient, SourceClient, connect, verify_enclave
+    from ..tee.protocol import enclave_measurement
+
+    pcr0 = enclave_measurement()
+    policy = policy.with_signers(SignerPolicy(enclave_pcr0=pcr0.hex()))
+    keys, coordinator_key = prepare(state, policy)
+    proc = launch(state, out)
+    try:
+        roots = [(state / "sim-ca" / "root.pem").read_bytes()]
+        principals = (state / "principals.json").read_bytes()
+        conn = connect(proc.address, proc.tls_cert)
+        ident = verify_enclave(conn, expected_pcr0=pcr0, expected_principals=principals, expected_policy=policy,
+                               trusted_sim_roots=roots)
+        coordinator = CoordinatorClient(COORDINATOR, coordinator_key, conn, ident)
+        sources = [SourceClient(sid, keys[sid], conn, ident) for sid in policy.ids]
+        for b in range(0, len(items), BATCH):
+            batch = items[b:b + BATCH]
+            qids = [q for q, _ in batch]
+            coordinator.open(qids, num_classes)
+            for j, src in enumerate(sources):
+                src.submit(qids, [v[j] for _, v in batch], num_classes)
+            coordinator.release(qids)
+        conn.close()
+    finally:
+        proc.stop()
+    released = []
+    for line in read_published(out, ENTRIES, ENTRIES_FILE).split(b"\n"):
+        e = E.decode(line) if line else None
+        if isinstance(e, E.Query):
+            rows = E.per_source(e, policy.ids)
+            released.append(_Released(e.answered, e.label, tuple(_Part(r["gamma"], r["spent"]) for r in rows)))
+    return released, {"enclave_pcr0": pcr0, "trusted_sim_roots": roots, "enclave_principals": principals}
+
+
+def run_config(cfg: Config, workdir: Path, votes_cache: Votes) -> tuple[dict, dict]:
+    """One configuration's row of results, and the options that audit its log."""
     started = time.perf_counter()
     votes, labels, num_classes, sizes, alone_preds = votes_cache.get(cfg)
     n_cal = cfg.calibration if cfg.backend == "plaintext" else 0
@@ -110,37 +169,22 @@ def run_config(cfg: Config, workdir: Path, votes_cache: Votes) -> dict:
         raise ValueError(f"configuration {cfg.key()}: {cfg.calibration} calibration queries leave none to answer")
     workdir.mkdir(parents=True, exist_ok=True)
     state, out = workdir / "state", workdir / "log"
-    backend = None
-    if cfg.backend == "mpc":
-        from ..backends.mpc import MPCBackend
-
-        backend = MPCBackend(num_parties=3, state_dir=str(state / "parties"))
-    try:
-        policy = name_signers(policy_for(cfg), state, backend)
-        with Ledger(state / "ledger.sqlite", policy) as ledger:
-            cosigners = backend.cosigners(ledger) if backend is not None else []
-            log = LogWriter(out, ledger, [operator_signer(state, policy), *cosigners])
-            weights = None
-            if n_cal:
-                weights = PrivateCalibration(policy, ledger).run("calibration", votes[:n_cal], labels[:n_cal],
-                                                                 num_classes).weights
-                log.sync()
-            kw = {} if backend is None else {"backend": backend}
-            agg = Aggregator(policy, ledger, noise=PrivateNoise(), weights=weights, log=log, **kw)
-            items = [(f"q{i:05d}", votes[i]) for i in range(n_cal, n_cal + n_q)]
-            results = []
-            for b in range(0, len(items), BATCH):
-                results += agg.query_batch(items[b:b + BATCH], num_classes)
-            spent = ledger.spent()
-    finally:
-        if backend is not None:
-            backend.close()
+    items = [(f"q{i:05d}", votes[i]) for i in range(n_cal, n_cal + n_q)]
+    audit_options: dict = {}
+    if cfg.backend == "enclave":
+        policy = policy_for(cfg)
+        results, audit_options = _enclave(policy, state, out, items, num_classes)
+    else:
+        results, policy = _aggregate(cfg, state, out, items, votes[:n_cal], labels[:n_cal], num_classes)
+    # Every spend as the auditor recomputes it, exactly, from the published log.
+    verdict = audit(out, **audit_options)
+    by_id = {r.id: r for r in verdict.sources}
     seconds = time.perf_counter() - started
     truth = labels[n_cal:n_cal + n_q]
     answered = [r.answered for r in results]
     correct = sum(1 for r, y in zip(results, truth) if r.answered and r.label == int(y))
-    eps = [zcdp_eps_tight(spent[s.id], s.delta) for s in policy.sources]
-    influence = [zcdp_eps_tight(s.influence(spent[s.id]), s.delta) for s in policy.sources]
+    eps = [by_id[s.id].epsilon for s in policy.sources]
+    influence = [by_id[s.id].influence_epsilon for s in policy.sources]
     pate_eps = _pate_epsilons(policy, items, results, num_classes, cfg.delta)
     alone = single_source_accuracy(votes[n_cal:n_cal + n_q], truth, num_classes)
     hedge = hedge_baseline(vote_vectors(votes[n_cal:n_cal + n_q], num_classes), truth, policy.ids)
@@ -164,15 +208,45 @@ def run_config(cfg: Config, workdir: Path, votes_cache: Votes) -> dict:
         "hedge_accuracy": hedge.accuracy, "hedge_private": False,
         "institution_examples": sizes,
         "sources": [{"id": s.id, "unit": s.unit, "slices": s.slices, "epsilon": e, "influence_epsilon": ie,
-                     "spent_rho": float(spent[s.id]), "pate_epsilon": pe, "pate_is_analysis_only": True,
+                     "spent_rho": by_id[s.id].spent_rho, "pate_epsilon": pe, "pate_is_analysis_only": True,
                      "single_accuracy": float(o), "slice_vote_accuracy": a}
                     for s, e, ie, pe, a, o in zip(policy.sources, eps, influence, pate_eps, alone, own_all)],
         "max_epsilon": max(eps), "max_influence_epsilon": max(influence), "max_pate_epsilon": max(pate_eps),
         "spend_over_time": [[float(p.spent) for p in r.participants] for r in results],
         "answered_flags": answered,
         "seconds": seconds, "log_bytes": sum(f.stat().st_size for f in out.rglob("*") if f.is_file()),
-        "log": str(out.relative_to(workdir.parent.parent)),
-    }
+        "log": str(out.relative_to(workdir.parent.parent)), "audit_ok": verdict.ok,
+        "audit_findings": [str(f) for f in verdict.findings][:5],
+    }, audit_options
+
+
+def _aggregate(cfg: Config, state: Path, out: Path, items, cal_votes, cal_labels, num_classes: int):
+    """The queries through an Aggregator on the plaintext or MPC backend, after private
+    calibration on the labelled queries (plaintext only)."""
+    backend = None
+    if cfg.backend == "mpc":
+        from ..backends.mpc import MPCBackend
+
+        backend = MPCBackend(num_parties=3, state_dir=str(state / "parties"))
+    try:
+        policy = name_signers(policy_for(cfg), state, backend)
+        with Ledger(state / "ledger.sqlite", policy) as ledger:
+            cosigners = backend.cosigners(ledger) if backend is not None else []
+            log = LogWriter(out, ledger, [operator_signer(state, policy), *cosigners])
+            weights = None
+            if len(cal_labels):
+                weights = PrivateCalibration(policy, ledger).run("calibration", cal_votes, cal_labels,
+                                                                 num_classes).weights
+                log.sync()
+            kw = {} if backend is None else {"backend": backend}
+            agg = Aggregator(policy, ledger, noise=PrivateNoise(), weights=weights, log=log, **kw)
+            results = []
+            for b in range(0, len(items), BATCH):
+                results += agg.query_batch(items[b:b + BATCH], num_classes)
+    finally:
+        if backend is not None:
+            backend.close()
+    return results, policy
 
 
 def load_results(out: Path) -> list[dict]:
@@ -206,17 +280,17 @@ def run_grid(configs: list[Config], out: Path, progress: bool = True, verify: bo
     cache = Votes()
     for cfg in tqdm(todo, desc="configurations", disable=not progress, unit="config"):
         try:
-            row = run_config(cfg, out / "runs" / cfg.key(), cache)
+            row, options = run_config(cfg, out / "runs" / cfg.key(), cache)
         except ParameterError as e:          # e.g. more slices than an institution has examples
             results.append({"key": cfg.key(), **cfg.to_dict(), "error": str(e)})
             write_results(out, results)
             continue
         if verify:
-            report = audit(out / row["log"], policy=None)
+            # Audited again, as anyone would from the directory alone.
+            report = audit(out / row["log"], **options)
             if not report.ok:
                 raise RuntimeError(f"configuration {cfg.key()}: its log does not audit: {report.findings[0]}")
             row["audited_epsilon"] = [s.epsilon for s in report.sources]
-            row["audit_ok"] = True
         results.append(row)
         write_results(out, results)
     return results
