@@ -61,7 +61,8 @@ def test_votes_released_logged_and_audited(dep, tmp_path):
     receipt = export_receipt(mirror, "src1", tmp_path / "receipt")
     # Its signers' attestations are checked too: a simulated one only with its root trusted.
     assert any(f.check == "attestation" and "sim_untrusted" in f.message for f in audit(receipt).findings)
-    assert audit(receipt, trusted_sim_roots=dep.roots).ok
+    got = audit(receipt, trusted_sim_roots=dep.roots)
+    assert got.ok, [str(f) for f in got.findings]
     # A commitment check that would catch a substituted vote.
     qid = "q0-0"
     forged = {qid: Submission(99, dep.sent["src1"][qid].nonce)}
