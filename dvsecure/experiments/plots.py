@@ -59,22 +59,28 @@ def frontier(results, out: Path) -> Path:
                                         "hedge_accuracy": hedge})
 
 
-def answered_vs_budget(results, out: Path) -> Path:
-    """Queries answered against the per-source budget ε, by slice count (mean over
-    the other parameters)."""
+def _mean_by_slices(results, out: Path, name: str, x: str, y: str, xlabel: str, ylabel: str, title: str) -> Path:
+    """Mean of result[y] against result[x], one line per slice count (mean over the
+    other parameters)."""
     plt = _pyplot()
     acc = defaultdict(lambda: defaultdict(list))
     for r in _ok(results):
-        acc[r["slices"]][r["epsilon"]].append(r["answered"])
-    series = {m: sorted((e, sum(v) / len(v)) for e, v in by.items()) for m, by in acc.items()}
+        acc[r["slices"]][r[x]].append(r[y])
+    series = {m: sorted((k, sum(v) / len(v)) for k, v in by.items()) for m, by in acc.items()}
     fig, ax = plt.subplots(figsize=(6, 4))
     for m, pts in sorted(series.items()):
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"m = {m}" if m > 1 else "source unit")
-    ax.set_xlabel("budget ε per source at its unit (δ = 1e-5)")
-    ax.set_ylabel("queries answered")
-    ax.set_title("Queries answered vs budget")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.legend(fontsize=7)
-    return _save(fig, out, "answered_vs_budget", {"series": {str(m): pts for m, pts in series.items()}})
+    return _save(fig, out, name, {"series": {str(m): pts for m, pts in series.items()}})
+
+
+def answered_vs_budget(results, out: Path) -> Path:
+    return _mean_by_slices(results, out, "answered_vs_budget", "epsilon", "answered",
+                           "budget ε per source at its unit (δ = 1e-5)", "queries answered",
+                           "Queries answered vs budget")
 
 
 def spend_over_time(result: dict, out: Path, name: str = "spend_over_time") -> Path:
@@ -96,19 +102,8 @@ def spend_over_time(result: dict, out: Path, name: str = "spend_over_time") -> P
 
 
 def coverage_vs_threshold(results, out: Path) -> Path:
-    plt = _pyplot()
-    acc = defaultdict(lambda: defaultdict(list))
-    for r in _ok(results):
-        acc[r["slices"]][r["threshold"]].append(r["coverage"])
-    series = {m: sorted((t, sum(v) / len(v)) for t, v in by.items()) for m, by in acc.items()}
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for m, pts in sorted(series.items()):
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"m = {m}" if m > 1 else "source unit")
-    ax.set_xlabel("threshold T (weight units)")
-    ax.set_ylabel("coverage (answered / asked)")
-    ax.set_title("Coverage vs threshold")
-    ax.legend(fontsize=7)
-    return _save(fig, out, "coverage_vs_threshold", {"series": {str(m): pts for m, pts in series.items()}})
+    return _mean_by_slices(results, out, "coverage_vs_threshold", "threshold", "coverage",
+                           "threshold T (weight units)", "coverage (answered / asked)", "Coverage vs threshold")
 
 
 def gain(r: dict, baseline: str = "best_single_slice_vote_accuracy") -> float:
