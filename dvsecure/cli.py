@@ -25,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     d = sub.add_parser("demo", help="run the embedded demo consortium on synthetic voters")
     d.add_argument("--backend", choices=["plaintext", "mpc", "enclave"], default="mpc",
-                   help="mpc (default): CrypTen parties + a TTP dealer, local unless --rendezvous; "
+                   help="mpc (default): CrypTen parties + a TTP dealer, local unless --roster; "
                         "enclave: a SIMULATED attested enclave process, sources as gRPC clients over TLS; "
                         "plaintext: the reference implementation, which sees every vote")
     d.add_argument("--parties", type=_positive_int, default=3, help="computing parties for --backend mpc")
@@ -33,9 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Beaver triples from a TTP dealer (default) or TFP, where party 0 deals and so could "
                         "unmask every vote (needs --allow-tfp)")
     d.add_argument("--allow-tfp", action="store_true", help="accept --provider TFP knowingly")
-    d.add_argument("--rendezvous", metavar="URL",
-                   help="--backend mpc across machines: run party 0 here, joining URL (tcp://HOST:PORT); "
-                        "parties 1..N-1 and the dealer run `dvsecure party` elsewhere")
+    d.add_argument("--roster", type=Path, metavar="FILE",
+                   help="--backend mpc across machines: run party 0 here, linking to the members FILE lists "
+                        "(JSON: each party's and the dealer's address and pinned key); parties 1..N-1 and the "
+                        "dealer run `dvsecure party --roster FILE` elsewhere")
     d.add_argument("--sources", type=_positive_int, help="number of sources of the embedded consortium (default 5)")
     d.add_argument("--queries", type=_positive_int, default=300,
                    help="queries, the first third labelled for calibration (default 300)")
@@ -93,16 +94,17 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--parties", type=_positive_int, default=3)
     b.add_argument("--json", type=Path, metavar="FILE", help="also write the result to FILE")
 
-    pa = sub.add_parser("party", help="run one MPC computing party (or the TTP dealer) that joins a "
-                                      "torch.distributed rendezvous; party 0 runs with the coordinator")
+    pa = sub.add_parser("party", help="run one MPC computing party (or the TTP dealer) that links to the "
+                                      "others a roster names; party 0 runs with the coordinator")
     pa.add_argument("--rank", type=int, help="this party's rank, 1..N-1 (rank 0 is the coordinator's)")
     pa.add_argument("--dealer", action="store_true", help="run the TTP dealer (rank N) instead of a party")
-    pa.add_argument("--world-size", type=_positive_int, help="number of computing parties N (required to run)")
-    pa.add_argument("--rendezvous", help="torch.distributed init URL, e.g. tcp://HOST:PORT (required to run)")
+    pa.add_argument("--roster", type=Path,
+                    help="the roster JSON every member holds: each party's and the dealer's address and pinned "
+                         "key (required to run); this member listens on its own address's port")
     pa.add_argument("--show-key", action="store_true",
-                    help="print this party's cosigning key (made in --state on first use) for the policy's "
-                         "[signers] parties, and exit")
-    pa.add_argument("--state", type=Path, help="this party's private state (keys, ledger); required for a party")
+                    help="print this member's key (made in --state on first use) for the roster and the "
+                         "policy's [signers] (parties, or dealer with --dealer), and exit")
+    pa.add_argument("--state", type=Path, help="this member's private state (keys; a party's ledger); required")
     pa.add_argument("--policy", type=Path, help="the consortium policy TOML this party enforces; required for a party")
     pa.add_argument("--allow-nonprivate", action="store_true",
                     help="accept seeded or no-noise batches (testing only; refused by default)")
@@ -183,52 +185,61 @@ def _read_arg(path: Path, flag: str) -> bytes:
 
 
 def _party(args) -> int:
+    import base64
+
+    from .mpc.party import load_or_create_dealer_key, load_or_create_keys
+
+    if args.state is None:
+        raise ParameterError("a party or dealer needs --state (where it keeps its keys)")
     if args.show_key:
-        if args.rank is None or args.state is None:
-            raise ParameterError("--show-key needs --rank and --state (where the party keeps its keys)")
-        import base64
-
-        from .mpc.party import load_or_create_keys
-
+        if args.dealer:
+            key = load_or_create_dealer_key(args.state)
+            print(json.dumps({"dealer": True, "key": base64.b64encode(key.public_key).decode()}))
+            return 0
+        if args.rank is None:
+            raise ParameterError("--show-key needs --rank (or --dealer)")
         _, signer = load_or_create_keys(args.state, args.rank)
         print(json.dumps({"rank": args.rank, "cosign_key": base64.b64encode(signer.public_key).decode(),
                           "verifier_key": signer.verifier_key_string}))
         return 0
-    if args.world_size is None or args.rendezvous is None:
-        raise ParameterError("a party needs --world-size and --rendezvous (or --show-key)")
+    if args.roster is None:
+        raise ParameterError("a party needs --roster (or --show-key)")
     from .mpc.inbox import limits_from_args
     from .mpc.party import run_party
-
-    if args.world_size < 2:
-        raise ParameterError("--world-size must be at least 2")
-    if args.dealer:
-        run_party(args.world_size, args.world_size, args.rendezvous, "TTP", None)
-        return 0
-    if args.rank is None or not 1 <= args.rank < args.world_size:
-        raise ParameterError(f"--rank must be in 1..{args.world_size - 1} (rank 0 runs with the coordinator), "
-                             "or pass --dealer")
-    if args.state is None or args.policy is None:
-        raise ParameterError("a party needs --state (its keys and ledger) and --policy (what it enforces)")
+    from .mpc.roster import Roster
     from .policy import ConsortiumPolicy
 
-    policy = ConsortiumPolicy.load(args.policy)
+    roster = Roster.load(args.roster)
+    world = roster.num_parties
+    policy = ConsortiumPolicy.load(args.policy) if args.policy is not None else None
+    if policy is not None:
+        roster.check_policy(policy)
+    if args.dealer:
+        key = base64.b64encode(load_or_create_dealer_key(args.state).public_key).decode()
+        if roster.dealer is None or roster.dealer.key_b64 != key:
+            raise ParameterError(f"{args.roster} does not name this dealer's key ({key}); publish it "
+                                 "(dvsecure party --dealer --show-key) and have the roster name it")
+        run_party(world, world, "TTP", str(args.state), roster=str(args.roster))
+        return 0
+    if args.rank is None or not 1 <= args.rank < world:
+        raise ParameterError(f"--rank must be in 1..{world - 1} (rank 0 runs with the coordinator), "
+                             "or pass --dealer")
+    if policy is None:
+        raise ParameterError("a party needs --policy (what it enforces)")
+    mine = base64.b64encode(load_or_create_keys(args.state, args.rank)[1].public_key).decode()
     if policy.signers is not None:
         # Refuse before joining: the parties cosign only under a policy that names them.
-        import base64
-
-        from .mpc.party import load_or_create_keys
-
-        mine = base64.b64encode(load_or_create_keys(args.state, args.rank)[1].public_key).decode()
         named = policy.signers.parties
         if args.rank >= len(named) or named[args.rank] != mine:
             raise ParameterError(f"{args.policy} does not name this party's cosigning key ({mine}) as party "
                                  f"{args.rank}'s signer; publish it (dvsecure party --show-key) and have the "
                                  "policy name it")
-    policy_toml = policy.to_toml()
+    if roster.members[args.rank].key_b64 != mine:
+        raise ParameterError(f"{args.roster} does not name this party's key ({mine}) as party {args.rank}")
     if (args.listen is None) != (args.principals is None):
         raise ParameterError("--listen and --principals go together")
-    run_party(args.rank, args.world_size, args.rendezvous, "TTP", str(args.state),
-              pinned_policy_toml=policy_toml, allow_nonprivate=args.allow_nonprivate,
+    run_party(args.rank, world, "TTP", str(args.state), roster=str(args.roster),
+              pinned_policy_toml=policy.to_toml(), allow_nonprivate=args.allow_nonprivate,
               listen=args.listen, principals=None if args.principals is None else str(args.principals),
               inbox_limits=limits_from_args(args))
     return 0
@@ -323,14 +334,15 @@ def main(argv: list[str] | None = None) -> int:
                 _require_mpc_extra("--backend mpc (the default)", "; or run --backend plaintext")
 
                 # Local parties take the sources' shares over gRPC; with remote parties
-                # (--rendezvous) the coordinator relays the sealed shares through party 0.
+                # (--roster) the coordinator relays the sealed shares through party 0.
                 principals = None
-                if not args.rendezvous:
+                if not args.roster:
                     from .demo.run import demo_sources
                     _, principals = demo_sources(state, policy)
                 backend = MPCBackend(num_parties=args.parties, provider=args.provider, allow_tfp=args.allow_tfp,
                                      state_dir=str(state / "parties"), principals=principals,
-                                     rendezvous=args.rendezvous, spawn_ranks=[0] if args.rendezvous else None)
+                                     roster=None if args.roster is None else str(args.roster),
+                                     spawn_ranks=[0] if args.roster else None)
             try:
                 report = run_demo(out=args.out, state=state, num_sources=args.sources, num_queries=args.queries,
                                   num_classes=args.classes, seed=args.seed, noise=noise, policy=policy,

@@ -99,3 +99,14 @@ class EnclaveError(ServiceRefusal):
 class PartyRefusal(ServiceRefusal):
     """An MPC party's submission service refused a source's shares (unknown
     source, bad signature, meant for another party, replayed, late)."""
+
+
+class ChannelError(DvsecureError):
+    """A link between MPC members (parties, dealer) failed: a frame that does not
+    authenticate (a changed, dropped, injected or replayed byte), a closed
+    connection, or a peer silent past the link timeout. The batch fails closed."""
+
+
+class HandshakeError(ChannelError):
+    """A link's key agreement failed: the peer is not the pinned member it claims,
+    runs under another roster, or broke off."""

@@ -35,6 +35,7 @@ File format (every key checked; unknown keys are errors):
     [signers]                        # who must sign every checkpoint (DESIGN §5)
     operator = "<base64 Ed25519 public key>"
     parties = ["<key of party 0>", "<key of party 1>", ...]   # MPC: every computing party
+    # dealer = "<base64 Ed25519 public key>"  # MPC: the TTP dealer, pinned for the links (no cosigning)
     # enclave_pcr0 = "<hex SHA-384>"  # enclave: every signer an enclave key attested with it
 
 A policy without [signers] is the old (log format version 1) agreement: it names
@@ -426,11 +427,14 @@ class SignerPolicy:
     enclave_pcr0  for the enclave backend: every signer must be an enclave key whose
                attestation carries this measurement (its keys are new at every start,
                so the measurement is what is agreed, not a key)
+    dealer     the MPC Beaver-triple dealer's key: not a checkpoint signer, but pinned
+               like the parties' keys for the links between them (`mpc.roster`)
     """
 
     operator: str | None = None
     parties: tuple[str, ...] = ()
     enclave_pcr0: str | None = None
+    dealer: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "parties", tuple(self.parties))
@@ -438,6 +442,10 @@ class SignerPolicy:
             object.__setattr__(self, "operator", _public_key("signers: operator", self.operator))
         object.__setattr__(self, "parties", tuple(_public_key(f"signers: parties[{i}]", k)
                                                   for i, k in enumerate(self.parties)))
+        if self.dealer is not None:
+            if not self.parties:
+                raise PolicyError("signers: a dealer key goes with the computing parties' keys")
+            object.__setattr__(self, "dealer", _public_key("signers: dealer", self.dealer))
         if self.enclave_pcr0 is not None:
             pcr = self.enclave_pcr0
             try:
@@ -452,7 +460,8 @@ class SignerPolicy:
                                   "enclave_pcr0 takes no operator or parties")
         elif self.operator is None and not self.parties:
             raise PolicyError("signers: name the operator's key, the parties' keys or enclave_pcr0")
-        keys = ([self.operator] if self.operator else []) + list(self.parties)
+        keys = ([self.operator] if self.operator else []) + list(self.parties) + \
+            ([self.dealer] if self.dealer else [])
         if len(set(keys)) != len(keys):
             raise PolicyError("signers: a key is named twice (every signer needs its own key)")
 
@@ -469,17 +478,20 @@ class SignerPolicy:
             d["parties"] = list(self.parties)
         if self.enclave_pcr0 is not None:
             d["enclave_pcr0"] = self.enclave_pcr0
+        if self.dealer is not None:
+            d["dealer"] = self.dealer
         return d
 
     @classmethod
     def from_dict(cls, d: Any) -> "SignerPolicy":
         if not isinstance(d, Mapping):
             raise PolicyError("signers must be a table")
-        _no_unknown("signers", d, {"operator", "parties", "enclave_pcr0"})
+        _no_unknown("signers", d, {"operator", "parties", "enclave_pcr0", "dealer"})
         parties = d.get("parties", [])
         if not isinstance(parties, list):
             raise PolicyError(f"signers: parties must be a list of keys, got {parties!r}")
-        return cls(operator=d.get("operator"), parties=tuple(parties), enclave_pcr0=d.get("enclave_pcr0"))
+        return cls(operator=d.get("operator"), parties=tuple(parties), enclave_pcr0=d.get("enclave_pcr0"),
+                   dealer=d.get("dealer"))
 
 
 @dataclass(frozen=True)

@@ -148,7 +148,10 @@ def test_a_party_refuses_a_policy_that_does_not_name_its_key(tmp_path, capsys):
     others = [base64.b64encode(bytes([i]) * 32).decode() for i in range(1, 4)]
     policy = default_policy(2).with_signers(SignerPolicy(operator=others[0], parties=tuple(others[1:])))
     (tmp_path / "p.toml").write_text(policy.to_toml())
-    code = main(["party", "--rank", "1", "--world-size", "2", "--rendezvous", "tcp://127.0.0.1:9",
+    roster = {"parties": [{"address": f"127.0.0.1:{9 + i}", "key": k} for i, k in enumerate(others[1:])],
+              "dealer": {"address": "127.0.0.1:11", "key": base64.b64encode(b"d" * 32).decode()}}
+    (tmp_path / "roster.json").write_text(json.dumps(roster))
+    code = main(["party", "--rank", "1", "--roster", str(tmp_path / "roster.json"),
                  "--state", str(tmp_path / "p1"), "--policy", str(tmp_path / "p.toml")])
     err = capsys.readouterr().err
     assert code == 2 and shown["cosign_key"] in err and "does not name this party's cosigning key" in err

@@ -73,11 +73,13 @@ class MPCBackend(Backend):
     evaluates_whole_batch = True
 
     def __init__(self, num_parties: int = 3, provider: str = "TTP", allow_tfp: bool = False,
-                 timeout: float = 300.0, state_dir: str | None = None, rendezvous: str | None = None,
-                 spawn_ranks=None, principals: str | None = None):
+                 timeout: float = 300.0, state_dir: str | None = None, roster: str | None = None,
+                 spawn_ranks=None, principals: str | None = None, transport: str = "links"):
         """state_dir: where the parties keep their keys and ledgers (durable across
-        runs; a private temporary directory if None). rendezvous/spawn_ranks: to
-        spawn only some ranks here (e.g. [0]) while the others run `dvsecure party`.
+        runs; a private temporary directory if None). roster/spawn_ranks: to spawn
+        only some ranks here (e.g. [0]) while the others run `dvsecure party`, each
+        listening where the roster (`mpc.roster`) says. transport "gloo": plain gloo
+        on this machine, for comparisons only (`mpc.parties`).
         principals: a JSON file of the sources' Ed25519 keys; with it, the parties
         started here take the sources' shares over gRPC with TLS (`endpoints`), and
         queries are asked with FROM_SOURCES instead of votes."""
@@ -94,7 +96,7 @@ class MPCBackend(Backend):
         self.num_parties, self.provider, self.timeout = num_parties, provider, timeout
         self._tmp = None if state_dir else tempfile.mkdtemp(prefix="dvsecure-parties-")
         self.state_dir = str(state_dir or self._tmp)
-        self._rendezvous, self._spawn_ranks = rendezvous, spawn_ranks
+        self._roster, self._spawn_ranks, self._transport = roster, spawn_ranks, transport
         self._principals = None if principals is None else str(principals)
         self.takes_votes_from_sources = principals is not None
         self._parties = None
@@ -125,6 +127,17 @@ class MPCBackend(Backend):
         return [base64.b64encode(load_or_create_keys(Path(self.state_dir) / f"party-{r}", r)[1].public_key)
                 .decode() for r in range(self.num_parties)]
 
+    def dealer_key(self) -> str | None:
+        """The TTP dealer's key (base64 Ed25519) for the policy's signers.dealer, when
+        the dealer runs here; it authenticates the dealer's links (`mpc.roster`)."""
+        from ..mpc.parties import member_state
+        from ..mpc.party import load_or_create_dealer_key
+
+        if self.provider != "TTP" or (self._spawn_ranks is not None and self.num_parties not in self._spawn_ranks):
+            return None
+        key = load_or_create_dealer_key(Path(member_state(self.state_dir, self.num_parties, self.num_parties)))
+        return base64.b64encode(key.public_key).decode()
+
     def _ensure_started(self):
         if self._parties is None:
             from ..mpc.parties import LocalParties
@@ -139,7 +152,7 @@ class MPCBackend(Backend):
                     f.write(self._policy.to_toml())
                 extra = ["--policy", policy_file, "--listen", "127.0.0.1:0", "--principals", self._principals]
             self._parties = LocalParties(self.num_parties, self.state_dir, self.provider, self.timeout,
-                                         self._rendezvous, self._spawn_ranks, extra)
+                                         self._roster, self._spawn_ranks, extra, self._transport)
         return self._parties
 
     def endpoints(self) -> list[dict]:

@@ -93,7 +93,7 @@ def operator_signer(state_dir: Path, policy) -> Signer:
 def name_signers(policy, state_dir: Path, backend=None):
     """`policy`, naming who must sign its log (DESIGN §5): the operator's key (made in
     `state_dir` on first use) and, when `backend` has computing parties, each party's
-    cosigning key (`signer_keys()`). A policy that names its signers already is
+    cosigning key (`signer_keys()`) and its dealer's link key (`dealer_key()`). A policy that names its signers already is
     returned as it is: the sources agreed to that one."""
     from ..policy import SignerPolicy
 
@@ -101,8 +101,9 @@ def name_signers(policy, state_dir: Path, backend=None):
         return policy
     operator = operator_signer(state_dir, policy)
     parties = tuple(backend.signer_keys()) if hasattr(backend, "signer_keys") else ()
+    dealer = backend.dealer_key() if parties and hasattr(backend, "dealer_key") else None
     return policy.with_signers(SignerPolicy(operator=signer_slots.public_key_b64(operator.verifier_key_string),
-                                            parties=parties))
+                                            parties=parties, dealer=dealer))
 
 
 class LogWriter:

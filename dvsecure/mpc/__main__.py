@@ -15,7 +15,8 @@ def main() -> None:
     p = argparse.ArgumentParser(prog="python -m dvsecure.mpc")
     p.add_argument("--rank", type=int, required=True)
     p.add_argument("--world-size", type=int, required=True)
-    p.add_argument("--rendezvous", required=True)
+    p.add_argument("--roster", help="the roster JSON (authenticated, encrypted links)")
+    p.add_argument("--rendezvous", help="plain gloo on this machine only (the bench's comparison path)")
     p.add_argument("--provider", default="TTP")
     p.add_argument("--state")
     p.add_argument("--coordinator", help="party 0: the coordinator's local socket path")
@@ -25,9 +26,11 @@ def main() -> None:
     add_limit_arguments(p)
     args = p.parse_args()
     policy = Path(args.policy).read_text() if args.policy else None
-    run_party(args.rank, args.world_size, args.rendezvous, args.provider, args.state, args.coordinator,
-              pinned_policy_toml=policy, listen=args.listen, principals=args.principals,
-              inbox_limits=limits_from_args(args))
+    if (args.roster is None) == (args.rendezvous is None):
+        p.error("give exactly one of --roster and --rendezvous")
+    run_party(args.rank, args.world_size, args.provider, args.state, roster=args.roster, rendezvous=args.rendezvous,
+              coordinator=args.coordinator, pinned_policy_toml=policy, listen=args.listen,
+              principals=args.principals, inbox_limits=limits_from_args(args))
 
 
 if __name__ == "__main__":

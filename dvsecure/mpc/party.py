@@ -55,7 +55,34 @@ def load_or_create_keys(state_dir: Path, rank: int):
     return PrivateKey(bytes.fromhex(box_hex)), Signer.from_key_string(signer)
 
 
-# ---- talking among parties (torch.distributed, the parties' group) ----------------------
+DEALER_SIGNER_NAME = "dvsecure-mpc-dealer"
+
+
+def load_or_create_dealer_key(state_dir: Path):
+    """The TTP dealer's Ed25519 key (it authenticates the dealer's links; the
+    dealer cosigns nothing), created on first use, mode 0600."""
+    from ..log.note import Signer, generate_signer
+
+    state_dir = Path(state_dir)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    path = state_dir / "dealer.key"
+    if not path.exists():
+        signer, _ = generate_signer(DEALER_SIGNER_NAME)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, stat.S_IRUSR | stat.S_IWUSR)
+        with os.fdopen(fd, "w") as f:
+            f.write(signer + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+    return Signer.from_key_string(path.read_text().split("\n")[0])
+
+
+def member_signer(state_dir: Path, index: int, world: int):
+    """The key a roster member authenticates its links with: a party's cosigning
+    key, or the dealer's own (index `world`)."""
+    return load_or_create_dealer_key(state_dir) if index == world else load_or_create_keys(state_dir, index)[1]
+
+
+# ---- talking among parties (their links, or gloo on the loopback-only test path) --------
 
 def _bcast_bytes(dist, group, data: bytes | None, src: int = 0) -> bytes:
     import torch
@@ -90,16 +117,32 @@ class Peers:
     """What a party needs to talk to the others outside CrypTen's own counters."""
 
     def __init__(self, crypten, rank: int, world: int):
-        import torch.distributed as dist
+        self.rank, self.world = rank, world
+        self.comm = crypten.communicator.get()
+        self.links = hasattr(self.comm, "send_bytes")
+        if not self.links:
+            import torch.distributed as dist
 
-        self.dist, self.rank, self.world = dist, rank, world
-        self.group = crypten.communicator.get().main_group
+            self.dist, self.group = dist, self.comm.main_group
 
     def broadcast(self, data: bytes | None) -> bytes:
-        return _bcast_bytes(self.dist, self.group, data)
+        if not self.links:
+            return _bcast_bytes(self.dist, self.group, data)
+        if self.rank == 0:
+            if len(data) > MAX_MESSAGE:
+                raise PartyError(f"command of {len(data)} bytes exceeds the {MAX_MESSAGE}-byte limit")
+            for r in range(1, self.world):
+                self.comm.send_bytes(data, r)
+            return data
+        return self.comm.recv_bytes(0)
 
     def gather(self, data: bytes) -> list[bytes]:
-        return _gather_bytes(self.dist, self.group, self.world, data)
+        if not self.links:
+            return _gather_bytes(self.dist, self.group, self.world, data)
+        for r in range(self.world):
+            if r != self.rank:
+                self.comm.send_bytes(data, r)
+        return [data if r == self.rank else self.comm.recv_bytes(r) for r in range(self.world)]
 
     def agree(self, error: str | None) -> None:
         """A collective check: if any party reports an error, every party raises
@@ -286,23 +329,60 @@ class Party:
         raise PartyError(f"unknown command {op!r}")
 
 
-def run_party(rank: int, world: int, rendezvous: str, provider: str, state_dir: str | None,
-              coordinator: str | None = None, pinned_policy_toml: str | None = None,
-              allow_nonprivate: bool = True, listen: str | None = None, principals: str | None = None,
-              inbox_limits: dict | None = None) -> None:
-    """A party's process: join the rendezvous, then serve commands. Rank `world`
-    is the TTP dealer (Beaver triples; no inputs, no outputs). Party 0 takes its
-    commands from the coordinator over the local socket `coordinator` (an
-    authenticated multiprocessing connection, key in DVSECURE_COORDINATOR_KEY),
-    as msgpack bytes."""
+def _join(crypten, rank: int, world: int, provider: str, state_dir: str | None, roster_path: str | None,
+          rendezvous: str | None, policy, join_timeout: float, link_timeout: float) -> None:
+    """Connect this process's CrypTen to the others: over the roster's links
+    (always, across machines), or over gloo (`rendezvous`: loopback only, the
+    bench's and tests' comparison path, never for real data)."""
+    from ..errors import ParameterError
+    from .compat import set_provider, use_secure_transport
+
+    set_provider(crypten, provider)
+    if roster_path is not None:
+        from .links import establish
+        from .roster import Roster
+
+        roster = Roster.load(roster_path)
+        if roster.num_parties != world:
+            raise ParameterError(f"{roster_path} lists {roster.num_parties} parties, this run has {world}")
+        if provider == "TTP" and roster.dealer is None:
+            raise ParameterError(f"{roster_path} names no dealer, and TTP Beaver triples need one")
+        if policy is not None:
+            roster.check_policy(policy)
+        if state_dir is None:
+            raise ParameterError("a roster member needs its state directory (its key)")
+        signer = member_signer(Path(state_dir), rank, world)
+        links = establish(roster, rank, signer, timeout=join_timeout, link_timeout=link_timeout)
+        use_secure_transport(crypten, rank, world, links, with_dealer=roster.dealer is not None)
+        return
+    from urllib.parse import urlparse
+
+    from .roster import is_loopback
+
+    url = urlparse(rendezvous or "")
+    if url.scheme not in ("file", "tcp") or (url.scheme == "tcp" and not is_loopback(url.hostname or "")):
+        raise ParameterError("refusing plain gloo beyond this machine: its TCP carries CrypTen's seeds and "
+                             "every opened value in the clear and its rendezvous lets anyone join; give the "
+                             "parties a roster (authenticated, encrypted links) instead")
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), RENDEZVOUS=rendezvous, DISTRIBUTED_BACKEND="gloo")
-    from .compat import import_crypten, set_provider
+
+
+def run_party(rank: int, world: int, provider: str, state_dir: str | None, *, roster: str | None = None,
+              rendezvous: str | None = None, coordinator: str | None = None, pinned_policy_toml: str | None = None,
+              allow_nonprivate: bool = True, listen: str | None = None, principals: str | None = None,
+              inbox_limits: dict | None = None, join_timeout: float = 300.0, link_timeout: float = 300.0) -> None:
+    """A party's process: join the others (`roster`, or the loopback-only gloo
+    `rendezvous`), then serve commands. Rank `world` is the TTP dealer (Beaver
+    triples; no inputs, no outputs). Party 0 takes its commands from the
+    coordinator over the local socket `coordinator` (an authenticated
+    multiprocessing connection, key in DVSECURE_COORDINATOR_KEY), as msgpack bytes."""
+    from .compat import import_crypten
 
     crypten = import_crypten()
-    set_provider(crypten, provider)
-    if rank == world:
-        crypten.mpc.provider.TTPServer()
-        return
+    pinned = None
+    if pinned_policy_toml is not None:
+        from ..policy import ConsortiumPolicy
+        pinned = ConsortiumPolicy.from_toml(pinned_policy_toml)
     conn = None
     if rank == 0:
         from multiprocessing.connection import Listener
@@ -310,11 +390,16 @@ def run_party(rank: int, world: int, rendezvous: str, provider: str, state_dir: 
         key = bytes.fromhex(os.environ.pop("DVSECURE_COORDINATOR_KEY"))
         with Listener(coordinator, family="AF_UNIX", authkey=key) as listener:
             conn = listener.accept()
+    try:
+        _join(crypten, rank, world, provider, state_dir, roster, rendezvous, pinned, join_timeout, link_timeout)
+    except DvsecureError as e:
+        if conn is not None:
+            conn.send_bytes(msgspec.msgpack.encode(["error", f"{type(e).__name__}: {e}"]))
+        raise
+    if rank == world:
+        crypten.mpc.provider.TTPServer()
+        return
     crypten.init()
-    pinned = None
-    if pinned_policy_toml is not None:
-        from ..policy import ConsortiumPolicy
-        pinned = ConsortiumPolicy.from_toml(pinned_policy_toml)
     server = None
     try:
         party = Party(crypten, rank, world, Path(state_dir), pinned, allow_nonprivate)

@@ -1,6 +1,6 @@
 """Parties on other machines: `dvsecure party` processes (ranks 1..N-1 and the
-TTP dealer) join a tcp:// rendezvous on loopback; the coordinator runs only
-party 0. The released labels are the plaintext backend's, every party cosigns,
+TTP dealer) link to each other by a roster of loopback ports and pinned keys;
+the coordinator runs only party 0. The released labels are the plaintext backend's, every party cosigns,
 and each remote party enforces the policy it was started with."""
 from __future__ import annotations
 
@@ -34,25 +34,33 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _show(tmp_path, *args) -> dict:
+    return json.loads(subprocess.run([sys.executable, "-m", "dvsecure.cli", "party", "--show-key", *args],
+                                     capture_output=True, text=True, check=True, timeout=60).stdout)
+
+
 def signed_policy(tmp_path) -> ConsortiumPolicy:
     """POLICY naming its signers: the operator's key and each party's, as every party
-    publishes it (`dvsecure party --show-key`; rank 0 is the coordinator's own)."""
-    keys = [json.loads(subprocess.run([sys.executable, "-m", "dvsecure.cli", "party", "--show-key", "--rank", str(r),
-                                       "--state", str(tmp_path / (f"remote-{r}" if r else "local/party-0"))],
-                                      capture_output=True, text=True, check=True, timeout=60).stdout)["cosign_key"]
-            for r in range(3)]
+    publishes it (`dvsecure party --show-key`; rank 0 is the coordinator's own), and
+    the dealer's link key; the roster (tmp_path/roster.json) pins the same keys."""
+    keys = [_show(tmp_path, "--rank", str(r), "--state", str(tmp_path / (f"remote-{r}" if r else "local/party-0")))
+            ["cosign_key"] for r in range(3)]
+    dealer = _show(tmp_path, "--dealer", "--state", str(tmp_path / "dealer"))["key"]
+    roster = {"parties": [{"address": f"127.0.0.1:{free_port()}", "key": k} for k in keys],
+              "dealer": {"address": f"127.0.0.1:{free_port()}", "key": dealer}}
+    (tmp_path / "roster.json").write_text(json.dumps(roster))
     operator = operator_signer(tmp_path, POLICY)
     return POLICY.with_signers(SignerPolicy(operator=public_key_b64(operator.verifier_key_string),
-                                            parties=tuple(keys)))
+                                            parties=tuple(keys), dealer=dealer))
 
 
-def start_remote(tmp_path, url: str, *extra: str) -> list[subprocess.Popen]:
+def start_remote(tmp_path, *extra: str) -> list[subprocess.Popen]:
     (tmp_path / "policy.toml").write_text(signed_policy(tmp_path).to_toml())
-    cmd = [sys.executable, "-m", "dvsecure.cli", "party", "--world-size", "3", "--rendezvous", url]
+    cmd = [sys.executable, "-m", "dvsecure.cli", "party", "--roster", str(tmp_path / "roster.json")]
     procs = [subprocess.Popen(cmd + ["--rank", str(r), "--state", str(tmp_path / f"remote-{r}"),
                                      "--policy", str(tmp_path / "policy.toml"), *extra])
              for r in (1, 2)]
-    procs.append(subprocess.Popen(cmd + ["--dealer"]))
+    procs.append(subprocess.Popen(cmd + ["--dealer", "--state", str(tmp_path / "dealer")]))
     return procs
 
 
@@ -69,9 +77,8 @@ def stop(procs) -> list[int | None]:
 
 
 def test_remote_parties_release_and_cosign(tmp_path):
-    url = f"tcp://127.0.0.1:{free_port()}"
-    procs = start_remote(tmp_path, url, "--allow-nonprivate")
-    backend = MPCBackend(num_parties=3, timeout=120, rendezvous=url, spawn_ranks=[0],
+    procs = start_remote(tmp_path, "--allow-nonprivate")
+    backend = MPCBackend(num_parties=3, timeout=120, roster=str(tmp_path / "roster.json"), spawn_ranks=[0],
                          state_dir=str(tmp_path / "local"))
     try:
         with Ledger(tmp_path / "ledger.sqlite", ConsortiumPolicy.load(tmp_path / "policy.toml")) as ledger:
@@ -89,9 +96,8 @@ def test_remote_parties_release_and_cosign(tmp_path):
 
 
 def test_a_remote_party_refuses_non_private_noise_unless_allowed(tmp_path):
-    url = f"tcp://127.0.0.1:{free_port()}"
-    procs = start_remote(tmp_path, url)
-    backend = MPCBackend(num_parties=3, timeout=120, rendezvous=url, spawn_ranks=[0],
+    procs = start_remote(tmp_path)
+    backend = MPCBackend(num_parties=3, timeout=120, roster=str(tmp_path / "roster.json"), spawn_ranks=[0],
                          state_dir=str(tmp_path / "local"))
     try:
         with Ledger(tmp_path / "ledger.sqlite", ConsortiumPolicy.load(tmp_path / "policy.toml")) as ledger:
@@ -121,11 +127,10 @@ def test_remote_parties_take_the_sources_shares_over_grpc(tmp_path):
     keys = {sid: SigningKey.generate() for sid in POLICY.ids}
     principals = tmp_path / "principals.json"
     principals.write_text(Principals(sources={s: k.verify_key for s, k in keys.items()}, coordinators={}).to_json())
-    url = f"tcp://127.0.0.1:{free_port()}"
     # Parties 1 and 2 hold at most 4000 bytes of pending shares per source (a share here costs ~330).
-    procs = start_remote(tmp_path, url, "--listen", "127.0.0.1:0", "--principals", str(principals),
+    procs = start_remote(tmp_path, "--listen", "127.0.0.1:0", "--principals", str(principals),
                          "--inbox-source-bytes", "4000", "--inbox-ttl", "300")
-    backend = MPCBackend(num_parties=3, timeout=120, rendezvous=url, spawn_ranks=[0], principals=principals,
+    backend = MPCBackend(num_parties=3, timeout=120, roster=str(tmp_path / "roster.json"), spawn_ranks=[0], principals=principals,
                          state_dir=str(tmp_path / "local"))
     try:
         with Ledger(tmp_path / "ledger.sqlite", ConsortiumPolicy.load(tmp_path / "policy.toml")) as ledger:
