@@ -93,8 +93,9 @@ def operator_signer(state_dir: Path, policy) -> Signer:
 def name_signers(policy, state_dir: Path, backend=None):
     """`policy`, naming who must sign its log (DESIGN §5): the operator's key (made in
     `state_dir` on first use) and, when `backend` has computing parties, each party's
-    cosigning key (`signer_keys()`) and its dealer's link key (`dealer_key()`). A policy that names its signers already is
-    returned as it is: the sources agreed to that one."""
+    cosigning key (`signer_keys()`) and its dealer's link key (`dealer_key()`). A
+    policy that names its signers already is returned as it is: the sources agreed
+    to that one."""
     from ..policy import SignerPolicy
 
     if policy.signers is not None:

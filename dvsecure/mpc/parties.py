@@ -23,8 +23,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 from multiprocessing.connection import Client
+from pathlib import Path
 
 import msgspec
 
