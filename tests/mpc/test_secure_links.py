@@ -80,7 +80,7 @@ def test_a_process_without_a_pinned_key_cannot_join():
         establish(roster, 1, impostor, timeout=5)
     # Even bypassing its own check, the impostor's handshake signature is refused by member 0.
     from dvsecure.mpc import handshake
-    sock = socket.create_connection((roster.members[0].host, roster.members[0].port))
+    sock = connect_when_listening(roster.members[0].host, roster.members[0].port)
     with pytest.raises(HandshakeError):
         handshake.connect(sock, roster.digest(), 1, 0, impostor, signers[0].public_key)
         sock.recv(1)                          # member 0 closes after checking our signature
@@ -88,6 +88,20 @@ def test_a_process_without_a_pinned_key_cannot_join():
     sock.close()
     t.join(15)
     assert isinstance(out["0"], ChannelError) and "did not join" in str(out["0"])
+
+
+def connect_when_listening(host: str, port: int, within: float = 10.0) -> socket.socket:
+    """Member 0 starts listening on its own thread: retry until it does."""
+    import time
+
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            return socket.create_connection((host, port))
+        except ConnectionRefusedError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 def _try(fn):
