@@ -364,7 +364,10 @@ def _join(crypten, rank: int, world: int, provider: str, state_dir: str | None, 
         raise ParameterError("refusing plain gloo beyond this machine: its TCP carries CrypTen's seeds and "
                              "every opened value in the clear and its rendezvous lets anyone join; give the "
                              "parties a roster (authenticated, encrypted links) instead")
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), RENDEZVOUS=rendezvous, DISTRIBUTED_BACKEND="gloo")
+    # A file:// rendezvous on a shared file system would still let gloo connect across
+    # machines: bind its sockets to the loopback interface, so plain gloo stays on this one.
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), RENDEZVOUS=rendezvous, DISTRIBUTED_BACKEND="gloo",
+                      GLOO_SOCKET_IFNAME="lo")
 
 
 def run_party(rank: int, world: int, provider: str, state_dir: str | None, *, roster: str | None = None,

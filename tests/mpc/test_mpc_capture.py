@@ -102,7 +102,11 @@ def test_plain_gloo_lets_an_eavesdropper_rebuild_every_vote(loopback_host, tmp_p
     finally:
         stats = cap.stop()
     assert stats["dropped"] == 0
-    findings = reconstruct(tcp_streams(cap.frames()), world=3)
+    streams = tcp_streams(cap.frames())
+    # Plain gloo is bound to loopback, even on a host that has another address.
+    assert loopback_host.addresses["solo"] != "127.0.0.1"
+    assert streams and all(src == dst == "127.0.0.1" for src, _, dst, _ in streams)
+    findings = reconstruct(streams, world=3)
     assert findings.seeds is not None and findings.requests
     truth = one_hot(released["votes"])
     rebuilt = findings.opened(ENTRIES)
