@@ -202,3 +202,11 @@ def test_crypten_draws_only_from_chacha_generators():
     assert set(bits.tolist()) == {0, 1}
     with pytest.raises(RuntimeError, match="non-cryptographic"):
         ring((2,), generator=torch.Generator())
+
+
+@pytest.mark.parametrize("rendezvous", ["tcp://10.1.2.3:29500", "tcp://example.org:29500", "env://", "nfs://x"])
+def test_plain_gloo_beyond_this_machine_is_refused_with_the_reason(tmp_path, rendezvous):
+    from dvsecure.mpc.party import run_party
+
+    with pytest.raises(ParameterError, match="refusing plain gloo beyond this machine: .* seeds .* roster"):
+        run_party(1, 3, "TTP", str(tmp_path), rendezvous=rendezvous)
