@@ -210,3 +210,61 @@ def test_plain_gloo_beyond_this_machine_is_refused_with_the_reason(tmp_path, ren
 
     with pytest.raises(ParameterError, match="refusing plain gloo beyond this machine: .* seeds .* roster"):
         run_party(1, 3, "TTP", str(tmp_path), rendezvous=rendezvous)
+
+
+class Recording:
+    """A socket that remembers what this end sent."""
+
+    def __init__(self, sock):
+        self.sock, self.sent = sock, bytearray()
+
+    def sendall(self, data):
+        self.sent += data
+        self.sock.sendall(data)
+
+    def recv(self, n):
+        return self.sock.recv(n)
+
+
+def test_a_recorded_handshake_cannot_be_replayed_and_keys_are_directional():
+    from dvsecure.mpc import handshake
+
+    signers = [signer(0), signer(1)]
+    digest, pinned = b"d" * 32, {1: signers[1].public_key}
+    a, c = socket.socketpair()
+    out = {}
+    t = threading.Thread(target=lambda: out.setdefault("a", handshake.accept(a, digest, 0, signers[0], pinned, {1})))
+    t.start()
+    recorded = Recording(c)
+    keys_c = handshake.connect(recorded, digest, 1, 0, signers[1], signers[0].public_key)
+    t.join(10)
+    keys_a = out["a"]
+    # Each direction has its own key: a frame reflected back to its sender does not open.
+    assert keys_c.send == keys_a.recv and keys_c.recv == keys_a.send and keys_c.send != keys_c.recv
+    assert keys_c.secret == keys_a.secret
+    # Replaying member 1's recorded bytes (hello and confirmation) in a new session: the
+    # acceptor's fresh ephemeral key makes the recorded confirmation worthless.
+    a2, c2 = socket.socketpair()
+    c2.sendall(bytes(recorded.sent))
+    with pytest.raises(HandshakeError, match="did not sign with its pinned key"):
+        handshake.accept(a2, digest, 0, signers[0], pinned, {1})
+    for s in (a, c, a2, c2):
+        s.close()
+
+
+def test_a_frame_reflected_to_its_sender_breaks_the_link():
+    from dvsecure.mpc.handshake import LinkKeys
+    from dvsecure.mpc.links import Link
+
+    k1, k2 = b"1" * 32, b"2" * 32
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        y = socket.create_connection(server.getsockname())
+        x, _ = server.accept()
+    # The attacker bounces x's own frames back to x: modelled by a peer sending with x's send key.
+    mirror = Link(y, LinkKeys(send=k1, recv=k2, secret=b"s" * 32, peer=0), timeout=5)
+    victim = Link(x, LinkKeys(send=k1, recv=k2, secret=b"s" * 32, peer=1), timeout=5)
+    mirror.send(b"a frame x itself sent")
+    with pytest.raises(ChannelError, match="does not authenticate"):
+        victim.recv()
+    mirror.close()
+    victim.close()
