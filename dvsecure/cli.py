@@ -92,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--classes", type=_positive_int, default=10)
     b.add_argument("--sources", type=_positive_int, default=50)
     b.add_argument("--parties", type=_positive_int, default=3)
+    b.add_argument("--noise", choices=["private", "seeded"], default="private",
+                   help="--backend mpc: private (OpenDP, as deployed) or seeded (reproducible, so the protected "
+                        "and plain-gloo runs reveal the same outputs; tests only, not private)")
     b.add_argument("--json", type=Path, metavar="FILE", help="also write the result to FILE")
 
     pa = sub.add_parser("party", help="run one MPC computing party (or the TTP dealer) that links to the "
@@ -262,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "audit":
             return _audit(args)
         if args.command == "bench":
-            from .mpc.bench import run_bench
+            from .mpc.bench import human_summary, run_bench
 
             _require_mpc_extra("bench")
             if args.parties < 2 or args.classes < 2:
@@ -278,9 +281,11 @@ def main(argv: list[str] | None = None) -> int:
                     args.json.write_text(result + "\n")
                 print(result)
                 return 0
-            result = json.dumps(run_bench(args.queries, args.classes, args.sources, args.parties), indent=2)
+            measured = run_bench(args.queries, args.classes, args.sources, args.parties, noise=args.noise)
+            result = json.dumps(measured, indent=2)
             if args.json:
                 args.json.write_text(result + "\n")
+            print(human_summary(measured), file=sys.stderr)      # stdout stays one JSON object
             print(result)
             return 0
         if args.command == "party":
