@@ -67,7 +67,8 @@ def _connect(crypten, transport, rank, world, join):
     set_provider(crypten, "TTP")
     crypten.cfg.communicator.verbose = True          # CrypTen counts rounds and bytes only when verbose
     if transport == "gloo":
-        os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), RENDEZVOUS=join, DISTRIBUTED_BACKEND="gloo")
+        os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), RENDEZVOUS=join, DISTRIBUTED_BACKEND="gloo",
+                          GLOO_SOCKET_IFNAME="lo")
         return
     from ..log.note import Signer
     from .compat import use_secure_transport
