@@ -40,7 +40,18 @@ def import_crypten():
     except ImportError as e:
         raise ImportError("the MPC backend needs CrypTen 0.4.1, installed without its declared deps "
                           "(`make install` does it)") from e
+    _register_tables(crypten)
     return crypten
+
+
+def _register_tables(crypten) -> None:
+    """The TTP dealer answers requests by method name (`TTPServer.__init__` loop):
+    add the one-time tables of index votes (`tables.deal`) to what it can deal."""
+    from . import tables
+
+    server = crypten.mpc.provider.ttp_provider.TTPServer
+    if not hasattr(server, tables.FUNCTION):
+        setattr(server, tables.FUNCTION, lambda self, size, num_classes: tables.deal(self, size, num_classes))
 
 
 def set_provider(crypten, provider: str) -> None:
