@@ -1,5 +1,5 @@
 """Command line: `dvsecure demo | audit | receipt export | bench | party | attestation verify | experiment |
-report`."""
+report | keys new | consortium init | add-source | add-party | digest`."""
 from __future__ import annotations
 
 import argparse
@@ -122,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     from .experiments.cli import add_parsers as add_experiment_parsers
     add_experiment_parsers(sub)
 
+    _add_role_parsers(sub)
+
     r = sub.add_parser("receipt", help="receipts for sources")
     rsub = r.add_subparsers(dest="receipt_command", required=True)
     e = rsub.add_parser("export", help="write what one source needs to check its own history")
@@ -129,6 +131,150 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--source", required=True, help="source id")
     e.add_argument("--out", type=Path, help="receipt directory (default: receipt-SOURCE)")
     return p
+
+
+def _add_role_parsers(sub) -> None:
+    """`keys new` (each role's own keys) and `consortium ...` (the operator assembles the policy)."""
+    k = sub.add_parser("keys", help="a role's own keys, made on its own host")
+    ksub = k.add_subparsers(dest="keys_command", required=True)
+    kn = ksub.add_parser("new", help="make this role's private key (mode 0600, never overwritten) and print what "
+                                     "the others pin",
+                         description="Make this role's private key in DIR (mode 0600; refused if one is there "
+                                     "already) and its public file DIR/ROLE.pub.json, the one to send to the "
+                                     "operator; print what the others pin. A party's key belongs to its rank "
+                                     "(DIR/party-RANK.key, found by dvsecure party --state DIR --rank RANK).")
+    kn.add_argument("--role", required=True, choices=["source", "party", "dealer", "operator"],
+                    help="source (a data owner), party (an MPC computing party), dealer (the TTP dealer) or "
+                         "operator (who signs the log's checkpoints)")
+    kn.add_argument("--id", required=True, metavar="NAME",
+                    help="who this is: a source's policy id; a name for the others")
+    kn.add_argument("--rank", type=int, help="a party's rank, 0..N-1 (rank 0 runs with the coordinator)")
+    kn.add_argument("--out", required=True, type=Path, metavar="DIR", help="this role's private state directory")
+    kn.add_argument("--json", action="store_true", help="print one JSON object (the public file's content)")
+
+    c = sub.add_parser("consortium", help="assemble the consortium policy from the published keys; print its digest")
+    csub = c.add_subparsers(dest="consortium_command", required=True)
+    ci = csub.add_parser("init", help="start a policy: the consortium, its mechanism and who signs its log",
+                         description="Write a new policy file with no source yet (never replacing one). Its "
+                                     "log is signed by the operator (--operator-key) or, for the enclave, by an "
+                                     "enclave attested with --enclave-pcr0.")
+    ci.add_argument("--name", required=True, help="the consortium's name")
+    ci.add_argument("--mechanism", choices=["confident_gnmax", "gnmax"], default="confident_gnmax",
+                    help="confident_gnmax (default: answer only above --threshold) or gnmax")
+    ci.add_argument("--sigma1", type=float, help="confident_gnmax's threshold noise, weight units (default 0.4)")
+    ci.add_argument("--threshold", type=float, help="confident_gnmax's threshold T, weight units (default 0.5)")
+    ci.add_argument("--sigma2", type=float, help="the argmax noise, weight units (default 0.1)")
+    ci.add_argument("--collusion-tolerance", type=_positive_int, default=1,
+                    help="t: the noise stays private when up to t computing parties collude (default 1)")
+    ci.add_argument("--calibration-fraction", type=float, default=0.1,
+                    help="share of each budget calibration may spend (default 0.1)")
+    who = ci.add_mutually_exclusive_group(required=True)
+    who.add_argument("--operator-key", metavar="KEY",
+                     help="the operator's key: its base64 key or its operator.pub.json (dvsecure keys new)")
+    who.add_argument("--enclave-pcr0", metavar="HEX", help="instead, for the enclave: its measurement (96 hex)")
+    ci.add_argument("--out", required=True, type=Path, metavar="POLICY", help="the policy file to write (.toml)")
+    ci.add_argument("--json", action="store_true", help="print one JSON object")
+
+    cs = csub.add_parser("add-source", help="add one source's band and budget (and its key to the principals file)",
+                         description="Add a source's agreement to the policy. With --key, its published "
+                                     "submission key goes to the principals file beside the policy "
+                                     "(POLICY.principals.json unless --principals), the file the parties and the "
+                                     "enclave check submissions with.")
+    cs.add_argument("--policy", required=True, type=Path, help="the policy file")
+    cs.add_argument("--id", required=True, help="the source's id")
+    cs.add_argument("--band", required=True, metavar="LO..HI",
+                    help="its weight band gamma_min..gamma_max, e.g. 0.1..0.6")
+    cs.add_argument("--budget", required=True, metavar="BUDGET",
+                    help="epsilon=E,delta=D or rho=R or rdp=B,order=A (at its unit)")
+    cs.add_argument("--slices", type=int, metavar="M",
+                    help="a slice-unit source: M disjoint slices, one model each (its vote: their histogram)")
+    cs.add_argument("--influence-budget", metavar="BUDGET", help="with --slices: a cap on its source-level spend")
+    cs.add_argument("--delta", type=float, help="the delta its epsilon is reported at (default: the budget's, "
+                                                "else 1e-5)")
+    cs.add_argument("--on-exhaustion", choices=["exclude", "shrink"], help="at the budget's end (default exclude)")
+    cs.add_argument("--votes", choices=["one-hot", "simplex"], help="a source-unit source's votes (default one-hot)")
+    cs.add_argument("--key", metavar="KEY", help="its submission key: base64, or its source.pub.json")
+    cs.add_argument("--principals", type=Path, metavar="FILE", help="the principals file (with --key)")
+    cs.add_argument("--json", action="store_true", help="print one JSON object")
+
+    cp = csub.add_parser("add-party", help="pin the next computing party's key (rank order), or the dealer's",
+                         description="Pin the next MPC computing party's cosigning key in the policy's [signers] "
+                                     "(parties go in rank order, from 0), or with --dealer the TTP dealer's key.")
+    cp.add_argument("--policy", required=True, type=Path, help="the policy file")
+    cp.add_argument("--key", required=True, metavar="KEY",
+                    help="its published key: base64, or its party-RANK.pub.json / dealer.pub.json")
+    cp.add_argument("--rank", type=int, help="check that this party is the next rank")
+    cp.add_argument("--dealer", action="store_true", help="the key is the TTP dealer's")
+    cp.add_argument("--json", action="store_true", help="print one JSON object")
+
+    cd = csub.add_parser("digest", help="print the digest of the policy everyone agrees to",
+                         description="Print the SHA-256 digest of the policy as every role loads it; with "
+                                     "--expect, refuse (exit 2) unless it is that one.")
+    cd.add_argument("policy", type=Path, help="the policy file")
+    cd.add_argument("--expect", metavar="DIGEST", help="the digest you agreed to")
+    cd.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _keys(args) -> int:
+    from .keys import new_keys, private_file, public_file
+
+    keys = new_keys(args.role, args.id, args.out, args.rank)
+    if args.json:
+        print(json.dumps(keys.to_dict(), indent=2))
+        return 0
+    private = private_file(args.role, args.out, args.rank)
+    who = f"{keys.role} {keys.id}" + (f" (rank {keys.rank})" if keys.rank is not None else "")
+    print(f"{who}: private key {private} (mode 0600; it never leaves this host)")
+    print(f"publish {public_file(private)}, which holds what the others pin:")
+    width = max(len(k) for k in keys.to_dict())
+    for name, value in keys.to_dict().items():
+        print(f"  {name:<{width}}  {value}")
+    return 0
+
+
+def _describe(s: dict) -> str:
+    signed = (["the operator"] if s["operator"] else []) + \
+        ([f"{s['parties']} part{'y' if s['parties'] == 1 else 'ies'}"] if s["parties"] else []) + \
+        (["an enclave attested with PCR0 " + s["enclave_pcr0"]] if s["enclave_pcr0"] else [])
+    lines = [f"{s['policy']}: consortium {s['name']}; sources: {', '.join(s['sources']) or 'none yet'}; "
+             f"log signed by {', '.join(signed) or 'nobody named'}" + ("; dealer pinned" if s["dealer"] else "")]
+    lines.append(f"digest {s['digest']}" if s["digest"] else
+                 "no digest yet: a policy needs a source (dvsecure consortium add-source)")
+    return "\n".join(lines)
+
+
+def _consortium(args) -> int:
+    from . import consortium
+
+    cmd = args.consortium_command
+    if cmd == "init":
+        out = consortium.init(args.out, args.name, mechanism=args.mechanism, sigma1=args.sigma1,
+                              threshold=args.threshold, sigma2=args.sigma2,
+                              collusion_tolerance=args.collusion_tolerance,
+                              calibration_fraction=args.calibration_fraction, operator_key=args.operator_key,
+                              enclave_pcr0=args.enclave_pcr0)
+    elif cmd == "add-source":
+        out = consortium.add_source(args.policy, args.id, args.band, args.budget, slices=args.slices,
+                                    influence_budget=args.influence_budget, delta=args.delta,
+                                    on_exhaustion=args.on_exhaustion, votes=args.votes, key=args.key,
+                                    principals=args.principals)
+    elif cmd == "add-party":
+        out = consortium.add_party(args.policy, args.key, dealer=args.dealer, rank=args.rank)
+    else:
+        out = consortium.digest(args.policy, args.expect)
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    added = out.get("added", {})
+    if "source" in added:
+        print(f"added source {added['source']} to {out['policy']}"
+              + (f"; its key to {added['principals']}" if added["principals"] else ""))
+    elif "party" in added:
+        print(f"added party {added['party']}'s key to {out['policy']}")
+    elif added.get("dealer"):
+        print(f"added the dealer's key to {out['policy']}")
+    print(_describe(out))
+    return 0
 
 
 def _key_arg(text: str) -> str:
@@ -290,6 +436,10 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "party":
             return _party(args)
+        if args.command == "keys":
+            return _keys(args)
+        if args.command == "consortium":
+            return _consortium(args)
         if args.command == "attestation":
             from .attestation.cli import run as run_attestation
             return run_attestation(args)

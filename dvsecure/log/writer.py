@@ -72,15 +72,17 @@ def write_atomic(path: Path, data: bytes) -> None:
     fsync_dir(path.parent)
 
 
-def operator_signer(state_dir: Path, policy) -> Signer:
+def operator_signer(state_dir: Path, policy=None, *, name: str | None = None) -> Signer:
     """The operator's checkpoint key, created on first use in the private state
-    directory (mode 0600), never in the published directory."""
+    directory (mode 0600), never in the published directory. A new key is named
+    after `name`, else the policy's consortium name (`dvsecure keys new --role
+    operator` makes it before any policy exists); an existing key is used as it is."""
     path = Path(state_dir) / OPERATOR_KEY
     if path.exists():
         return Signer.from_key_string(path.read_text().strip())
     path.parent.mkdir(parents=True, exist_ok=True)
     # Named after the consortium, not the policy digest: the policy names this key.
-    name = "".join(c if c.isalnum() or c in "-_." else "-" for c in policy.name)
+    name = "".join(c if c.isalnum() or c in "-_." else "-" for c in (policy.name if name is None else name))
     skey, _ = generate_signer(f"dvsecure/{name}/operator")
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, stat.S_IRUSR | stat.S_IWUSR)
     with os.fdopen(fd, "w") as f:
