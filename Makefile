@@ -14,7 +14,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check torch==2.13.0
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[mpc,test,experiments]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[compute,mpc,test,experiments]'
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps crypten==0.4.1
 	touch $(STAMP)
 

@@ -47,10 +47,16 @@ class NoiseSource:
 def _opendp_measurement(sigma: float):
     # The modules themselves, not opendp.prelude: the prelude also imports opendp's
     # scikit-learn extras whenever scikit-learn is installed (over a second at start).
-    from opendp.domains import atom_domain, vector_domain
-    from opendp.measurements import make_gaussian
-    from opendp.metrics import l2_distance
-    from opendp.mod import enable_features
+    try:
+        from opendp.domains import atom_domain, vector_domain
+        from opendp.measurements import make_gaussian
+        from opendp.metrics import l2_distance
+        from opendp.mod import enable_features
+    except ImportError as e:
+        # Only the computing roles sample noise; never fall back to another sampler.
+        raise ParameterError("private noise needs OpenDP's exact sampler, which only the computing roles "
+                             "(parties, enclave, plaintext aggregator) install: pip install 'dvsecure[compute]' "
+                             f"(the mpc extra includes it) (missing: {e.name})") from None
 
     enable_features("contrib")
     # "i64", never `int`: opendp maps Python int to i32, which saturates.
