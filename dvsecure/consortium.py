@@ -225,7 +225,9 @@ def add_source(policy: Path, source_id: str, band: str, budget: str, *, slices: 
         SourcePolicy.from_dict(entry)
         data = _normalised({**data, "sources": [*data.get("sources", []), entry]})
     except PolicyError as e:
-        raise PolicyError(f"{policy}: adding source {source_id!r}: {e}") from None
+        msg = str(e)      # the policy's own messages name the source already
+        raise PolicyError(f"{policy}: {msg if msg.startswith('source ') else f'adding source {source_id!r}: {msg}'}") \
+            from None
     principals_bytes = None
     if key is not None:
         principals = principals_path(policy) if principals is None else Path(principals)

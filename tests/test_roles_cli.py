@@ -250,7 +250,7 @@ def test_a_missing_key_file_is_named(tmp_path, capsys, policy):
 
 @pytest.mark.parametrize("band,budget,message", [
     ("0.1-0.6", "rho=1", "--band must be LO..HI, the weight band gamma_min..gamma_max"),
-    ("0.6..0.1", "rho=1", "adding source 'a': source 'a': gamma_min (0.6) > gamma_max (0.1)"),
+    ("0.6..0.1", "rho=1", "consortium.toml: source 'a': gamma_min (0.6) > gamma_max (0.1)"),
     ("0.1..1.5", "rho=1", "gamma_max must be in (0, 1]"),
     ("0.1..nan", "rho=1", "--band must be two finite numbers"),
     ("0.1..0.5", "eps=8", "--budget: budget must have exactly one of the forms"),
@@ -271,14 +271,14 @@ def test_source_options_are_checked_by_the_policy(capsys, policy):
     path, _ = policy
     add = ("consortium", "add-source", "--policy", path, "--band", "0.1..0.5", "--budget", "rho=1")
     code, _, err = run(capsys, *add, "--id", "a", "--slices", "1")
-    assert code == 2 and f"{path}: adding source 'a'" in err and "needs slices = m with 2 <= m" in err
+    assert code == 2 and f"{path}: source 'a': unit = 'slice' needs slices = m with 2 <= m" in err
     code, _, err = run(capsys, *add, "--id", "a", "--influence-budget", "rho=5")
     assert code == 2 and "influence_budget is for unit = 'slice'" in err
     assert run(capsys, *add, "--id", "a", "--slices", "10", "--influence-budget", "rho=5", "--delta", "1e-6")[0] == 0
     s = ConsortiumPolicy.load(path).source("a")
     assert (s.slices, float(s.influence_budget_rho), s.delta) == (10, 5.0, 1e-6)
     code, _, err = run(capsys, *add, "--id", "a")
-    assert code == 2 and "duplicate source id 'a'" in err
+    assert code == 2 and f"{path}: adding source 'a': duplicate source id 'a'" in err
     code, _, err = run(capsys, *add, "--id", "b", "--principals", path.with_name("p.json"))
     assert code == 2 and "--principals goes with --key" in err
 
