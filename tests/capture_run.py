@@ -1,5 +1,5 @@
 """Test-only driver: one MPC batch (3 sources, 10 queries, 4 classes, one-hot
-votes, private noise), as the coordinator with its party 0, so a test can run
+votes, private noise unless --no-noise), as the coordinator with its party 0, so a test can run
 it inside a network namespace and capture it. Writes the votes it submitted and
 what was released to OUT (JSON).
 
@@ -32,6 +32,7 @@ def main() -> None:
     p.add_argument("--roster")
     p.add_argument("--policy")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-noise", action="store_true", help="release plain pluralities (local parties only)")
     a = p.parse_args()
     policy = ConsortiumPolicy.load(a.policy) if a.policy else POLICY
     votes = np.random.default_rng(a.seed).integers(CLASSES, size=(QUERIES, SOURCES))
@@ -40,7 +41,7 @@ def main() -> None:
     backend = MPCBackend(num_parties=3, timeout=180, state_dir=f"{a.state}/local", transport=a.transport, **remote)
     try:
         with Ledger(f"{a.state}/ledger.sqlite", policy) as ledger:
-            agg = Aggregator(policy, ledger, backend=backend, noise=make_noise("private"))
+            agg = Aggregator(policy, ledger, backend=backend, noise=make_noise("no_noise" if a.no_noise else "private"))
             results = agg.query_batch(items, CLASSES)
     finally:
         backend.close()

@@ -10,7 +10,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from dvsecure.backends.mpc import REJECTED, MPCBackend
+from dvsecure.backends.mpc import MPCBackend
 from dvsecure.backends.plaintext import PlaintextBackend
 from dvsecure.engine.aggregator import Aggregator
 from dvsecure.engine.ledger import Ledger
@@ -90,43 +90,52 @@ def test_no_noise_mpc_equals_plaintext_with_slice_sources(mpc, tmp_path, seed):
 
 
 @pytest.mark.slow
-def test_malicious_slice_rows_are_rejected_and_cannot_move_the_tally(mpc, tmp_path, monkeypatch):
-    """A slice-unit source (m = 3) that bypasses the honest client: rows that are not
-    bits, rows with two ones or none (even where the counts would sum to m), rows
-    that wrap the ring, and random 64-bit garbage. Each is rejected by the parties'
-    check of its m rows, and the release is what it is without that source."""
+def test_any_slice_shares_count_as_exactly_one_histogram_of_m_votes(mpc, tmp_path, monkeypatch):
+    """A slice-unit source (m = 3) that bypasses the honest client and sends its
+    parties any 64-bit words as shares of its 3 slices' class indices: huge,
+    wrapping, random. The parties read them modulo C, so together they are some 3
+    class indices: the source counts as exactly that histogram of 3 slice votes at
+    its weight, never more — each release is the plaintext release of that vote."""
     import dvsecure.backends.mpc as backend_module
+    import dvsecure.mpc.sharing as sharing
 
-    real = backend_module._client_encoding
-    ring = 1 << 63
-    cheats = iter([
-        [[2, 0, 0, 0], [0, 1, 0, 0], [0, 0, 0, 0]],                 # a count of 2 in one row, one row empty
-        [[1, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 0]],                 # counts sum to 3 = m, rows not one-hot
-        [[1, 0, 0, 0], [1, 0, 0, 0], [1, 0, 0, -1]],                # a negative entry
-        [[-ring, -ring + 1, 0, 0], [1, 0, 0, 0], [1, 0, 0, 0]],     # 2**63 and 2**63 + 1: row sums to 1 mod 2**64
-        [[1 << 40, 0, 0, 0], [1, 0, 0, 0], [0, 1, 0, 0]],           # a huge count
-        np.random.default_rng(7).integers(-ring, ring - 1, size=(3, 4), dtype=np.int64).tolist(),
-    ])
+    ring = 1 << 64
+    tricks = [                                                     # [slice][party] words
+        [[ring - 1, 1, 0], [1 << 63, 1 << 63, 2], [5, 7, 11]],
+        [[2, 0, 0], [2, 0, 0], [2, 0, 0]],                          # all three slices on class 2
+        [[1 << 40, 0, 0], [ring - (1 << 40), 1, 0], [3, 3, 3]],
+        np.random.default_rng(7).integers(0, ring, size=(3, 3), dtype=np.uint64).tolist(),
+    ]
+    real_seal, real_shares = backend_module.seal_submissions, sharing.index_shares
 
-    def cheating(vote, num_classes, kind):
-        if vote == "cheat":
-            return np.array(next(cheats), dtype=np.int64).ravel()
-        return real(vote, num_classes, kind)
-    monkeypatch.setattr(backend_module, "_client_encoding", cheating)
+    def seal(source_id, key, query_ids, encoded, party_keys, commitments=(), **kw):
+        if source_id != "s":
+            return real_seal(source_id, key, query_ids, encoded, party_keys, commitments, **kw)
+        words = np.array([tricks[int(q[1:])] for q in query_ids], dtype=np.uint64)       # [Q, slice, party]
+        monkeypatch.setattr(sharing, "index_shares", lambda *a: words.transpose(2, 0, 1).copy().view(np.int64))
+        try:
+            return real_seal(source_id, key, query_ids, encoded, party_keys, commitments, **kw)
+        finally:
+            monkeypatch.setattr(sharing, "index_shares", real_shares)
+    monkeypatch.setattr(backend_module, "seal_submissions", seal)
     policy = ConsortiumPolicy(
         sources=(SourcePolicy("a", 0.25, 0.25, Budget("rho", 100.0)),
                  SourcePolicy("b", 0.25, 0.25, Budget("rho", 100.0)),
                  SourcePolicy("s", 0.375, 0.375, Budget("rho", 100.0), unit="slice", slices=3)),
         mechanism=MechanismPolicy("gnmax", 1.0), name="slice-malice")
-    items = [(f"c{k}", {"a": 1, "b": 2, "s": "cheat"}) for k in range(6)]
-    items.append(("honest", {"a": 1, "b": 2, "s": [0, 0, 3, 0]}))     # 3 slices for class 2: it decides
-    items.append(("absent", {"a": 1, "b": 2, "s": None}))             # tie 1 vs 2 without it: 1
+    # The honest client is asked for some histogram; the shares sent are the tricks above.
+    items = [(f"c{k}", {"a": 1, "b": 2, "s": [3, 0, 0, 0]}) for k in range(len(tricks))]
     got, _, _ = run(policy, items, mpc, tmp_path / "c.sqlite", batch=len(items))
-    for r in got[:6]:
+    implied = [[int(sum(int(w) for w in slice_words) % 4) for slice_words in t] for t in tricks]
+    reference = [(f"r{k}", {"a": 1, "b": 2, "s": np.bincount(ks, minlength=4).tolist()})
+                 for k, ks in enumerate(implied)]
+    ref, _, _ = run(policy, reference, WholeBatchPlaintext(), tmp_path / "r.sqlite", batch=len(reference))
+    assert implied[1] == [2, 2, 2] and len({tuple(k) for k in implied}) > 2
+    for r, e in zip(got, ref):
         p = r.participant("s")
-        assert (p.status, p.reason, p.gamma, p.rho) == ("excluded:invalid", REJECTED, 0, 0)
-        assert r.label == got[-1].label == 1
-    assert got[6].label == 2 and got[6].participant("s").status == "active"
+        assert p.status == "active" and p.gamma == 0.375
+        assert (r.answered, r.label) == (e.answered, e.label)
+    assert got[1].label == 2                                       # its full weight, on class 2: it decides
 
 
 @pytest.mark.slow

@@ -1,5 +1,7 @@
 """The MPC backend: votes secret-shared by their sources, combined by CrypTen
-parties that reveal only validation bits, answered bits and labels.
+parties that reveal only answered bits, labels and (simplex votes only)
+validity bits; one-hot votes and histograms travel as shared class indices
+and are valid by construction (`mpc.tables`).
 
 In this in-process form the backend also plays the sources: each source's
 votes for a batch are encoded, shared, sealed to the parties' keys (which the
@@ -35,7 +37,7 @@ from ..errors import ParameterError, VoteError
 from ..mechanism.release import Release
 from ..mechanism.votes import InvalidVote, real_vector
 from ..mpc.party_ledger import PARTIAL, REJECTED, UNOPENED
-from ..mpc.sharing import encode_batch, seal_submissions, wire_rows, wire_scale
+from ..mpc.sharing import INDEX, encode_batch, seal_submissions, wire_encoding
 from ..noise import SEEDED
 from .base import FROM_SOURCES, Backend, BackendOutput
 
@@ -45,27 +47,26 @@ TFP_WARNING = ("TFP Beaver triples: party 0 generates every triple in the clear 
 
 def _client_encoding(vote, num_classes: int, kind) -> np.ndarray | str:
     """What a source would submit: its validated encoding if the vote is valid
-    (`sharing.encode_batch`); otherwise (a misbehaving source) what it holds, at
-    its kind's wire scale, when that is a finite numeric vector of the right shape
-    whose entries are exactly integers there (for a histogram: as its first row,
-    the others zero) — so the parties' check sees the invalid vote itself, never a
-    rounding of it that might be valid; else the reason the plaintext backend gives."""
+    (`sharing.encode_batch`). An invalid one-hot vote or histogram has no index
+    encoding, so nothing is sent: the reason, as the plaintext backend gives it.
+    An invalid simplex vote (a misbehaving source) is sent as what it holds at
+    2**16 when that is a finite numeric vector of the right shape whose entries
+    are exactly integers there — so the parties' check sees the invalid vote
+    itself, never a rounding of it that might be valid; else the reason."""
     try:
         return encode_batch([vote], num_classes, kind)[0]
     except VoteError as e:
         reason = f"invalid: {str(e).removeprefix('refusing to submit an invalid vote: ')}"
-    if isinstance(vote, numbers.Integral):
-        return reason                       # an index out of range has no vector to share
+    if wire_encoding(kind) == INDEX or isinstance(vote, numbers.Integral):
+        return reason
     try:
-        arr = real_vector(vote) * wire_scale(kind)     # booleans, strings, complex: not numeric votes
+        arr = real_vector(vote) * (1 << 16)     # booleans, strings, complex: not numeric votes
     except InvalidVote:
         return reason
     if arr.shape != (num_classes,) or not np.all(np.isfinite(arr)) or np.any(np.abs(arr) > 2.0 ** 40) \
             or np.any(arr != np.floor(arr)):
         return reason
-    raw = np.zeros(wire_rows(kind) * num_classes, dtype=np.int64)
-    raw[:num_classes] = arr.astype(np.int64)
-    return raw
+    return arr.astype(np.int64)
 
 
 class MPCBackend(Backend):
@@ -258,7 +259,7 @@ class MPCBackend(Backend):
                 continue
             present[rows, j] = True
             messages = seal_submissions(sid, self._source_keys[sid], [query_ids[i] for i in rows],
-                                        np.stack(encoded), public, rows=wire_rows(kinds[j]))
+                                        np.stack(encoded), public, kind=kinds[j], num_classes=num_classes)
             for p, m in enumerate(messages):
                 per_party[p].append(m)
         result = parties.call({

@@ -89,7 +89,8 @@ def _envelope_bytes(policy, votes, batch, num_classes, num_parties) -> int:
         for b in range(0, len(votes), batch):
             column = votes[b:b + batch, j].tolist()
             qids = [f"q{b + i}" for i in range(len(column))]
-            total += sum(map(len, seal_submissions(sid, signer, qids, encode_batch(column, num_classes), keys)))
+            total += sum(map(len, seal_submissions(sid, signer, qids, encode_batch(column, num_classes), keys,
+                                                   num_classes=num_classes)))
     return total
 
 

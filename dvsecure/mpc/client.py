@@ -20,7 +20,7 @@ from ..errors import PartyRefusal
 from ..policy import ONE_HOT
 from ..wire.proto import dvsecure_pb2 as pb
 from ..wire.submission import Submission
-from .sharing import encode_batch, seal_submissions, wire_rows
+from .sharing import encode_batch, seal_submissions
 
 SERVICE = "/dvsecure.v1.Party/"
 
@@ -66,7 +66,7 @@ class PartySubmitter:
         subs = [Submission.new(v) for v in votes]
         commitments = [s.commitment(q, self.source_id) for q, s in zip(query_ids, subs)]
         return seal_submissions(self.source_id, self.signing_key, list(query_ids), encoded, self.box_keys,
-                                commitments, rows=wire_rows(kind)), subs
+                                commitments, kind=kind, num_classes=num_classes), subs
 
     def send(self, envelopes: Sequence[bytes]) -> None:
         """Each party its own envelope; raises PartyRefusal naming the refusing party."""

@@ -11,10 +11,9 @@ from ..errors import DvsecureError, LedgerError, SubmissionError
 from ..mechanism.filter import BudgetFilter
 from ..mechanism.fixedpoint import threshold_to_tally
 from ..noise import make_noise
-from ..policy import SIMPLEX
 from ..wire.limits import check_query_id
-from . import secure
-from .sharing import open_submission, wire_rows
+from . import secure, tables
+from .sharing import INDEX, open_submission, wire_encoding, wire_rows
 
 MAX_CLASSES = 4096
 MAX_BATCH_ENTRIES = 1 << 25        # sources x queries x classes in one batch: bounds every party's memory
@@ -51,9 +50,10 @@ def party_sigmas(policy, world: int, num_classes: int):
     return sigma1, Fraction(party_noise_scale(sigma_on_tally_grid(mech.sigma2), world, t, num_classes))
 
 
-def _relayed_inputs(cmd, rank, world, party_key, rows, Q, C):
+def _relayed_inputs(cmd, rank, world, party_key, rows, encodings, Q, C):
     """Shares relayed by the coordinator in the command (each sealed to this
-    party): x int64[R, Q, C] (source j's vote in rows[j] consecutive rows),
+    party): x int64[R, Q, C] (FIXED rows), k int64[R, Q] (INDEX rows: class
+    indices mod C), where source j's vote fills rows[j] consecutive rows, and
     opened int64[S, Q]."""
     from nacl.signing import VerifyKey
 
@@ -62,6 +62,7 @@ def _relayed_inputs(cmd, rank, world, party_key, rows, Q, C):
     row = {qid: i for i, qid in enumerate(cmd["query_ids"])}
     offsets = np.concatenate([[0], np.cumsum(rows)]).astype(int)
     x = np.zeros((int(offsets[-1]), Q, C), dtype=np.int64)
+    k = np.zeros((int(offsets[-1]), Q), dtype=np.int64)
     opened = np.zeros((len(rows), Q), dtype=np.int64)
     for message in cmd["messages"][rank]:
         try:
@@ -69,21 +70,29 @@ def _relayed_inputs(cmd, rank, world, party_key, rows, Q, C):
             j = col[got.source_id]
             if got.num_classes != C or any(q not in row for q in got.query_ids):
                 raise SubmissionError(f"submission of {got.source_id!r} is for other queries or classes")
-            if got.rows != rows[j]:
-                raise SubmissionError(f"submission of {got.source_id!r} has {got.rows} rows per vote, "
-                                      f"its policy {rows[j]}")
+            if got.rows != rows[j] or got.encoding != encodings[j]:
+                raise SubmissionError(f"submission of {got.source_id!r} has {got.rows} {got.encoding} rows per "
+                                      f"vote, its policy {rows[j]} {encodings[j]}")
         except (SubmissionError, KeyError):
             continue                  # this party could not open it: the source does not count
-        for k, qid in enumerate(got.query_ids):
-            x[offsets[j]:offsets[j + 1], row[qid]] = got.shares[k].view(np.int64).reshape(rows[j], C)
+        for i, qid in enumerate(got.query_ids):
+            if got.encoding == INDEX:
+                k[offsets[j]:offsets[j + 1], row[qid]] = got.shares[i]
+            else:
+                x[offsets[j]:offsets[j + 1], row[qid]] = got.shares[i].view(np.int64).reshape(rows[j], C)
             opened[j, row[qid]] = 1
-    return x, opened
+    return x, k, opened
 
 
 def vote_rows(policy) -> list[int]:
     """Rows each source's vote fills in the shared input: m one-hot rows for a
     slice-unit source's histogram, 1 otherwise (`sharing.wire_rows`)."""
     return [wire_rows(s.vote_format) for s in policy.sources]
+
+
+def vote_encodings(policy) -> list[str]:
+    """How each source's vote travels (`sharing.wire_encoding`)."""
+    return [wire_encoding(s.vote_format) for s in policy.sources]
 
 
 def _public_checks(cmd: dict, policy, world: int, inbox):
@@ -200,14 +209,14 @@ def evaluate_batch(crypten, cmd: dict, rank: int, world: int, party_key, ledger,
     S, Q = len(source_ids), len(query_ids)
     comm = crypten.communicator.get()
     commitments = None
-    rows = vote_rows(policy)
+    rows, encodings = vote_rows(policy), vote_encodings(policy)
     offsets = np.concatenate([[0], np.cumsum(rows)]).astype(int)
     owner = torch.from_numpy(np.repeat(np.arange(S), rows))          # the source of each vote row
     if cmd.get("inbox"):
-        x_np, opened_np, commitments = inbox.take(query_ids, source_ids, C, rows)
+        x_np, k_np, opened_np, commitments = inbox.take(query_ids, source_ids, C, rows, encodings)
         present = np.ones((Q, S), dtype=bool)
     else:
-        x_np, opened_np = _relayed_inputs(cmd, rank, world, party_key, rows, Q, C)
+        x_np, k_np, opened_np = _relayed_inputs(cmd, rank, world, party_key, rows, encodings, Q, C)
     # Every party must hold a source's share for its vote to count ...
     counts = comm.all_reduce(torch.from_numpy(opened_np))                   # returns a new tensor
     agreed = counts == world
@@ -216,15 +225,24 @@ def evaluate_batch(crypten, cmd: dict, rank: int, world: int, party_key, ledger,
         digest = torch.from_numpy(np.ascontiguousarray(commitments).view(np.int64))      # [S, Q, 4]: all 32 bytes
         for other in comm.all_gather(digest):
             agreed &= (other == digest).all(-1)
+    # Index rows (one-hot votes, a histogram's slices) become shares of their one-hot
+    # vectors through the dealer's one-time tables: valid by construction, and what
+    # is opened (k - r mod C) is uniform (`tables`).
+    index_rows = np.repeat(np.array([e == INDEX for e in encodings], dtype=bool), rows)
+    one_hot = index_rows.tolist()
+    if index_rows.any():
+        x_np = x_np.copy()
+        x_np[index_rows] = tables.one_hot_shares(crypten, k_np[index_rows], C).numpy()
     # A share that not every party holds is zeroed by every party before anything is
     # computed: otherwise the parties that do hold theirs would reconstruct the vote
     # minus the missing share, and validation would reveal a function of it.
     x = torch.from_numpy(x_np) * agreed.long()[owner].unsqueeze(-1)
-
-    # Every row is a one-hot vote (a slice's row of a histogram included) but a simplex vote's.
-    one_hot = [policy.sources[j].votes != SIMPLEX for j in owner.tolist()]
     shared = crypten.mpc.MPCTensor.from_shares(x, precision=0)
-    valid_rows = secure.validate(shared, one_hot).numpy()                          # reveal: validity
+    # Only simplex votes are checked (their reveal: a pass/fail bit each); index votes are valid.
+    valid_rows = np.ones((int(offsets[-1]), Q), dtype=bool)
+    if not index_rows.all():
+        soft = torch.from_numpy(np.nonzero(~index_rows)[0])
+        valid_rows[~index_rows] = secure.validate_simplex(shared.index_select(0, soft)).numpy()   # reveal
     # A source's vote is valid iff all its rows are: m one-hot rows are exactly a histogram of m votes.
     valid = torch.from_numpy(np.logical_and.reduceat(valid_rows, offsets[:-1], axis=0))
     valid = valid & torch.from_numpy(present.T.copy()) & agreed

@@ -35,7 +35,7 @@ import numpy as np
 
 from ..errors import PartyRefusal, SubmissionError, UnauthenticatedSubmission
 from ..wire.limits import check_query_id
-from .sharing import open_submission
+from .sharing import INDEX, open_submission
 
 # What one pending share costs beyond its bytes (dict slot, key tuple, array header),
 # counted so that many tiny shares cannot exhaust memory under the byte limit.
@@ -78,7 +78,7 @@ class _Held(NamedTuple):
     commitment: bytes
     cost: int                     # what it counts against the budget and its source's quota
     expires: float
-    layout: tuple[int, int]       # (rows, classes) the source declared and signed
+    layout: tuple[int, int, str]  # (rows, classes, encoding) the source declared and signed
 
 
 class ShareInbox:
@@ -162,21 +162,25 @@ class ShareInbox:
             for qid, share, commitment, cost in zip(got.query_ids, got.shares, commitments, costs):
                 # A copy: a row view would keep the whole envelope's array alive after the
                 # other rows are taken, beyond what the budget counts.
-                self._pending[(sid, qid)] = _Held(share.copy(), commitment, cost, expires, (got.rows, got.num_classes))
+                self._pending[(sid, qid)] = _Held(share.copy(), commitment, cost, expires, (got.rows, got.num_classes,
+                                                                                         got.encoding))
             self._bytes += size
             self._source_bytes[sid] = used + size
         return len(got.query_ids)
 
-    def take(self, query_ids, source_ids, num_classes: int, rows=None):
+    def take(self, query_ids, source_ids, num_classes: int, rows=None, encodings=None):
         """The shares for these queries, removed from the inbox and marked
-        evaluated: (x int64[R, Q, C], opened int64[S, Q], commitments bytes[S, Q, 32]),
-        where source j's vote fills rows[j] consecutive rows of x (its m one-hot
-        rows for a histogram; rows None: one each). A share that has expired, or
-        has another shape than its source's votes, is not among them."""
+        evaluated: (x int64[R, Q, C] of FIXED rows, k int64[R, Q] of INDEX rows,
+        opened int64[S, Q], commitments bytes[S, Q, 32]), where source j's vote
+        fills rows[j] consecutive rows (its m slices for a histogram; rows None:
+        one each) in encodings[j] (None: INDEX). A share that has expired, or has
+        another layout than its source's votes, is not among them."""
         S, Q = len(source_ids), len(query_ids)
         rows = [1] * S if rows is None else [int(r) for r in rows]
+        encodings = [INDEX] * S if encodings is None else list(encodings)
         offsets = np.concatenate([[0], np.cumsum(rows)]).astype(int)
         x = np.zeros((int(offsets[-1]), Q, num_classes), dtype=np.int64)
+        k = np.zeros((int(offsets[-1]), Q), dtype=np.int64)
         opened = np.zeros((S, Q), dtype=np.int64)
         commitments = np.zeros((S, Q, 32), dtype=np.uint8)
         with self._lock:
@@ -187,10 +191,13 @@ class ShareInbox:
                     held = self._pending.pop((sid, qid), None)
                     if held is not None:
                         self._release((sid, qid), held)
-                    if held is None or held.layout != (rows[j], num_classes):
+                    if held is None or held.layout != (rows[j], num_classes, encodings[j]):
                         continue                 # absent, or not its policy's vote layout (as the relay path)
-                    x[offsets[j]:offsets[j + 1], i] = held.share.view(np.int64).reshape(rows[j], num_classes)
+                    if encodings[j] == INDEX:
+                        k[offsets[j]:offsets[j + 1], i] = held.share
+                    else:
+                        x[offsets[j]:offsets[j + 1], i] = held.share.view(np.int64).reshape(rows[j], num_classes)
                     opened[j, i] = 1
                     if held.commitment:
                         commitments[j, i] = np.frombuffer(held.commitment, dtype=np.uint8)
-        return x, opened, commitments
+        return x, k, opened, commitments

@@ -5,44 +5,26 @@ All arithmetic is on integers (CrypTen precision 0): votes at 2**16, weights in
 same noise the released outputs are the same, and no multiplication ever needs
 a truncation round. Comparisons are CrypTen's (exact on the signed 64-bit ring).
 
-Only three things are ever revealed: whether each source's vote for each query
-is valid (`validate`: for a valid vote nothing beyond that), one answered bit
-per query, and the label of answered queries.
+Only these are ever revealed: the uniform masks of the one-time tables that
+turn index votes into one-hot shares (`tables.py`), whether each simplex vote
+is valid (`validate_simplex`), one answered bit per query, and the label of
+answered queries.
 """
 from __future__ import annotations
 
 SCALE = 1 << 16
 
 
-def validate(x, one_hot):
-    """x: shared int [R, Q, C], the vote rows as the sources sent them
-    (`sharing.wire_scale`: one-hot votes and each slice's row of a histogram as
-    bits b, simplex votes at 2**16); one_hot: public bool [R].
-    Returns public bool [R, Q]: whether each row is valid for its kind.
-
-    One-hot: b_c(b_c - 1) = 0 for every c (modulo 2**64 only b_c in {0, 1}
-    satisfies it) and sum_c b_c = 1. One Beaver square per entry; the values
-    revealed are all zero for a valid vote, so they say nothing about it (for
-    an invalid one they are functions of what its source chose to send).
-    Simplex: 0 <= x_c <= 2**16 and sum_c x_c = 2**16 with CrypTen's exact 64-bit
-    comparisons (costly: about 3 KB per entry per party), revealing one bit."""
-    import torch
-
-    S, Q, C = x.size(0), x.size(1), x.size(2)
-    result = torch.zeros((S, Q), dtype=torch.bool)
-    hot = [j for j in range(S) if one_hot[j]]
-    soft = [j for j in range(S) if not one_hot[j]]
-    if hot:
-        b = x.index_select(0, torch.tensor(hot)) if soft else x
-        d = (b.square() - b).get_plain_text().long()                  # reveal: zeros if valid
-        s = (b.sum(-1) - 1).get_plain_text().long()                   # reveal: zeros if valid
-        result[hot] = (d == 0).all(-1) & (s == 0)
-    if soft:
-        y = x.index_select(0, torch.tensor(soft)) if hot else x
-        in_range = (y.ge(0) + y.le(SCALE)).sum(-1)                    # 2C iff every entry is in range
-        ok = in_range.eq(2 * C) * y.sum(-1).eq(SCALE)
-        result[soft] = ok.get_plain_text().long().bool()              # reveal: pass/fail bits
-    return result
+def validate_simplex(y):
+    """y: shared int [R, Q, C], simplex vote rows at 2**16. Returns public bool
+    [R, Q]: 0 <= y_c <= 2**16 and sum_c y_c = 2**16, with CrypTen's exact 64-bit
+    comparisons (costly: about 3 KB per entry per party), revealing one bit per
+    row. (One-hot votes and histograms need no check: they travel as class
+    indices and are valid by construction, `tables.py`.)"""
+    C = y.size(2)
+    in_range = (y.ge(0) + y.le(SCALE)).sum(-1)                    # 2C iff every entry is in range
+    ok = in_range.eq(2 * C) * y.sum(-1).eq(SCALE)
+    return ok.get_plain_text().long().bool()                      # reveal: pass/fail bits
 
 
 def to_tally_scale(x, one_hot):

@@ -1,12 +1,13 @@
 """Client-side secret sharing of votes for the MPC backend, and the signed, sealed
 submission envelope.
 
-A source encodes each vote as integers — a one-hot vote as its bits (0/1), a
-simplex vote in fixed point (2**16), a slice-unit source's histogram of m slice
-votes as m one-hot bit rows (one per slice, in class order: the parties check
-each row as a one-hot vote, so they accept exactly the histograms of m votes) —
-splits it into n additive shares modulo 2**64 with the operating system's CSPRNG
-(n - 1 uniform shares, the last fixing the sum), seals share i to party i's
+A source encodes each vote as integers — a one-hot vote as its class index, a
+slice-unit source's histogram of m slice votes as the m slices' class indices
+(in class order), both shared additively modulo C ("index" encoding: every
+share vector is some valid vote, `tables.py`); a simplex vote in fixed point
+(2**16), shared modulo 2**64 ("fixed" encoding, checked by the parties) — with
+the operating system's CSPRNG (n - 1 uniform shares, the last fixing the sum),
+seals share i to party i's
 X25519 key (NaCl sealed box: only party i can open it, and it learns nothing
 about the sender from the box), and signs each party's submission with its
 Ed25519 key, binding the source id, the query ids, the number of classes and
@@ -35,9 +36,11 @@ from nacl.signing import SigningKey, VerifyKey
 from ..errors import SubmissionError, UnauthenticatedSubmission, VoteError
 from ..mechanism.votes import InvalidVote, encode_vote, vote_format
 from ..policy import HISTOGRAM, MAX_SLICES, ONE_HOT, SIMPLEX
+from .tables import index_shares
 
-VERSION = 1
+VERSION = 2                # 2: one-hot and histogram votes travel as shared class indices
 RING_BITS = 64
+INDEX, FIXED = "index", "fixed"
 MAX_ROWS = MAX_SLICES
 _DOMAIN = b"dvsecure/share-submission/v1\x00"
 
@@ -49,12 +52,13 @@ class ShareSubmission(msgspec.Struct, forbid_unknown_fields=True):
     num_classes: int
     party_index: int
     num_parties: int
-    sealed: bytes            # SealedBox(party key) of uint64 LE shares [Q, rows, C]
+    sealed: bytes            # SealedBox(party key) of uint64 LE shares: [Q, rows] (index), [Q, rows, C] (fixed)
     # The source's commitment to each vote (entry.commitment: SHA-256 under its own
     # nonce), the same in every party's message; the log records it so the source
     # can find its vote there. Empty: the coordinator supplies the commitments.
     commitments: list[bytes] = []
     rows: int = 1            # vectors per vote: m one-hot rows for a slice-unit source's histogram
+    encoding: str = FIXED    # INDEX: class indices shared mod num_classes; FIXED: vectors shared mod 2**64
 
 
 class Signed(msgspec.Struct, forbid_unknown_fields=True):
@@ -94,12 +98,10 @@ def reconstruct(shares: np.ndarray) -> np.ndarray:
         return np.asarray(shares, dtype=np.uint64).sum(axis=0, dtype=np.uint64).view(np.int64)
 
 
-def wire_scale(kind) -> int:
-    """The scale a vote travels at: one-hot votes (and each slice's row of a
-    histogram) as bits, so the parties can check b(b - 1) = 0, which modulo 2**64
-    holds only for b in {0, 1} (b and b - 1 are coprime, so the even one would
-    have to be 0 mod 2**64); simplex votes at 2**16."""
-    return 1 << 16 if vote_format(kind).kind == SIMPLEX else 1
+def wire_encoding(kind) -> str:
+    """INDEX for one-hot votes and histograms (class indices, valid by
+    construction), FIXED for simplex votes (2**16 fixed point, checked)."""
+    return FIXED if vote_format(kind).kind == SIMPLEX else INDEX
 
 
 def wire_rows(kind) -> int:
@@ -108,18 +110,18 @@ def wire_rows(kind) -> int:
     return fmt.slices if fmt.kind == HISTOGRAM else 1
 
 
-def histogram_rows(counts: np.ndarray) -> np.ndarray:
-    """The m one-hot rows of a histogram of m slice votes (counts int[C] summing to
-    m), in class order: int64[m, C]."""
+def histogram_indices(counts: np.ndarray) -> np.ndarray:
+    """The m slices' class indices of a histogram of m slice votes (counts int[C]
+    summing to m), in class order: int64[m]."""
     counts = np.asarray(counts, dtype=np.int64)
-    return np.eye(len(counts), dtype=np.int64)[np.repeat(np.arange(len(counts)), counts)]
+    return np.repeat(np.arange(len(counts)), counts)
 
 
 def encode_batch(votes: Sequence, num_classes: int, kind=ONE_HOT) -> np.ndarray:
-    """An honest source's votes, validated and encoded for the wire: int64[Q, rows*C]
-    (bits for one-hot, 2**16 fixed point for simplex, m bit rows for a histogram;
-    `wire_scale`, `wire_rows`). A vote that is not valid for its kind is refused
-    here, before anything is sent."""
+    """An honest source's votes, validated and encoded for the wire (`wire_encoding`):
+    class indices int64[Q, rows] for one-hot votes (rows 1) and histograms (rows m),
+    2**16 fixed point int64[Q, C] for simplex votes. A vote that is not valid for
+    its kind is refused here, before anything is sent."""
     fmt = vote_format(kind)
     rows = wire_rows(fmt)
     try:
@@ -127,11 +129,11 @@ def encode_batch(votes: Sequence, num_classes: int, kind=ONE_HOT) -> np.ndarray:
             np.zeros((0, num_classes), np.int64)
     except InvalidVote as e:
         raise VoteError(f"refusing to submit an invalid vote: {e}") from None
-    if fmt.kind == HISTOGRAM:
-        counts = fixed // (1 << 16)
-        return np.stack([histogram_rows(c).ravel() for c in counts]) if len(votes) else \
-            np.zeros((0, rows * num_classes), np.int64)
-    return fixed // ((1 << 16) // wire_scale(fmt))
+    if fmt.kind == SIMPLEX:
+        return fixed
+    if not len(votes):
+        return np.zeros((0, rows), np.int64)
+    return np.stack([histogram_indices(c) for c in fixed // (1 << 16)])
 
 
 # ---- keys ----------------------------------------------------------------------------
@@ -157,29 +159,40 @@ class PartyKeys:
 
 def seal_submissions(source_id: str, signing_key: SigningKey, query_ids: Sequence[str],
                      encoded: np.ndarray, party_keys: Sequence[PublicKey],
-                     commitments: Sequence[bytes] = (), rows: int = 1) -> list[bytes]:
-    """One signed, sealed message per party for a batch of queries.
-    `encoded`: int64[Q, rows*C] fixed-point votes (`encode_batch`), or any int64
-    array of that shape (a test of a malicious source); `commitments`: none, or
-    one 32-byte commitment per query; `rows`: vectors per vote (`wire_rows`)."""
+                     commitments: Sequence[bytes] = (), *, kind=ONE_HOT, num_classes: int) -> list[bytes]:
+    """One signed, sealed message per party for a batch of queries of `num_classes`
+    classes. `encoded` (`encode_batch`) as the vote's kind travels
+    (`wire_encoding`, `wire_rows`): one-hot votes and histograms as class indices
+    int64[Q, rows]; simplex votes as 2**16 fixed-point int64[Q, C] (or any int64
+    array of that shape: a test of a malicious source). `commitments`: none, or
+    one 32-byte commitment per query."""
     encoded = np.asarray(encoded)
-    if encoded.ndim != 2 or encoded.shape[0] != len(query_ids):
-        raise VoteError(f"expected votes of shape [{len(query_ids)}, rows*C], got {encoded.shape}")
-    if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1 or encoded.shape[1] % rows:
-        raise VoteError(f"{encoded.shape[1]} values per vote do not split into {rows!r} rows")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+        raise VoteError(f"num_classes must be an integer >= 2, got {num_classes!r}")
+    rows, encoding = wire_rows(kind), wire_encoding(kind)
+    width = rows if encoding == INDEX else rows * num_classes
+    if encoded.ndim != 2 or encoded.shape != (len(query_ids), width):
+        raise VoteError(f"expected {encoding} votes of shape [{len(query_ids)}, {width}], got {encoded.shape}")
     if len(set(query_ids)) != len(query_ids) or not all(isinstance(q, str) and q for q in query_ids):
         raise VoteError("query ids must be distinct non-empty strings")
     commitments = [bytes(c) for c in commitments]
     if commitments and (len(commitments) != len(query_ids) or any(len(c) != 32 for c in commitments)):
         raise VoteError("commitments must be one 32-byte commitment per query")
     n = len(party_keys)
-    shares = share(encoded, n)
+    if encoding == INDEX:
+        try:
+            shares = index_shares(encoded, n, num_classes).view(np.uint64)
+        except ValueError as e:
+            raise VoteError(str(e)) from None
+    else:
+        shares = share(encoded, n)
     out = []
     for i, pk in enumerate(party_keys):
         sealed = SealedBox(pk).encrypt(shares[i].astype("<u8").tobytes())
         body = msgspec.msgpack.encode(ShareSubmission(
-            v=VERSION, source_id=source_id, query_ids=list(query_ids), num_classes=int(encoded.shape[1]) // rows,
-            party_index=i, num_parties=n, sealed=bytes(sealed), commitments=commitments, rows=rows))
+            v=VERSION, source_id=source_id, query_ids=list(query_ids), num_classes=int(num_classes),
+            party_index=i, num_parties=n, sealed=bytes(sealed), commitments=commitments, rows=rows,
+            encoding=encoding))
         signature = signing_key.sign(_DOMAIN + body).signature
         out.append(msgspec.msgpack.encode(Signed(source_id=source_id, body=body, signature=signature)))
     return out
@@ -190,10 +203,11 @@ class OpenedShare:
     source_id: str
     query_ids: tuple[str, ...]
     num_classes: int
-    shares: np.ndarray        # uint64[Q, rows*C], this party's share of each vote
+    shares: np.ndarray        # this party's share of each vote: int64[Q, rows] in 0..C-1 (INDEX), uint64[Q, rows*C]
     body: bytes               # the exact signed bytes
     commitments: tuple[bytes, ...] = ()     # the source's commitment per query, if it sent them
     rows: int = 1             # vectors per vote (m one-hot rows for a histogram)
+    encoding: str = FIXED
 
 
 def open_submission(message: bytes, party_index: int, num_parties: int, party_key: PrivateKey,
@@ -232,11 +246,17 @@ def open_submission(message: bytes, party_index: int, num_parties: int, party_ke
         raise SubmissionError(f"submission of {sub.source_id!r} names a query twice")
     if not 1 <= r <= MAX_ROWS:
         raise SubmissionError(f"submission of {sub.source_id!r} has {r} rows per vote, not 1..{MAX_ROWS}")
-    if c < 2 or len(raw) != 8 * q * r * c:
-        raise SubmissionError(f"share of {sub.source_id!r} holds {len(raw)} bytes, expected {8 * q * r * c} "
-                              f"({q} queries x {r} rows x {c} classes)")
+    if sub.encoding not in (INDEX, FIXED):
+        raise SubmissionError(f"submission of {sub.source_id!r} has unknown encoding {sub.encoding!r}")
+    per_row = 1 if sub.encoding == INDEX else c
+    if c < 2 or len(raw) != 8 * q * r * per_row:
+        raise SubmissionError(f"share of {sub.source_id!r} holds {len(raw)} bytes, expected {8 * q * r * per_row} "
+                              f"({q} queries x {r} rows x {per_row} values, {sub.encoding} encoding)")
     if sub.commitments and (len(sub.commitments) != q or any(len(x) != 32 for x in sub.commitments)):
         raise SubmissionError(f"submission of {sub.source_id!r} carries malformed commitments")
-    shares = np.frombuffer(raw, dtype="<u8").reshape(q, r * c).astype(np.uint64)
+    shares = np.frombuffer(raw, dtype="<u8").reshape(q, r * per_row).astype(np.uint64)
+    if sub.encoding == INDEX:
+        # Any 64-bit word is some share modulo C: whatever a source sends is some valid vote.
+        shares = (shares % np.uint64(c)).astype(np.int64)
     return OpenedShare(sub.source_id, tuple(sub.query_ids), c, shares, bytes(signed.body),
-                       tuple(bytes(x) for x in sub.commitments), r)
+                       tuple(bytes(x) for x in sub.commitments), r, sub.encoding)

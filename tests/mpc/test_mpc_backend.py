@@ -1,6 +1,8 @@
 """The MPC backend (issue 4, partial): with no noise it releases exactly what the
-plaintext backend releases and charges exactly the same; a malicious vote is
-rejected by the parties' secure validation and cannot move the tally; a party
+plaintext backend releases and charges exactly the same; a one-hot vote travels
+as a shared class index, so whatever shares a source sends count as one valid
+vote of its weight, never more; an invalid simplex vote is rejected by the
+parties' secure check; a party
 that dies makes the batch fail with nothing recorded; TFP needs an explicit flag.
 
 Parties are real processes (3 CrypTen parties + a TTP dealer over gloo on
@@ -114,13 +116,16 @@ def test_ties_break_to_the_lowest_index(mpc, tmp_path):
     assert [r.label for r in got] == [1, 0, 0]
 
 
-def test_malicious_vote_cannot_move_the_tally(mpc, tmp_path):
-    policy = ConsortiumPolicy(sources=tuple(SourcePolicy(f"src{i}", 0.3125, 0.3125, Budget("rho", 100.0))
+@pytest.mark.parametrize("kind", ["one-hot", "simplex"])
+def test_malicious_vote_cannot_move_the_tally(mpc, tmp_path, kind):
+    policy = ConsortiumPolicy(sources=tuple(SourcePolicy(f"src{i}", 0.3125, 0.3125, Budget("rho", 100.0),
+                                                         votes=kind if i == 3 else "one-hot")
                                             for i in range(4)),
                               mechanism=MechanismPolicy("confident_gnmax", 1.0, sigma1=1.0, threshold=0.5),
-                              name="malice")
+                              name=f"malice-{kind}")
     honest = {"src0": 1, "src1": 1, "src2": 2}
-    items = [(f"m{k}", dict(honest, src3=bad)) for k, bad in enumerate(MALICIOUS)]
+    bad_votes = [b for b in MALICIOUS if kind == "one-hot" or b != [0.5, 0.5, 0.0, 0.0]]   # a valid simplex vote
+    items = [(f"m{k}", dict(honest, src3=bad)) for k, bad in enumerate(bad_votes)]
     items.append(("clean", dict(honest, src3=None)))
     got, _, _ = run(policy, items, mpc, tmp_path / "m.sqlite", batch=len(items))
     clean = got[-1]
@@ -129,7 +134,12 @@ def test_malicious_vote_cannot_move_the_tally(mpc, tmp_path):
         p = r.participant("src3")
         assert p.status == "excluded:invalid" and p.gamma == 0 and p.rho == 0
         assert (r.answered, r.label) == (clean.answered, clean.label)
-    assert got[0].participant("src3").reason == REJECTED
+    if kind == "one-hot":
+        # An honest client never shares an invalid one-hot vote: the plaintext backend's reason.
+        assert got[0].participant("src3").reason.startswith("invalid: ")
+    else:
+        # A simplex vote's vector reaches the parties, whose check rejects it.
+        assert got[0].participant("src3").reason == REJECTED
 
 
 def test_malformed_commands_are_refused_by_every_party_and_none_dies(mpc, tmp_path):
@@ -156,35 +166,50 @@ def test_malformed_commands_are_refused_by_every_party_and_none_dies(mpc, tmp_pa
     assert got[0].label == 2
 
 
-RING_TRICKS = [
-    [1, 1 << 32, -(1 << 32), 0],            # sums to 1; entries far from bits
-    [1 + (1 << 62), -(1 << 62), 0, 0],      # sums to 1
-    [-(1 << 63), -(1 << 63) + 1, 0, 0],     # 2**63 and 2**63 + 1: sum 1 modulo 2**64
-    [1 << 48, 1, 0, -(1 << 48)],            # x(x - 1) is 0 only for bits, even modulo 2**64
+# Share words a malicious source might send its three parties for one vote, bypassing
+# the honest client: huge, wrapping, far from any class index.
+SHARE_TRICKS = [
+    [1, 1 << 32, (1 << 64) - (1 << 32)],
+    [(1 << 63), (1 << 63) + 1, 1],
+    [(1 << 64) - 1, (1 << 64) - 1, (1 << 64) - 1],
+    [1 << 48, 12345, (1 << 64) - (1 << 48)],
+    [2, 0, 0],
+    [7, 11, 13],
 ]
 
 
-def test_ring_wrapping_one_hot_shares_are_rejected(mpc, tmp_path, monkeypatch):
-    """A source that bypasses the honest client and sends integers chosen to pass
-    a check modulo 2**64 (sum 1, huge or wrapping entries) is still rejected:
-    b(b - 1) = 0 modulo 2**64 holds only for b in {0, 1}."""
+def test_any_index_shares_count_as_one_vote_of_the_sources_weight(mpc, tmp_path, monkeypatch):
+    """A source that bypasses the honest client and sends its parties any 64-bit words
+    as shares of its class index: the parties read them modulo C, so together they are
+    some class index k and the source counts once, at its weight, for k. Class 1 holds
+    two honest votes; src3 can at most tie class 2 with it (the tie goes to class 1):
+    any influence beyond its weight would flip the label."""
     import dvsecure.backends.mpc as backend_module
+    import dvsecure.mpc.sharing as sharing
 
-    real = backend_module._client_encoding
-    tricks = iter(RING_TRICKS)
+    real_seal, real_shares = backend_module.seal_submissions, sharing.index_shares
 
-    def cheating(vote, num_classes, kind):
-        return np.array(next(tricks), dtype=np.int64) if vote == "cheat" else real(vote, num_classes, kind)
-    monkeypatch.setattr(backend_module, "_client_encoding", cheating)
+    def seal(source_id, key, query_ids, encoded, party_keys, commitments=(), **kw):
+        if source_id != "src3":
+            return real_seal(source_id, key, query_ids, encoded, party_keys, commitments, **kw)
+        words = np.array([SHARE_TRICKS[int(q[1:])] for q in query_ids], dtype=np.uint64)
+        monkeypatch.setattr(sharing, "index_shares", lambda *a: words.T.reshape(3, len(query_ids), 1).view(np.int64))
+        try:
+            return real_seal(source_id, key, query_ids, encoded, party_keys, commitments, **kw)
+        finally:
+            monkeypatch.setattr(sharing, "index_shares", real_shares)
+    monkeypatch.setattr(backend_module, "seal_submissions", seal)
     policy = ConsortiumPolicy(sources=tuple(SourcePolicy(f"src{i}", 0.3125, 0.3125, Budget("rho", 100.0))
                                             for i in range(4)),
-                              mechanism=MechanismPolicy("gnmax", 1.0), name="ring")
-    items = [(f"w{k}", {"src0": 2, "src1": 2, "src2": 3, "src3": "cheat"}) for k in range(len(RING_TRICKS))]
-    got, _, _ = run(policy, items, mpc, tmp_path / "w.sqlite", batch=len(items))
+                              mechanism=MechanismPolicy("gnmax", 1.0), name="index-tricks")
+    items = [(f"w{k}", {"src0": 1, "src1": 1, "src2": 2, "src3": 0}) for k in range(len(SHARE_TRICKS))]
+    got, spent, _ = run(policy, items, mpc, tmp_path / "w.sqlite", batch=len(items))
+    implied = [sum(t) % NUM_CLASSES for t in SHARE_TRICKS]
+    assert 2 in implied and len(set(implied)) > 1                 # some tricks aim at class 2
     for r in got:
         p = r.participant("src3")
-        assert (p.status, p.reason, p.rho) == ("excluded:invalid", REJECTED, 0)
-        assert r.label == 2
+        assert p.status == "active" and p.gamma == 0.3125 and p.rho > 0   # counted once, charged normally
+        assert r.answered and r.label == 1
 
 
 def test_a_submission_one_party_cannot_open_excludes_only_that_source(mpc, tmp_path, monkeypatch):

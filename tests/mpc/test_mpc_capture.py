@@ -3,10 +3,11 @@
 A batch (3 sources x 10 queries x 4 classes, private noise) runs in network
 namespaces while a raw socket records every frame; `eavesdropper.py` then does
 what anyone on the wire could: parse gloo, take the dealer's seeds, replay the
-dealer and unmask every Beaver opening.
+dealer and unmask every opening (Beaver products, the one-time tables of the
+index votes).
 
 - Plain gloo (kept only for comparison, on one machine): the attack rebuilds
-  every vote entry, 120/120 — so the attack, and this test, are real.
+  every vote, 30/30 (120/120 entries) — so the attack, and this test, are real.
 - Protected links, on one host's loopback and across four hosts (coordinator
   with party 0, party 1, party 2, dealer; each its own namespace and address):
   the attack finds nothing, and no seed, link key, plaintext frame or share any
@@ -63,7 +64,7 @@ def assert_nothing_secret_on_the_wire(streams: dict, secrets: Path, votes) -> No
     wire = b"\x00".join(streams.values())
     findings = reconstruct(streams, world=3)
     assert findings.gloo_streams == 0 and not findings.requests and findings.seeds is None
-    assert not findings.opened(ENTRIES)
+    assert not findings.opened(ENTRIES) and not findings.indices
     got = recorded_secrets(secrets)
     # Every member wrote down its seeds, link keys, frames and (parties) shares.
     assert len(got.get("seed", [])) >= 4 and len(got.get("key", [])) >= 3 * 12
@@ -98,7 +99,7 @@ def loopback_host():
 def test_plain_gloo_lets_an_eavesdropper_rebuild_every_vote(loopback_host, tmp_path):
     cap = Capture(tmp_path / "frames.bin", ns=loopback_host.namespace("solo"))
     try:
-        released = run_batch_in(lambda c: loopback_host.command("solo", c), tmp_path, "gloo")
+        released = run_batch_in(lambda c: loopback_host.command("solo", c), tmp_path, "gloo", ["--no-noise"])
     finally:
         stats = cap.stop()
     assert stats["dropped"] == 0
@@ -106,12 +107,15 @@ def test_plain_gloo_lets_an_eavesdropper_rebuild_every_vote(loopback_host, tmp_p
     # Plain gloo is bound to loopback, even on a host that has another address.
     assert loopback_host.addresses["solo"] != "127.0.0.1"
     assert streams and all(src == dst == "127.0.0.1" for src, _, dst, _ in streams)
-    findings = reconstruct(streams, world=3)
+    labels = [lab if answered else None for answered, lab in released["released"]]
+    findings = reconstruct(streams, world=3, labels=labels)
     assert findings.seeds is not None and findings.requests
-    truth = one_hot(released["votes"])
-    rebuilt = findings.opened(ENTRIES)
-    assert any((r == truth).all() for r in rebuilt), "the eavesdropper did not rebuild the votes"
-    assert int(truth.size) == ENTRIES == 120
+    # Every vote's class index, from the dealer's tables and the opened masks: 30/30 votes,
+    # all 120 vote entries.
+    truth = np.asarray(released["votes"]).T
+    assert any(k is not None and np.array_equal(k, truth) for k in findings.indices), \
+        "the eavesdropper did not rebuild the votes"
+    assert one_hot(released["votes"]).size == ENTRIES == 120
 
 
 @needs_namespaces

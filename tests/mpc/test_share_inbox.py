@@ -20,7 +20,7 @@ SOURCE = SigningKey.generate()
 def envelope_for_party0(query_ids, num_classes, labels=None):
     labels = labels if labels is not None else [0] * len(query_ids)
     encoded = encode_batch(labels, num_classes)
-    return seal_submissions("s0", SOURCE, query_ids, encoded, [k.public for k in KEYS])[0]
+    return seal_submissions("s0", SOURCE, query_ids, encoded, [k.public for k in KEYS], num_classes=num_classes)[0]
 
 
 def inbox(**limits) -> ShareInbox:
@@ -44,7 +44,7 @@ def test_pending_bytes_are_bounded_and_freed_when_taken():
     with pytest.raises(PartyRefusal, match="bytes of shares pending") as e:
         box.submit(envelope_for_party0(["c"], 4))
     assert e.value.code == "RESOURCE_EXHAUSTED"
-    x, opened, _ = box.take(["a"], ["s0"], 4)                      # evaluating 'a' frees its room
+    x, k, opened, _ = box.take(["a"], ["s0"], 4)                      # evaluating 'a' frees its room
     assert opened.tolist() == [[1]] and x.shape == (1, 1, 4)
     assert box.submit(envelope_for_party0(["c"], 4)) == 1
     with pytest.raises(PartyRefusal, match="late"):
@@ -113,7 +113,7 @@ def test_a_submission_naming_a_query_twice_is_refused_and_holds_nothing():
     from dvsecure.mpc.sharing import _DOMAIN, ShareSubmission, Signed
 
     body = msgspec.msgpack.encode(ShareSubmission(
-        v=1, source_id="s0", query_ids=["q", "q"], num_classes=2, party_index=0, num_parties=WORLD,
+        v=2, source_id="s0", query_ids=["q", "q"], num_classes=2, party_index=0, num_parties=WORLD,
         sealed=bytes(SealedBox(KEYS[0].public).encrypt(bytes(32)))))
     envelope = msgspec.msgpack.encode(Signed("s0", body, SOURCE.sign(_DOMAIN + body).signature))
     box = inbox(max_pending_bytes=1000)
@@ -165,7 +165,7 @@ def two_source_inbox(**limits) -> ShareInbox:
 def honest_envelope(query_ids, num_classes=4):
     encoded = encode_batch([1] * len(query_ids), num_classes)
     return seal_submissions("honest", HONEST, query_ids, encoded, [k.public for k in KEYS],
-                            [bytes([i % 256]) * 32 for i in range(len(query_ids))])[0]
+                            [bytes([i % 256]) * 32 for i in range(len(query_ids))], num_classes=num_classes)[0]
 
 
 def test_an_8_mib_query_id_is_refused_by_name_and_holds_nothing():
@@ -194,7 +194,7 @@ def test_query_id_and_commitment_bytes_count_against_the_budget():
     box.submit(envelope_for_party0(["a"], 4))
     box.submit(envelope_for_party0(["b" * 256], 4))
     box.submit(honest_envelope(["c"]))                   # carries a 32-byte commitment
-    base = 4 * 8 + 256                                   # the share and the fixed overhead
+    base = 1 * 8 + 256                                   # the share (one class index) and the fixed overhead
     assert box.pending_bytes("s0") == 2 * (base + len("s0")) + 1 + 256
     assert box.pending_bytes("honest") == base + len("honest") + 1 + 32
     assert box.pending_bytes() == box.pending_bytes("s0") + box.pending_bytes("honest")
@@ -221,12 +221,12 @@ def test_a_flood_of_never_opened_ids_stays_within_its_quota_expires_and_the_hone
     assert refusals and all(e.code == "RESOURCE_EXHAUSTED" for e in refusals)
     assert "source 's0'" in str(refusals[0]) and f"quota of {budget // 2} bytes" in str(refusals[0])
     assert 0 < box.pending_bytes("s0") <= box.max_source_bytes and box.pending_bytes() <= budget
-    assert sent * (4 * 8 + 256 + 2 + 256) == box.pending_bytes("s0")     # each share counted, ids included
+    assert sent * (1 * 8 + 256 + 2 + 256) == box.pending_bytes("s0")     # each share counted, ids included
 
     # The honest source is still served, and its queries are evaluated with its shares.
     qids = [f"h{i}" for i in range(20)]
     assert box.submit(honest_envelope(qids)) == 20
-    _, opened, commitments = box.take(qids, ["s0", "honest"], 4)
+    _, _, opened, commitments = box.take(qids, ["s0", "honest"], 4)
     assert opened.tolist() == [[0] * 20, [1] * 20] and commitments[1, 3].tolist() == [3] * 32
 
     # Nobody opens the flood's ids: just before the ttl they are held, after it they are gone.
@@ -240,15 +240,15 @@ def test_a_flood_of_never_opened_ids_stays_within_its_quota_expires_and_the_hone
     # The freed quota is usable again; an expired share is not evaluated, and may be sent again.
     assert box.submit(envelope_for_party0(["0000-000-".ljust(256, "x")], 4)) == 1
     clock.now += 61
-    _, opened, _ = box.take(["late-honest", "later-honest"], ["s0", "honest"], 4)
+    _, _, opened, _ = box.take(["late-honest", "later-honest"], ["s0", "honest"], 4)
     assert opened.tolist() == [[0, 0], [0, 0]]           # both expired before the coordinator asked
     assert box.pending_bytes() == 0
 
 
 def test_an_explicit_per_source_quota_and_bad_limits():
     box = two_source_inbox(max_pending_bytes=1 << 20, max_source_bytes=800)
-    box.submit(envelope_for_party0(["a", "b"], 4))       # 2 x 291 bytes
-    with pytest.raises(PartyRefusal, match="source 's0': 873 bytes of shares pending would pass its quota of "
+    box.submit(envelope_for_party0(["a", "b"], 4))       # 2 x 267 bytes
+    with pytest.raises(PartyRefusal, match="source 's0': 801 bytes of shares pending would pass its quota of "
                                            "800 bytes") as e:
         box.submit(envelope_for_party0(["c"], 4))
     assert e.value.code == "RESOURCE_EXHAUSTED"
@@ -281,18 +281,27 @@ def test_the_refusal_status_is_chosen_by_what_failed_not_by_the_senders_words():
     assert e.value.code == "INVALID_ARGUMENT"
     with pytest.raises(PartyRefusal, match="unknown source") as e:
         inbox().submit(seal_submissions("malformed", SOURCE, ["q"], encode_batch([0], 2),
-                                        [k.public for k in KEYS])[0])
+                                        [k.public for k in KEYS], num_classes=2)[0])
     assert e.value.code == "UNAUTHENTICATED"
 
 
 def test_a_share_counts_only_in_its_policys_vote_layout():
-    """A slice source with m = 3 rows of 4 classes: the same 12 values declared as
-    1 row of 12 or 6 rows of 2 are not its vote, as on the relay path."""
+    """A slice source with m = 3 slices of 4 classes: a one-hot vote, a histogram of
+    6 slices, a histogram of 3 slices of 2 classes, or a simplex vector are not its
+    vote, as on the relay path; only 3 class indices of 4 classes are."""
     import numpy as np
 
+    from dvsecure.mechanism.votes import VoteFormat
+
     box = inbox()
-    width = np.zeros((1, 12), np.int64)
-    for qid, rows in (("one-row", 1), ("six-rows", 6), ("right", 3)):
-        box.submit(seal_submissions("s0", SOURCE, [qid], width, [k.public for k in KEYS], rows=rows)[0])
-    x, opened, _ = box.take(["one-row", "six-rows", "right"], ["s0"], 4, rows=[3])
-    assert opened.tolist() == [[0, 0, 1]] and x.shape == (3, 3, 4)
+    pks = [k.public for k in KEYS]
+    for qid, encoded, kind, c in (("one-hot", [[1]], "one-hot", 4),
+                                  ("six-slices", [[0, 0, 1, 1, 2, 3]], VoteFormat("histogram", 6), 4),
+                                  ("two-classes", [[0, 1, 1]], VoteFormat("histogram", 3), 2),
+                                  ("simplex", [[1 << 16, 0, 0, 0]], "simplex", 4),
+                                  ("right", [[0, 2, 2]], VoteFormat("histogram", 3), 4)):
+        box.submit(seal_submissions("s0", SOURCE, [qid], np.array(encoded), pks, kind=kind, num_classes=c)[0])
+    qids = ["one-hot", "six-slices", "two-classes", "simplex", "right"]
+    x, k, opened, _ = box.take(qids, ["s0"], 4, rows=[3], encodings=["index"])
+    assert opened.tolist() == [[0, 0, 0, 0, 1]] and x.shape == (3, 5, 4) and k.shape == (3, 5)
+    assert not x.any() and (k[:, :4] == 0).all() and (k[:, 4] < 4).all()

@@ -77,10 +77,20 @@ def test_round_trip_batch():
     parties, sk, keys = _setup()
     qids = ["q1", "q2", "q3"]
     votes = encode_batch([0, [0, 0, 1, 0], 3], NUM_CLASSES)
-    msgs = seal_submissions("inst-1", sk, qids, votes, [p.public for p in parties])
+    assert votes.tolist() == [[0], [2], [3]]                  # one-hot votes travel as class indices
+    msgs = seal_submissions("inst-1", sk, qids, votes, [p.public for p in parties], num_classes=NUM_CLASSES)
     opened = [open_submission(m, i, 3, parties[i].private, keys) for i, m in enumerate(msgs)]
-    assert all(o.query_ids == tuple(qids) and o.source_id == "inst-1" and o.num_classes == 4 for o in opened)
-    assert np.array_equal(reconstruct(np.stack([o.shares for o in opened])), votes)
+    assert all(o.query_ids == tuple(qids) and o.source_id == "inst-1" and o.num_classes == 4 and
+               o.encoding == "index" for o in opened)
+    assert all(o.shares.min() >= 0 and o.shares.max() < NUM_CLASSES for o in opened)
+    assert np.array_equal(np.stack([o.shares for o in opened]).sum(axis=0) % NUM_CLASSES, votes)
+    # Simplex votes travel as 2**16 fixed point, shared modulo 2**64.
+    soft = encode_batch([[0.5, 0.5, 0, 0]], NUM_CLASSES, "simplex")
+    msgs_soft = seal_submissions("inst-1", sk, ["s"], soft, [p.public for p in parties], kind="simplex",
+                                 num_classes=NUM_CLASSES)
+    opened_soft = [open_submission(m, i, 3, parties[i].private, keys) for i, m in enumerate(msgs_soft)]
+    assert all(o.encoding == "fixed" for o in opened_soft)
+    assert np.array_equal(reconstruct(np.stack([o.shares for o in opened_soft])), soft)
     # Each party's message carries only its own sealed share: another party cannot open it.
     with pytest.raises(SubmissionError, match="party 0 of 3, not party 1"):
         open_submission(msgs[0], 1, 3, parties[1].private, keys)
@@ -106,7 +116,8 @@ def _resign(msg: bytes, sk: SigningKey, **changes) -> bytes:
 
 def test_each_bad_submission_gets_a_specific_error():
     parties, sk, keys = _setup()
-    msgs = seal_submissions("inst-1", sk, ["q1"], encode_batch([1], NUM_CLASSES), [p.public for p in parties])
+    msgs = seal_submissions("inst-1", sk, ["q1"], encode_batch([1], NUM_CLASSES), [p.public for p in parties],
+                            num_classes=NUM_CLASSES)
     p0 = parties[0].private
     with pytest.raises(SubmissionError, match="malformed submission"):
         open_submission(b"\x00garbage", 0, 3, p0, keys)
@@ -136,16 +147,26 @@ def test_each_bad_submission_gets_a_specific_error():
     with pytest.raises(SubmissionError, match="does not decrypt"):
         open_submission(msgs[0], 0, 3, PartyKeys.generate().private, keys)
     # Validly signed, claiming more queries than the share holds.
-    with pytest.raises(SubmissionError, match="holds 32 bytes, expected 64"):
+    with pytest.raises(SubmissionError, match="holds 8 bytes, expected 16"):
         open_submission(_resign(msgs[0], sk, query_ids=["q1", "q2"]), 0, 3, p0, keys)
     with pytest.raises(SubmissionError, match="party 0 of 2"):
         open_submission(_resign(msgs[0], sk, num_parties=2), 0, 3, p0, keys)
+    with pytest.raises(SubmissionError, match="unknown encoding 'bits'"):
+        open_submission(_resign(msgs[0], sk, encoding="bits"), 0, 3, p0, keys)
+    with pytest.raises(SubmissionError, match="holds 8 bytes, expected 32"):      # index share passed off as fixed
+        open_submission(_resign(msgs[0], sk, encoding="fixed"), 0, 3, p0, keys)
+    with pytest.raises(SubmissionError, match="version 1 is not 2"):
+        open_submission(_resign(msgs[0], sk, v=1), 0, 3, p0, keys)
 
 
 def test_seal_rejects_mismatched_batches():
     parties, sk, _ = _setup()
     pks = [p.public for p in parties]
     with pytest.raises(VoteError, match="shape"):
-        seal_submissions("inst-1", sk, ["q1", "q2"], encode_batch([1], NUM_CLASSES), pks)
+        seal_submissions("inst-1", sk, ["q1", "q2"], encode_batch([1], NUM_CLASSES), pks, num_classes=NUM_CLASSES)
     with pytest.raises(VoteError, match="distinct"):
-        seal_submissions("inst-1", sk, ["q1", "q1"], encode_batch([1, 2], NUM_CLASSES), pks)
+        seal_submissions("inst-1", sk, ["q1", "q1"], encode_batch([1, 2], NUM_CLASSES), pks, num_classes=NUM_CLASSES)
+    with pytest.raises(VoteError, match="0..3"):                  # an honest client never shares a bad index
+        seal_submissions("inst-1", sk, ["q1"], np.array([[4]]), pks, num_classes=NUM_CLASSES)
+    with pytest.raises(VoteError, match="num_classes"):
+        seal_submissions("inst-1", sk, ["q1"], np.array([[0]]), pks, num_classes=1)

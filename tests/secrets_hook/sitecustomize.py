@@ -37,7 +37,7 @@ if _DIR:
     _inputs = evaluate._relayed_inputs
 
     def _shares(*args, **kwargs):
-        x, opened = _inputs(*args, **kwargs)
-        _note("shares", x.tobytes())
-        return x, opened
+        x, k, opened = _inputs(*args, **kwargs)
+        _note("shares", x.tobytes() + k.tobytes())
+        return x, k, opened
     evaluate._relayed_inputs = _shares
