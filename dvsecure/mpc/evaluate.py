@@ -294,6 +294,17 @@ def evaluate_batch(crypten, cmd: dict, rank: int, world: int, party_key, ledger,
         _, index = secure.argmax_tree(noisy)
         labels[rows] = index.get_plain_text().long()                                # reveal: labels of answered
     ledger.record_labels(query_ids, labels.tolist())
+    # Once more in step: every party has recorded the labels, so party 0 has them and
+    # they reach the coordinator. If this fails, a party's labels stay undelivered (a
+    # retry may reveal them again, charged again) — except at party 0, which has them
+    # and returns them whatever the others said.
+    try:
+        peers.agree(None)
+        ledger.mark_delivered(query_ids)
+    except DvsecureError:
+        if rank != 0:
+            raise
+        ledger.mark_delivered(query_ids)
     return {"valid": valid.t().numpy().tobytes(), "answered": answered.numpy().tobytes(),
             "labels": labels.numpy().astype("<i8").tobytes(), "counts": counts.numpy().astype("<i8").tobytes(),
             "agreed": agreed.numpy().astype(bool).tobytes(),

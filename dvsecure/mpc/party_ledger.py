@@ -19,11 +19,15 @@ Every party, not only the operator, enforces the policy and vouches for the log:
    whose label it helped reveal is in the log, recomputes the Merkle root, and
    signs only if the checkpoint states that root and size.
 
-A batch that fails after the charges were recorded but before the labels were
-revealed stays charged here (conservatively: the party cannot know whether
-anyone saw a label); a retry of the same query id is charged again. So a
-party's own spend is never below the operator's, and its budget check is the
-stricter of the two.
+A batch that fails after the charges were recorded stays charged here
+(conservatively: the party cannot know whether anyone saw a label); a retry of
+the same query id is charged again. That includes a batch whose labels reached
+this party but perhaps not party 0 (an attacker can cut the last label frame to
+it): the parties agree once more after recording the labels, and a label not
+known to be delivered does not block cosigning and may be revealed again by a
+retry, charged again; a delivered or logged one may not. So a party's own
+spend is never below the operator's, and its budget check is the stricter of
+the two.
 """
 from __future__ import annotations
 
@@ -52,7 +56,8 @@ CREATE TABLE IF NOT EXISTS queries (
     label INTEGER,                -- NULL until revealed
     logged INTEGER NOT NULL DEFAULT 0,
     seen TEXT,                    -- per source what this party saw (SEEN_*), policy order
-    commitments BLOB              -- 32*S bytes the sources sent this party (NULL if relayed)
+    commitments BLOB,             -- 32*S bytes the sources sent this party (NULL if relayed)
+    delivered INTEGER NOT NULL DEFAULT 1    -- 0: revealed here, but party 0 may never have had it
 );
 CREATE TABLE IF NOT EXISTS leaves (idx INTEGER PRIMARY KEY, hash BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS logged (source_id TEXT PRIMARY KEY, spent TEXT NOT NULL, charged INTEGER NOT NULL);
@@ -103,7 +108,7 @@ class PartyLedger:
         except sqlite3.DatabaseError as e:
             raise LedgerError(f"cannot open party ledger {path}: {e}") from None
         columns = {r[1] for r in self._db.execute("PRAGMA table_info(queries)")}
-        for column, kind in (("seen", "TEXT"), ("commitments", "BLOB")):
+        for column, kind in (("seen", "TEXT"), ("commitments", "BLOB"), ("delivered", "INTEGER NOT NULL DEFAULT 1")):
             if column not in columns:       # a ledger from before statuses were checked
                 self._db.execute(f"ALTER TABLE queries ADD COLUMN {column} {kind}")
         row = self._db.execute("SELECT value FROM meta WHERE key='policy_digest'").fetchone()
@@ -141,8 +146,9 @@ class PartyLedger:
         spent = self.spent()
         rows = []
         for qid, g_row, ans in zip(query_ids, gammas, answered):
-            prior = self._db.execute("SELECT attempts, label FROM queries WHERE query_id=?", (qid,)).fetchone()
-            if prior is not None and prior[1] is not None:
+            prior = self._db.execute("SELECT attempts, label, delivered, logged FROM queries WHERE query_id=?",
+                                     (qid,)).fetchone()
+            if prior is not None and prior[1] is not None and (prior[2] or prior[3]):
                 raise LedgerError(f"query {qid!r} was already revealed; a party answers a query once")
             for src, g in zip(self.policy.sources, g_row):
                 gamma = int(g) / 65536
@@ -196,10 +202,19 @@ class PartyLedger:
                              [(f"{v.numerator}/{v.denominator}", k) for k, v in spent.items()])
 
     def record_labels(self, query_ids, labels) -> None:
+        """The revealed labels, not yet known to be delivered: until `mark_delivered`,
+        party 0 (which alone hands them to the coordinator) may never have had them."""
         with self._db:
             self._db.execute("BEGIN IMMEDIATE")
-            self._db.executemany("UPDATE queries SET label=? WHERE query_id=?",
+            self._db.executemany("UPDATE queries SET label=?, delivered=0 WHERE query_id=?",
                                  [(int(label), qid) for qid, label in zip(query_ids, labels)])
+
+    def mark_delivered(self, query_ids) -> None:
+        """Every party, party 0 included, has recorded these labels: the coordinator
+        has them, and must log them before this party cosigns again."""
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.executemany("UPDATE queries SET delivered=1 WHERE query_id=?", [(q,) for q in query_ids])
 
     # ---- cosigning -------------------------------------------------------------
     @property
@@ -263,7 +278,7 @@ class PartyLedger:
             raise CosignError(f"checkpoint root does not match the root of the {cp.size} entries")
         marks = {q: 1 for q in seen}
         unlogged = [q for (q,) in self._db.execute(
-            "SELECT query_id FROM queries WHERE label IS NOT NULL AND logged=0") if q not in marks]
+            "SELECT query_id FROM queries WHERE label IS NOT NULL AND logged=0 AND delivered=1") if q not in marks]
         if unlogged:
             raise CosignError(f"{len(unlogged)} revealed quer{'y is' if len(unlogged) == 1 else 'ies are'} "
                               f"missing from the log, e.g. {unlogged[0]!r}")

@@ -59,6 +59,7 @@ def party_with(tmp_path, vkey, seen, skip_label=None) -> PartyLedger:
         party.record_charges([qid], gammas, answered, "no_noise")
         if qid != skip_label:
             party.record_labels([qid], label)
+            party.mark_delivered([qid])
     return party
 
 
@@ -109,6 +110,20 @@ def test_a_revealed_query_missing_from_the_log_is_refused(tmp_path):
     gammas = np.array([[8192, 8192, 8192]])
     party.record_charges(["hidden"], gammas, np.array([False]), "no_noise")
     party.record_labels(["hidden"], [-1])
+    # Revealed here but not known to have reached party 0 (its batch failed after the labels):
+    # nothing the coordinator could have logged, so it does not block the cosignature ...
+    cosigned_before = party.size
+    hidden = tmp_path / "undelivered.sqlite"
+    import shutil
+    for suffix in ("", "-wal", "-shm"):
+        if (tmp_path / f"party.sqlite{suffix}").exists():
+            shutil.copy(tmp_path / f"party.sqlite{suffix}", f"{hidden}{suffix}")
+    undelivered = PartyLedger(hidden, POLICY, vkey)
+    undelivered.check_and_cosign(ledger.record_bytes(0, None), latest_checkpoint(tmp_path))
+    assert undelivered.size > cosigned_before
+    undelivered.close()
+    # ... but once every party had it, the coordinator did too, and it must be in the log.
+    party.mark_delivered(["hidden"])
     with pytest.raises(CosignError, match="missing from the log.*hidden"):
         party.check_and_cosign(ledger.record_bytes(0, None), latest_checkpoint(tmp_path))
 
@@ -142,9 +157,16 @@ def test_a_failed_attempt_stays_charged_and_a_revealed_query_cannot_rerun(tmp_pa
     once = party.spent()["s0"]
     party.record_charges(["q"], row, yes, "private")           # the retry is charged again
     assert party.spent()["s0"] == 2 * once
+    # Revealed here, but the batch failed before every party had the labels: party 0 may never
+    # have had them, so a retry may reveal the query again — charged again, and it stays so.
     party.record_labels(["q"], [1])
+    party.record_charges(["q"], row, yes, "private")
+    assert party.spent()["s0"] == 3 * once
+    party.record_labels(["q"], [2])
+    party.mark_delivered(["q"])                                 # every party had it: the coordinator too
     with pytest.raises(LedgerError, match="already revealed"):
         party.record_charges(["q"], row, yes, "private")
+    assert party.spent()["s0"] == 3 * once
 
 
 def test_a_query_entered_twice_in_one_batch_is_refused(tmp_path):
@@ -189,6 +211,7 @@ def framed_party(tmp_path):
         c = np.frombuffer(commitments[qid], dtype=np.uint8).reshape(3, 1, 32)
         party.record_charges([qid], gammas, answered, "no_noise", [letters], c)
         party.record_labels([qid], label)
+        party.mark_delivered([qid])
     return ledger, party, entries
 
 
