@@ -48,12 +48,17 @@ class LinkKeys:
     peer: int            # the other end's index
 
 
+class PeerClosed(HandshakeError):
+    """The other end hung up mid-handshake: not yet listening behind a proxy or NAT
+    that accepted for it, or refusing us (it logs why). The connector retries."""
+
+
 def _recv_exact(sock: socket.socket, n: int) -> bytes:
     buf = bytearray()
     while len(buf) < n:
         chunk = sock.recv(n - len(buf))
         if not chunk:
-            raise HandshakeError("the peer closed the connection during the handshake")
+            raise PeerClosed("the peer closed the connection during the handshake")
         buf += chunk
     return bytes(buf)
 

@@ -177,17 +177,24 @@ def establish(roster, me: int, signer, timeout: float = 300.0, link_timeout: flo
     try:
         for peer in sorted(m.index for m in roster.members if m.index < me):
             target = roster.members[peer]
+            last = "no answer"
             while True:
                 if time.monotonic() > deadline:
                     raise ChannelError(f"{mine.name} could not reach {target.name} at "
-                                       f"{target.host}:{target.port} within {timeout:.0f} s")
+                                       f"{target.host}:{target.port} within {timeout:.0f} s (last: {last})")
                 try:
                     sock = socket.create_connection((target.host, target.port), timeout=HANDSHAKE_TIMEOUT)
-                except OSError:
+                except OSError as e:
+                    last = str(e)
                     time.sleep(0.1)
                     continue
                 try:
                     keys = handshake.connect(sock, digest, me, peer, signer, target.key)
+                except handshake.PeerClosed as e:    # not listening yet behind a proxy, or refusing us: retry
+                    last = str(e)
+                    sock.close()
+                    time.sleep(0.1)
+                    continue
                 except HandshakeError as e:
                     sock.close()
                     raise HandshakeError(f"{target.name} at {target.host}:{target.port}: {e}") from None

@@ -268,3 +268,63 @@ def test_a_frame_reflected_to_its_sender_breaks_the_link():
         victim.recv()
     mirror.close()
     victim.close()
+
+
+class EarlyAcceptor:
+    """A NAT or proxy in front of member 0: it accepts at once, and hangs up while
+    member 0 is not listening yet (then relays)."""
+
+    def __init__(self, target_port: int):
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port, self.target, self.hangups = self.listener.getsockname()[1], target_port, 0
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self):
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            try:
+                server = socket.create_connection(("127.0.0.1", self.target))
+            except OSError:
+                self.hangups += 1
+                client.close()
+                continue
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src, dst):
+        while True:
+            try:
+                data = src.recv(65536)
+            except OSError:
+                return
+            if not data:
+                dst.close()
+                return
+            dst.sendall(data)
+
+
+def test_a_proxy_that_accepts_before_the_member_listens_only_delays_the_link():
+    import time
+
+    signers = [signer(0), signer(1)]
+    port0 = free_port()
+    proxy = EarlyAcceptor(port0)
+    roster = Roster.from_dict({"parties": [
+        {"address": f"127.0.0.1:{proxy.port}", "listen": f"127.0.0.1:{port0}",
+         "key": base64.b64encode(signers[0].public_key).decode()},
+        {"address": f"127.0.0.1:{free_port()}", "key": base64.b64encode(signers[1].public_key).decode()}]})
+    out = {}
+    late = threading.Thread(target=lambda: (time.sleep(1.5), out.setdefault(0, establish(roster, 0, signers[0],
+                                                                                          timeout=20))))
+    late.start()
+    links = establish(roster, 1, signers[1], timeout=20)      # connects first: hung up on until member 0 listens
+    late.join(25)
+    assert proxy.hangups > 0
+    links[0].send(b"through the proxy")
+    assert out[0][1].recv() == b"through the proxy"
+    links[0].close()
+    out[0][1].close()
