@@ -267,6 +267,21 @@ def prg_throughput(words: int = 1 << 20, repeats: int = 5) -> dict:
             "chacha20_over_mt19937_ratio": round(chacha_rate / mt_rate, 3)}
 
 
+WAN_RTT_S, WAN_BITS_PER_S = 0.020, 1e9
+WAN_FORMULA = "rounds x RTT + bytes a party writes online / bandwidth (RTT 20 ms, 1 Gbit/s), the slowest party"
+
+
+def wide_area_model(run: dict, num_queries: int) -> dict:
+    """What the network alone would add between machines: every round waits one
+    round trip, and the bytes a party writes to its links (the pipeline's, framing
+    included) go out at the bandwidth. A model on paper (this machine has no
+    netem), next to the measured local time."""
+    network = run["rounds"] * WAN_RTT_S + run["wire_bytes_per_query_per_party"] * num_queries * 8 / WAN_BITS_PER_S
+    return {"formula": WAN_FORMULA, "rtt_s": WAN_RTT_S, "bandwidth_bit_per_s": WAN_BITS_PER_S,
+            "network_s": round(network, 4), "network_s_per_query": round(network / num_queries, 6),
+            "with_local_pipeline_s": round(network + run["pipeline_s"], 4)}
+
+
 def run_bench(num_queries: int, num_classes: int, num_sources: int, num_parties: int, seed: int = 0,
               timeout: float = 3600.0, noise: str = "private") -> dict:
     """Both transports on the same shares; the top-level figures are the
@@ -303,6 +318,7 @@ def run_bench(num_queries: int, num_classes: int, num_sources: int, num_parties:
                      "same_on_both_transports": same,
                      **({"note": "private noise differs between the runs: the outputs need not agree"}
                         if noise == "private" else {})},
+        "wide_area_model": wide_area_model(protected, num_queries),
         "prg": prg_throughput(),
     }
 
@@ -324,6 +340,9 @@ def human_summary(r: dict) -> str:
         f"  CrypTen argmax on the same tally (links): {p['baseline_crypten_argmax_s']:.3f} s, "
         f"{p['baseline_bytes_per_query_per_party'] / 1000:.2f} KB/query/party "
         f"(pipeline at {p['speedup_vs_baseline_argmax']:.3f}x its speed)",
+        f"  wide area (model): {r['wide_area_model']['network_s']:.3f} s of network "
+        f"({r['wide_area_model']['network_s_per_query'] * 1e3:.3f} ms/query) = {WAN_FORMULA}; "
+        f"with the local pipeline {r['wide_area_model']['with_local_pipeline_s']:.3f} s",
         f"  PRG: ChaCha20 {prg['chacha20_words_per_s'] / 1e6:.1f} M words/s, MT19937 torch.Generator "
         f"{prg['mt19937_words_per_s'] / 1e6:.1f} M words/s (ratio {prg['chacha20_over_mt19937_ratio']:.3f})",
     ]

@@ -62,6 +62,12 @@ def test_bench_cli_small(tmp_path, capsys):
     assert totals["wire_bytes_all_members"] >= totals["counted_bytes_all_parties"] / 2 > 0
 
     assert data["protected_over_plain_time_ratio"] > 0
+    # The wide-area model is its printed formula applied to this run's rounds and link bytes.
+    wan = data["wide_area_model"]
+    assert "rounds x RTT" in wan["formula"] and "rounds x RTT" in captured.err
+    assert wan["network_s"] == pytest.approx(data["rounds"] * wan["rtt_s"] + data["wire_bytes_per_query_per_party"]
+                                             * queries * 8 / wan["bandwidth_bit_per_s"], abs=1e-3)
+    assert wan["with_local_pipeline_s"] == pytest.approx(wan["network_s"] + data["pipeline_s"], abs=1e-3)
     prg = data["prg"]
     assert prg["chacha20_words_per_s"] > 0 and prg["mt19937_words_per_s"] > 0
     assert prg["chacha20_over_mt19937_ratio"] == pytest.approx(
