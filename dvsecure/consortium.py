@@ -32,6 +32,7 @@ from .policy import (
     MechanismPolicy,
     SignerPolicy,
     SourcePolicy,
+    read_policy_text,
 )
 
 # The embedded demo consortium's mechanism (demo.consortium.default_policy).
@@ -62,12 +63,7 @@ def _normalised(data: object) -> dict:
 def load(path: Path) -> dict:
     """A policy file being assembled, checked; errors name the file."""
     path = Path(path)
-    try:
-        text = read_named(path, POLICY_FILE, follow_links=True).decode("utf-8")
-    except PublishedFileError as e:
-        raise PolicyError(f"cannot read policy file {e}") from None
-    except UnicodeDecodeError as e:
-        raise PolicyError(f"policy file {path} is not UTF-8: {e}") from None
+    text = read_policy_text(path)
     try:
         return _normalised(tomllib.loads(text))
     except tomllib.TOMLDecodeError as e:

@@ -167,11 +167,10 @@ def load_source_key(path: Path):
 
 
 def _key_b64(text: object, where: str) -> str:
-    try:
-        raw = base64.b64decode(text, validate=True) if isinstance(text, str) else b""
-    except (binascii.Error, ValueError):
-        raw = b""
-    if len(raw) != 32:
+    from .policy import ed25519_public_key
+
+    raw = ed25519_public_key(text)
+    if raw is None:
         raise ParameterError(f"{where}: not a base64 Ed25519 public key (32 bytes): {text!r}")
     return _b64(raw)
 

@@ -406,13 +406,31 @@ class CalibrationPolicy:
         return cls(**d)
 
 
-def _public_key(where: str, value: Any) -> str:
-    """A base64 Ed25519 public key (32 bytes), normalised to its canonical text."""
+def read_policy_text(path: Path) -> str:
+    """A policy file's text; errors name the file."""
+    try:
+        # The user named this path, so a link is theirs to make; a FIFO or device is not a policy.
+        return read_named(path, POLICY_FILE, follow_links=True).decode("utf-8")
+    except PublishedFileError as e:
+        raise PolicyError(f"cannot read policy file {e}") from None
+    except UnicodeDecodeError as e:
+        raise PolicyError(f"policy file {path} is not UTF-8: {e}") from None
+
+
+def ed25519_public_key(value: Any) -> bytes | None:
+    """The 32 raw bytes of a base64 Ed25519 public key, or None if `value` is not one
+    (each caller names the field in its own error)."""
     try:
         raw = base64.b64decode(value, validate=True) if isinstance(value, str) else b""
     except (binascii.Error, ValueError):
-        raw = b""
-    if len(raw) != 32:
+        return None
+    return raw if len(raw) == 32 else None
+
+
+def _public_key(where: str, value: Any) -> str:
+    """A base64 Ed25519 public key (32 bytes), normalised to its canonical text."""
+    raw = ed25519_public_key(value)
+    if raw is None:
         raise PolicyError(f"{where} must be a base64 Ed25519 public key (32 bytes), got {value!r}")
     return base64.b64encode(raw).decode()
 
@@ -583,13 +601,7 @@ class ConsortiumPolicy:
     @classmethod
     def load(cls, path: str | Path) -> "ConsortiumPolicy":
         path = Path(path)
-        try:
-            # The user named this path, so a link is theirs to make; a FIFO or device is not a policy.
-            text = read_named(path, POLICY_FILE, follow_links=True).decode("utf-8")
-        except PublishedFileError as e:
-            raise PolicyError(f"cannot read policy file {e}") from None
-        except UnicodeDecodeError as e:
-            raise PolicyError(f"policy file {path} is not UTF-8: {e}") from None
+        text = read_policy_text(path)
         try:
             return cls.from_toml(text)
         except PolicyError as e:

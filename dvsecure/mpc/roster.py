@@ -50,11 +50,10 @@ def _address(where: str, value) -> tuple[str, int]:
 
 
 def _key(where: str, value) -> bytes:
-    try:
-        raw = base64.b64decode(value, validate=True) if isinstance(value, str) else b""
-    except ValueError:
-        raw = b""
-    if len(raw) != 32:
+    from ..policy import ed25519_public_key
+
+    raw = ed25519_public_key(value)
+    if raw is None:
         raise ParameterError(f"roster: {where} must be a base64 Ed25519 public key (32 bytes), got {value!r}")
     return raw
 
