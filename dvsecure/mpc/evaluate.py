@@ -231,7 +231,6 @@ def evaluate_batch(crypten, cmd: dict, rank: int, world: int, party_key, ledger,
     index_rows = np.repeat(np.array([e == INDEX for e in encodings], dtype=bool), rows)
     one_hot = index_rows.tolist()
     if index_rows.any():
-        x_np = x_np.copy()
         x_np[index_rows] = tables.one_hot_shares(crypten, k_np[index_rows], C).numpy()
     # A share that not every party holds is zeroed by every party before anything is
     # computed: otherwise the parties that do hold theirs would reconstruct the vote
