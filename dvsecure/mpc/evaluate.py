@@ -3,6 +3,7 @@ submissions opened, run the secure pipeline (`secure.py`), and make its charges
 durable (`party_ledger.py`) before any label can be reconstructed."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from fractions import Fraction
 
 import numpy as np
@@ -183,29 +184,31 @@ def _seen(gammas_cmd: np.ndarray, present: np.ndarray, counts: np.ndarray, agree
     return [row.tobytes().decode("ascii") for row in letters]
 
 
-def evaluate_batch(crypten, cmd: dict, rank: int, world: int, party_key, ledger, peers, inbox=None) -> dict:
-    """One batch at one party. Every public check comes first. Then it reveals,
-    in order: how many parties hold each source's share of each query, whether
-    each vote is valid; then — once this party has checked every budget at the
-    worst case and reserved it durably (and so has every other party, or no
-    answered bit can be reconstructed) — the answered bits; then, once the
-    reservations of refused queries are settled, the labels of answered queries.
+@dataclass(frozen=True)
+class SharedVotes:
+    """A batch's votes at one party, after every party agreed on which it holds:
+    shared int [R, Q, C] (zero where not every party holds the share), the rows of
+    each source and the source of each row, whether each row is a one-hot bit row,
+    and per source and query: present, counts (parties holding it), agreed, valid."""
+    shared: object
+    rows: list
+    owner: object
+    one_hot: list
+    present: np.ndarray
+    counts: object
+    agreed: object
+    valid: object
+    commitments: np.ndarray | None
 
-    Shares come either relayed in the command (sealed to each party) or, with
-    cmd["inbox"], from what the sources sent this party over gRPC (`ShareInbox`)."""
+
+def shared_votes(crypten, cmd: dict, rank: int, world: int, party_key, policy, inbox, present, C: int) -> SharedVotes:
+    """Open this party's shares (relayed in the command, or from its inbox), agree
+    with the others on which every party holds, and turn them into shared vote
+    rows. Reveals only how many parties hold each share, the one-time tables'
+    uniform masks, and one validity bit per simplex row."""
     import torch
 
-    policy = ledger.policy
-    source_ids, query_ids, C = list(cmd["source_ids"]), list(cmd["query_ids"]), int(cmd["num_classes"])
-    error = None
-    try:
-        present, gammas_np, sigma1, sigma2 = _public_checks(cmd, policy, world, inbox)
-        _filter_checks(cmd, policy, ledger, gammas_np)
-        seed = cmd["noise_seeds"][rank] if cmd.get("noise_seeds") else None
-        noise = make_noise(cmd["noise_mode"], seed)
-    except (DvsecureError, KeyError, IndexError) as e:
-        error = str(e)
-    peers.agree(error)
+    source_ids, query_ids = list(cmd["source_ids"]), list(cmd["query_ids"])
     S, Q = len(source_ids), len(query_ids)
     comm = crypten.communicator.get()
     commitments = None
@@ -245,6 +248,36 @@ def evaluate_batch(crypten, cmd: dict, rank: int, world: int, party_key, ledger,
     # A source's vote is valid iff all its rows are: m one-hot rows are exactly a histogram of m votes.
     valid = torch.from_numpy(np.logical_and.reduceat(valid_rows, offsets[:-1], axis=0))
     valid = valid & torch.from_numpy(present.T.copy()) & agreed
+    return SharedVotes(shared, rows, owner, one_hot, present, counts, agreed, valid, commitments)
+
+
+def evaluate_batch(crypten, cmd: dict, rank: int, world: int, party_key, ledger, peers, inbox=None) -> dict:
+    """One batch at one party. Every public check comes first. Then it reveals,
+    in order: how many parties hold each source's share of each query, whether
+    each vote is valid; then — once this party has checked every budget at the
+    worst case and reserved it durably (and so has every other party, or no
+    answered bit can be reconstructed) — the answered bits; then, once the
+    reservations of refused queries are settled, the labels of answered queries.
+
+    Shares come either relayed in the command (sealed to each party) or, with
+    cmd["inbox"], from what the sources sent this party over gRPC (`ShareInbox`)."""
+    import torch
+
+    policy = ledger.policy
+    query_ids, C = list(cmd["query_ids"]), int(cmd["num_classes"])
+    error = None
+    try:
+        present, gammas_np, sigma1, sigma2 = _public_checks(cmd, policy, world, inbox)
+        _filter_checks(cmd, policy, ledger, gammas_np)
+        seed = cmd["noise_seeds"][rank] if cmd.get("noise_seeds") else None
+        noise = make_noise(cmd["noise_mode"], seed)
+    except (DvsecureError, KeyError, IndexError) as e:
+        error = str(e)
+    peers.agree(error)
+    Q = len(query_ids)
+    votes = shared_votes(crypten, cmd, rank, world, party_key, policy, inbox, present, C)
+    present, counts, agreed, valid = votes.present, votes.counts, votes.agreed, votes.valid
+    rows, owner, shared, one_hot, commitments = votes.rows, votes.owner, votes.shared, votes.one_hot, votes.commitments
     gammas = torch.from_numpy(gammas_np) * valid.t().long()
     # What this party saw of each source, checked against the log when it cosigns.
     seen = _seen(gammas_np, present, counts.numpy(), agreed.numpy(), valid.numpy(), bool(cmd.get("inbox")))
