@@ -85,86 +85,169 @@ class CalibrationResult:
     noise_mode: str
 
 
+def calibration_sigma(policy: ConsortiumPolicy, source_id: str) -> float:
+    """Noise on the mean accuracy so that 1/(2 m^2 sigma^2) <= fraction * budget
+    (m = 1 at the source unit; the budget is what the ledger enforces). A function
+    of the policy alone: the computing parties derive the same scale."""
+    src = policy.source(source_id)
+    target = Fraction(policy.calibration.budget_fraction) * src.cap_rho      # exact: the cap plan() checks
+    sigma = _round_sigma_up(1 / (src.slices * math.sqrt(2 * float(target))))
+    while Charge(CALIBRATION, sigma, 1.0, True, src.slices).rho > target:
+        sigma = _round_sigma_up(sigma * (1 + 2 ** -19))
+    return sigma
+
+
+def calibration_charge(policy: ConsortiumPolicy, source_id: str) -> Charge:
+    """The charge of one noisy mean accuracy: a scalar discrete Gaussian of scale
+    sigma on a statistic of sensitivity 1/m, rho = 1/(2 m^2 sigma^2) (CKS 2020 Thm 14)."""
+    src = policy.source(source_id)
+    return Charge(CALIBRATION, calibration_sigma(policy, source_id), 1.0, True, src.slices)
+
+
+def accuracy_sum(vote, label: int, num_classes: int, vote_format) -> int:
+    """What one vote adds to its source's accuracy statistic: the mass it puts on the
+    true label at scale 2**16 (a histogram's count times 2**16); 0 if absent or
+    invalid. Linear in the encoded vote, so the computing parties get the same
+    integer from their shares."""
+    if vote is None:
+        return 0
+    try:
+        return int(encode_vote(vote, num_classes, vote_format)[label])
+    except InvalidVote:
+        return 0
+
+
+def weight_from_accuracy(src, accuracy: float, num_classes: int) -> float:
+    """The public map from a released mean accuracy to a weight in the band: the
+    accuracy above chance, as a share of the band, floored to the source's grid."""
+    chance = 1 / num_classes
+    score = min(1.0, max(0.0, (accuracy - chance) / (1 - chance)))
+    return src.floor_to_band(src.gamma_min + (src.gamma_max - src.gamma_min) * score)
+
+
+@dataclass(frozen=True)
+class CalibrationPlan:
+    """Everything public about one calibration, decided before any vote is read:
+    which sources are calibrated (and their charges), which keep their ceilings,
+    and the noise scale on each calibrated source's accuracy sum."""
+    query_id: str
+    labels: tuple[int, ...]
+    num_classes: int
+    charges: dict[str, Charge]
+    skipped: dict[str, str]
+
+    @property
+    def num_queries(self) -> int:
+        return len(self.labels)
+
+    def sum_scale(self, policy: ConsortiumPolicy, source_id: str) -> Fraction:
+        """The noise scale on the sum (grid units): the mean accuracy sum / (T m 2**16)
+        has sensitivity 1/m, so sigma in accuracy units is sigma * T * m * 2**16 on the sum."""
+        return Fraction(self.charges[source_id].sigma) * self.num_queries * policy.source(source_id).slices * SCALE
+
+
+def plan_calibration(policy: ConsortiumPolicy, query_id: str, labels, num_classes: int, spent, budgets,
+                     calibrated_before) -> CalibrationPlan:
+    """The plan of one calibration from public data and spends. calibrated_before[s]:
+    rho already charged to s for calibration. The policy's share is a cap on all
+    calibration, not on one run: a run that would take a source past it, or past its
+    budget, skips that source (it keeps its ceiling)."""
+    check_query_id(query_id, ParameterError)
+    labels = tuple(int(y) for y in labels)
+    if not labels:
+        raise ParameterError("calibration needs at least one labelled query")
+    if any(not 0 <= y < num_classes for y in labels):
+        raise ParameterError(f"labels must be in [0, {num_classes})")
+    charges, skipped = {}, {}
+    for src in policy.sources:
+        charge = calibration_charge(policy, src.id)
+        share = Fraction(policy.calibration.budget_fraction) * src.cap_rho
+        if spent[src.id] + charge.rho > budgets[src.id] or calibrated_before[src.id] + charge.rho > share:
+            skipped[src.id] = "budget"
+        else:
+            charges[src.id] = charge
+    return CalibrationPlan(query_id, labels, num_classes, charges, skipped)
+
+
+def calibration_outcome(policy: ConsortiumPolicy, plan: CalibrationPlan, noisy_sums) -> CalibrationResult:
+    """Weights from the released noisy sums (a post-processing: no further charge)."""
+    weights, released = {}, {}
+    for src in policy.sources:
+        if src.id in plan.skipped:
+            weights[src.id], released[src.id] = src.grid_max, None
+            continue
+        acc = int(noisy_sums[src.id]) / (plan.num_queries * src.slices * SCALE)
+        released[src.id] = acc
+        weights[src.id] = weight_from_accuracy(src, acc, plan.num_classes)
+    return CalibrationResult(weights, released, dict(plan.charges), dict(plan.skipped), "")
+
+
+def calibration_entry(policy: ConsortiumPolicy, plan: CalibrationPlan, result: CalibrationResult, noise_mode: str):
+    """The log entry's renderer for this calibration: (seq, spent, charged) -> bytes."""
+    ids = policy.ids
+    gamma_col = entry.pack_u32([int(result.weights[s] * SCALE) for s in ids])   # on the grid: exact
+    status = "".join(entry.CALIBRATION_SKIPPED if s in plan.skipped else entry.CALIBRATED for s in ids)
+    sigmas = [plan.charges[s].sigma if s in plan.charges else None for s in ids]
+    accuracy = [result.noisy_accuracy[s] for s in ids]
+
+    def render(seq, spent, charged) -> bytes:
+        spent_col, charged_col = entry.columns(ids, spent, charged)
+        return entry.encode(entry.Calibration(
+            v=entry.VERSION, seq=seq, query_id=plan.query_id, noise=noise_mode, num_queries=plan.num_queries,
+            num_classes=plan.num_classes, sigma=sigmas, accuracy=accuracy, gamma=gamma_col, status=status,
+            spent=spent_col, charged=charged_col))
+    return render
+
+
 class PrivateCalibration:
-    def __init__(self, policy: ConsortiumPolicy, ledger: Ledger, noise: NoiseSource | None = None):
+    """Calibration with the votes in hand (the plaintext backend, or inside the
+    enclave), or — with `backend` — computed by a backend that holds only shares
+    (`backend.calibrate(plan, votes, noise)` returns the noisy sums)."""
+
+    def __init__(self, policy: ConsortiumPolicy, ledger: Ledger, noise: NoiseSource | None = None, backend=None):
         self.policy = policy
         self.ledger = ledger
         self.noise = noise or PrivateNoise()
+        self.backend = backend if hasattr(backend, "calibrate") else None
 
     def sigma_for(self, source_id: str) -> float:
-        """Noise on the mean accuracy so that 1/(2 m^2 sigma^2) <= fraction * budget
-        (m = 1 at the source unit; the budget is what the ledger enforces)."""
-        src = self.policy.source(source_id)
-        target = Fraction(self.policy.calibration.budget_fraction) * src.cap_rho      # exact: the cap run() checks
-        sigma = _round_sigma_up(1 / (src.slices * math.sqrt(2 * float(target))))
-        while Charge(CALIBRATION, sigma, 1.0, True, src.slices).rho > target:
-            sigma = _round_sigma_up(sigma * (1 + 2 ** -19))
-        return sigma
+        return calibration_sigma(self.policy, source_id)
+
+    def plan(self, query_id: str, labels, num_classes: int) -> CalibrationPlan:
+        before = {src.id: sum((c.rho for c in self.ledger.charges(src.id) if c.mechanism == CALIBRATION),
+                              Fraction(0)) for src in self.policy.sources}
+        return plan_calibration(self.policy, query_id, labels, num_classes, self.ledger.spent(),
+                                self.ledger.budgets(), before)
 
     def run(self, query_id: str, votes, labels, num_classes: int) -> CalibrationResult:
-        """votes[t][s]: source s's vote on labelled query t (policy order); labels[t]: true class.
+        """votes[t][s]: source s's vote on labelled query t (policy order; FROM_SOURCES
+        rows when the sources sent them to the backend); labels[t]: true class.
         Charges and releases are recorded in the ledger (kind "calibration")."""
         check_query_id(query_id, ParameterError)
-        labels = [int(y) for y in labels]
-        t_count = len(labels)
-        if t_count == 0:
-            raise ParameterError("calibration needs at least one labelled query")
-        if len(votes) != t_count:
-            raise VoteError(f"{len(votes)} vote rows for {t_count} labels")
-        if any(not 0 <= y < num_classes for y in labels):
-            raise ParameterError(f"labels must be in [0, {num_classes})")
-        spent = self.ledger.spent()
-        budgets = self.ledger.budgets()
-        weights, released, charges, skipped = {}, {}, {}, {}
-        for j, src in enumerate(self.policy.sources):
-            sigma = self.sigma_for(src.id)
-            m = src.slices
-            charge = Charge(CALIBRATION, sigma, 1.0, True, m)
-            # The policy's share is a cap on all calibration, not on one run: a second
-            # run that would take the source past it is skipped for that source.
-            share = Fraction(self.policy.calibration.budget_fraction) * src.cap_rho
-            before = sum((c.rho for c in self.ledger.charges(src.id) if c.mechanism == CALIBRATION), Fraction(0))
-            if spent[src.id] + charge.rho > budgets[src.id] or before + charge.rho > share:
-                skipped[src.id] = "budget"
-                weights[src.id] = src.grid_max
-                released[src.id] = None
-                continue
-            # Sum over t of the mass on the true label, at scale 2**16 (exact integers;
-            # a histogram's count times 2**16); an invalid or absent vote counts 0.
-            total = 0
-            for t in range(t_count):
-                v = votes[t][j]
-                if v is None:
+        if len(votes) != len(labels):
+            raise VoteError(f"{len(votes)} vote rows for {len(labels)} labels")
+        plan = self.plan(query_id, labels, num_classes)
+        if self.backend is not None:
+            sums = self.backend.calibrate(plan, votes, self.noise)
+        else:
+            sums = {}
+            for j, src in enumerate(self.policy.sources):
+                if src.id not in plan.charges:
                     continue
-                try:
-                    total += int(encode_vote(v, num_classes, src.vote_format)[labels[t]])
-                except InvalidVote:
-                    pass
-            # Mean accuracy (sum / (T m 2**16)) has sensitivity 1/m <=> the sum has
-            # sensitivity T*2**16 grid units; the noise is sigma in accuracy units.
-            noisy_sum = total + int(self.noise.sample(Fraction(sigma) * t_count * m * SCALE, 1)[0])
-            acc = noisy_sum / (t_count * m * SCALE)
-            released[src.id] = acc
-            charges[src.id] = charge
-            chance = 1 / num_classes
-            score = min(1.0, max(0.0, (acc - chance) / (1 - chance)))
-            weights[src.id] = src.floor_to_band(src.gamma_min + (src.gamma_max - src.gamma_min) * score)
-        ids = self.policy.ids
-        gamma_col = entry.pack_u32([int(weights[s] * SCALE) for s in ids])   # on the grid: exact
-        status = "".join(entry.CALIBRATION_SKIPPED if s in skipped else entry.CALIBRATED for s in ids)
-        sigmas = [charges[s].sigma if s in charges else None for s in ids]
-        accuracy = [released[s] for s in ids]
+                # Sum over t of the mass on the true label, at scale 2**16 (exact integers).
+                total = sum(accuracy_sum(votes[t][j], y, num_classes, src.vote_format)
+                            for t, y in enumerate(plan.labels))
+                sums[src.id] = total + int(self.noise.sample(plan.sum_scale(self.policy, src.id), 1)[0])
+        return self.commit(plan, sums)
 
-        def render(seq, spent, charged) -> bytes:
-            spent_col, charged_col = entry.columns(ids, spent, charged)
-            return entry.encode(entry.Calibration(
-                v=entry.VERSION, seq=seq, query_id=query_id, noise=self.noise.mode, num_queries=t_count,
-                num_classes=num_classes, sigma=sigmas, accuracy=accuracy, gamma=gamma_col, status=status,
-                spent=spent_col, charged=charged_col))
-
-        self.ledger.commit([LedgerRecord(query_id, entry.CALIBRATION,
-                                         tuple((sid, c) for sid, c in charges.items()), render)])
-        return CalibrationResult(weights, released, charges, skipped, self.noise.mode)
+    def commit(self, plan: CalibrationPlan, noisy_sums) -> CalibrationResult:
+        """Record the released sums' charges and entry atomically; the weights follow."""
+        result = calibration_outcome(self.policy, plan, noisy_sums)
+        render = calibration_entry(self.policy, plan, result, self.noise.mode)
+        self.ledger.commit([LedgerRecord(plan.query_id, entry.CALIBRATION,
+                                         tuple((sid, c) for sid, c in plan.charges.items()), render)])
+        return CalibrationResult(result.weights, result.noisy_accuracy, result.charges, result.skipped,
+                                 self.noise.mode)
 
 
 def stored_weights(ledger: Ledger) -> dict[str, float] | None:
