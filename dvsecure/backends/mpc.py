@@ -219,8 +219,6 @@ class MPCBackend(Backend):
 
     def evaluate(self, gammas_fixed, submissions, kinds, num_classes, mechanism, noise, query_ids=None,
                  desired=None):
-        from nacl.public import PublicKey
-
         if self._policy is None:
             raise ParameterError("the MPC backend must be bound to a policy (Aggregator does this)")
         parties = self._ensure_started()
@@ -228,8 +226,6 @@ class MPCBackend(Backend):
         q_count, s_count = gammas.shape
         self._batch += 1
         source_ids = list(self._policy.ids)
-        for sid in source_ids:
-            self._source_keys.setdefault(sid, SigningKey.generate())
         if query_ids is None:
             query_ids = [f"batch{self._batch}/q{i}" for i in range(q_count)]
         query_ids = list(query_ids)
@@ -238,6 +234,35 @@ class MPCBackend(Backend):
             return self._evaluate_from_sources(parties, gammas, query_ids, num_classes, noise, extra)
         if self.takes_votes_from_sources:
             raise ParameterError("these parties take votes only from the sources over gRPC: ask with FROM_SOURCES")
+        present, per_party, problems = self._seal(parties, submissions, kinds, num_classes, query_ids)
+        result = parties.call({
+            "op": "batch", "policy": self._policy.to_toml(), "query_ids": query_ids, "source_ids": source_ids,
+            "source_keys": {sid: bytes(self._source_keys[sid].verify_key) for sid in source_ids},
+            "messages": per_party, "present": present.astype(np.uint8).tobytes(),
+            "gammas": gammas.astype("<i8").tobytes(), "num_classes": num_classes,
+            "noise_mode": noise.mode, "noise_seeds": self._party_seeds(noise), **extra})
+        valid, answered, labels, counts, agreed = _revealed(result, q_count, s_count)
+        outputs = []
+        for i in range(q_count):
+            for j in range(s_count):
+                if present[i, j] and not agreed[j, i]:
+                    problems[i][j] = UNOPENED
+                elif present[i, j] and not valid[i, j]:
+                    problems[i][j] = REJECTED
+            release = Release(True, int(labels[i])) if answered[i] else Release(False, None)
+            outputs.append(BackendOutput(release, tuple(problems[i])))
+        return outputs
+
+    def _seal(self, parties, submissions, kinds, num_classes, query_ids):
+        """The coordinator plays the sources (relayed mode): each source's votes encoded
+        and sealed to every party. Returns (present bool[Q, S], messages per party,
+        problems[q][s]: why a vote is not there, or None)."""
+        from nacl.public import PublicKey
+
+        q_count, s_count = len(query_ids), len(self._policy.ids)
+        source_ids = list(self._policy.ids)
+        for sid in source_ids:
+            self._source_keys.setdefault(sid, SigningKey.generate())
         problems = [[None] * s_count for _ in range(q_count)]
         present = np.zeros((q_count, s_count), dtype=bool)
         per_party: list[list[bytes]] = [[] for _ in range(self.num_parties)]
@@ -262,23 +287,37 @@ class MPCBackend(Backend):
                                         np.stack(encoded), public, kind=kinds[j], num_classes=num_classes)
             for p, m in enumerate(messages):
                 per_party[p].append(m)
-        result = parties.call({
-            "op": "batch", "policy": self._policy.to_toml(), "query_ids": query_ids, "source_ids": source_ids,
-            "source_keys": {sid: bytes(self._source_keys[sid].verify_key) for sid in source_ids},
-            "messages": per_party, "present": present.astype(np.uint8).tobytes(),
-            "gammas": gammas.astype("<i8").tobytes(), "num_classes": num_classes,
-            "noise_mode": noise.mode, "noise_seeds": self._party_seeds(noise), **extra})
-        valid, answered, labels, counts, agreed = _revealed(result, q_count, s_count)
-        outputs = []
-        for i in range(q_count):
-            for j in range(s_count):
-                if present[i, j] and not agreed[j, i]:
-                    problems[i][j] = UNOPENED
-                elif present[i, j] and not valid[i, j]:
-                    problems[i][j] = REJECTED
-            release = Release(True, int(labels[i])) if answered[i] else Release(False, None)
-            outputs.append(BackendOutput(release, tuple(problems[i])))
-        return outputs
+        return present, per_party, problems
+
+    # ---- calibration -------------------------------------------------------------
+    def calibrate(self, plan, votes, noise, query_ids) -> dict[str, int]:
+        """The noisy accuracy sums of `plan`'s calibrated sources, computed by the
+        parties from shares (`mpc.calibrate`); votes[t][s] (FROM_SOURCES when the
+        sources sent them to the parties) for the labelled queries query_ids."""
+        if self._policy is None:
+            raise ParameterError("the MPC backend must be bound to a policy (Aggregator does this)")
+        parties = self._ensure_started()
+        self._batch += 1
+        source_ids, query_ids = list(self._policy.ids), list(query_ids)
+        q_count, s_count = len(query_ids), len(source_ids)
+        cmd = {"op": "calibrate", "policy": self._policy.to_toml(), "calibration_id": plan.query_id,
+               "query_ids": query_ids, "labels": list(plan.labels), "calibrated": list(plan.charges),
+               "source_ids": source_ids, "num_classes": plan.num_classes, "noise_mode": noise.mode,
+               "noise_seeds": self._party_seeds(noise)}
+        if any(v is FROM_SOURCES for row in votes for v in row):
+            if not self.takes_votes_from_sources:
+                raise ParameterError("this MPC backend takes no submissions from sources (no principals given)")
+            cmd.update(inbox=True, source_keys={}, messages=[[] for _ in range(self.num_parties)],
+                       present=np.ones((q_count, s_count), np.uint8).tobytes())
+        else:
+            if self.takes_votes_from_sources:
+                raise ParameterError("these parties take votes only from the sources over gRPC: pass FROM_SOURCES")
+            present, per_party, _ = self._seal(parties, votes, [s.vote_format for s in self._policy.sources],
+                                               plan.num_classes, query_ids)
+            cmd.update(source_keys={sid: bytes(self._source_keys[sid].verify_key) for sid in source_ids},
+                       messages=per_party, present=present.astype(np.uint8).tobytes())
+        sums = parties.call(cmd)["sums"]
+        return {sid: int(v) for sid, v in zip(source_ids, sums) if v is not None}
 
     def _evaluate_from_sources(self, parties, gammas, query_ids, num_classes, noise, extra):
         """The sources sent each party its share over gRPC: the parties take them

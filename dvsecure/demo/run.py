@@ -1,8 +1,8 @@
 """The demo on the plaintext and MPC backends: the embedded consortium
 (`consortium`) queried end to end, its log audited, a report.
 
-On the plaintext backend the first third of the queries are labelled and used
-for private calibration; the rest are answered.
+On a fresh ledger the first third of the queries are labelled and used for
+private calibration (on the MPC backend, inside the parties); the rest are answered.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from ..accounting.conversions import zcdp_eps_tight
 from ..audit.check import audit
 from ..backends import FROM_SOURCES, PlaintextBackend
 from ..engine.aggregator import Aggregator
-from ..engine.calibration import PrivateCalibration, hedge_baseline, stored_weights
+from ..engine.calibration import PrivateCalibration, hedge_baseline, labelled_query_ids, stored_weights
 from ..engine.ledger import Ledger
 from ..errors import ParameterError
 from ..log.writer import LogWriter, name_signers, operator_signer
@@ -115,15 +115,22 @@ def demo_sources(state: Path, policy: ConsortiumPolicy) -> tuple[dict, Path]:
     return keys, principals
 
 
+def _submitted(submitters, policy: ConsortiumPolicy, query_ids, votes, num_classes: int) -> list:
+    """With submitters, each source first sends every party its own shares over gRPC
+    and the coordinator asks with FROM_SOURCES rows; else the votes themselves."""
+    if not submitters:
+        return list(votes)
+    for j, submitter in enumerate(submitters):
+        submitter.submit(list(query_ids), [row[j] for row in votes], num_classes, policy.sources[j].vote_format)
+    return [[FROM_SOURCES] * len(policy.sources) for _ in query_ids]
+
+
 def _ask(agg: Aggregator, items, num_classes: int, submitters) -> list:
-    """One batch: with submitters, each source first sends every party its own
-    shares over gRPC and the coordinator asks with FROM_SOURCES; else the votes
-    go through the aggregator."""
+    """One batch, its votes sent by the sources themselves when there are submitters."""
     if not submitters:
         return agg.query_batch(items, num_classes)
     qids = [q for q, _ in items]
-    for j, submitter in enumerate(submitters):
-        submitter.submit(qids, [votes[j] for _, votes in items], num_classes, agg.policy.sources[j].vote_format)
+    _submitted(submitters, agg.policy, qids, [votes for _, votes in items], num_classes)
     return agg.query_batch([(q, FROM_SOURCES) for q in qids], num_classes)
 
 
@@ -151,32 +158,31 @@ def run_demo(*, out: Path, state: Path, num_sources: int = 5, num_queries: int =
         start = ledger.next_seq()
         labels, votes = synthetic_votes(num_queries, policy, num_classes, seed + start)
         weights = stored_weights(ledger)
-        secure = backend is not None and backend.name != "plaintext"
         # The first third is labelled for calibration only on the first run: a run that
         # continues a calibrated ledger keeps its weights and answers every query.
-        n_cal = 0 if secure or weights is not None else num_queries // 3
-        if secure and weights is None:
-            # Calibration reads votes where it runs; under MPC it would have to run inside
-            # the parties, which is not built yet, so the sources keep their ceilings.
-            weights = {src.id: src.grid_max for src in policy.sources}
-        elif weights is None:
-            cal = PrivateCalibration(policy, ledger, noise).run(
-                f"calibration-{start:06d}", votes[:n_cal], labels[:n_cal], num_classes)
-            weights = cal.weights
-            log.sync()
-        hedge = hedge_baseline(vote_vectors(votes[n_cal:], num_classes), labels[n_cal:], policy.ids)
-        alone = single_source_accuracy(votes[n_cal:], labels[n_cal:], num_classes)
-        agg = Aggregator(policy, ledger, backend=backend or PlaintextBackend(), noise=noise, weights=weights,
-                         log=log)
-        items = [(f"run{start:06d}-q{i:05d}", votes[i]) for i in range(n_cal, num_queries)]
+        n_cal = 0 if weights is not None else num_queries // 3
         submitters = []
         if getattr(backend, "takes_votes_from_sources", False):
             from ..mpc.client import PartySubmitter
 
             keys, _ = demo_sources(state, policy)
             submitters = [PartySubmitter(sid, keys[sid], backend.endpoints()) for sid in policy.ids]
-        results = []
         try:
+            if weights is None and n_cal:
+                # Calibration runs where the votes are: here (plaintext), or inside the
+                # MPC parties on shares; the same entry and charges either way.
+                cal_id = f"calibration-{start:06d}"
+                cal_ids = labelled_query_ids(cal_id, n_cal)
+                cal_votes = _submitted(submitters, policy, cal_ids, votes[:n_cal], num_classes)
+                weights = PrivateCalibration(policy, ledger, noise, backend=backend).run(
+                    cal_id, cal_votes, labels[:n_cal], num_classes, cal_ids).weights
+                log.sync()
+            hedge = hedge_baseline(vote_vectors(votes[n_cal:], num_classes), labels[n_cal:], policy.ids)
+            alone = single_source_accuracy(votes[n_cal:], labels[n_cal:], num_classes)
+            agg = Aggregator(policy, ledger, backend=backend or PlaintextBackend(), noise=noise, weights=weights,
+                             log=log)
+            items = [(f"run{start:06d}-q{i:05d}", votes[i]) for i in range(n_cal, num_queries)]
+            results = []
             for i in range(0, len(items), 50):
                 results.extend(_ask(agg, items[i:i + 50], num_classes, submitters))
         finally:

@@ -199,6 +199,11 @@ def calibration_entry(policy: ConsortiumPolicy, plan: CalibrationPlan, result: C
     return render
 
 
+def labelled_query_ids(query_id: str, count: int) -> list[str]:
+    """The default ids of a calibration's labelled queries."""
+    return [f"{query_id}/t{t:05d}" for t in range(count)]
+
+
 class PrivateCalibration:
     """Calibration with the votes in hand (the plaintext backend, or inside the
     enclave), or — with `backend` — computed by a backend that holds only shares
@@ -219,16 +224,20 @@ class PrivateCalibration:
         return plan_calibration(self.policy, query_id, labels, num_classes, self.ledger.spent(),
                                 self.ledger.budgets(), before)
 
-    def run(self, query_id: str, votes, labels, num_classes: int) -> CalibrationResult:
+    def run(self, query_id: str, votes, labels, num_classes: int, query_ids=None) -> CalibrationResult:
         """votes[t][s]: source s's vote on labelled query t (policy order; FROM_SOURCES
-        rows when the sources sent them to the backend); labels[t]: true class.
-        Charges and releases are recorded in the ledger (kind "calibration")."""
+        rows when the sources sent them to the backend); labels[t]: true class;
+        query_ids[t]: the labelled queries' ids (default QUERY_ID/tNNNNN), under which
+        the sources submit to a backend. Charges and releases are recorded in the
+        ledger (kind "calibration")."""
         check_query_id(query_id, ParameterError)
         if len(votes) != len(labels):
             raise VoteError(f"{len(votes)} vote rows for {len(labels)} labels")
         plan = self.plan(query_id, labels, num_classes)
         if self.backend is not None:
-            sums = self.backend.calibrate(plan, votes, self.noise)
+            self.backend.bind(self.policy)
+            ids = labelled_query_ids(query_id, len(plan.labels)) if query_ids is None else list(query_ids)
+            sums = self.backend.calibrate(plan, votes, self.noise, ids)
         else:
             sums = {}
             for j, src in enumerate(self.policy.sources):

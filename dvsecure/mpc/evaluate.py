@@ -96,12 +96,10 @@ def vote_encodings(policy) -> list[str]:
     return [wire_encoding(s.vote_format) for s in policy.sources]
 
 
-def _public_checks(cmd: dict, policy, world: int, inbox):
-    """Everything public in a batch command, checked before anything is revealed:
-    (present bool[Q, S], gammas int64[Q, S], noise source, sigma1, sigma2).
-    Raises DvsecureError naming the problem."""
-    from .party import job_arrays
-
+def input_checks(cmd: dict, policy, world: int, inbox) -> None:
+    """What every command that reads votes must satisfy, checked before anything is
+    revealed: the policy's sources in its order, where the shares come from, the
+    classes, distinct valid query ids, and a bounded size. Raises SubmissionError."""
     C = int(cmd["num_classes"])
     if tuple(cmd["source_ids"]) != tuple(policy.ids):
         raise SubmissionError("the batch's sources are not the policy's, in the policy's order")
@@ -126,6 +124,15 @@ def _public_checks(cmd: dict, policy, world: int, inbox):
     for sid, key in cmd["source_keys"].items():
         if sid not in policy.ids or len(key) != 32:
             raise SubmissionError(f"source key for {sid!r}: not a policy source's 32-byte Ed25519 key")
+
+
+def _public_checks(cmd: dict, policy, world: int, inbox):
+    """Everything public in a batch command, checked before anything is revealed:
+    (present bool[Q, S], gammas int64[Q, S], noise source, sigma1, sigma2).
+    Raises DvsecureError naming the problem."""
+    from .party import job_arrays
+
+    input_checks(cmd, policy, world, inbox)
     try:
         present, gammas = job_arrays(cmd)
     except (ValueError, TypeError) as e:
@@ -136,7 +143,7 @@ def _public_checks(cmd: dict, policy, world: int, inbox):
         if outside.size:
             raise LedgerError(f"weight {int(outside[0]) / 65536} of {src.id!r} is outside its band "
                               f"[{src.grid_min}, {src.grid_max}] on its grid (multiples of {src.slices} * 2**-16)")
-    sigma1, sigma2 = party_sigmas(policy, world, C)
+    sigma1, sigma2 = party_sigmas(policy, world, int(cmd["num_classes"]))
     return present, gammas, sigma1, sigma2
 
 

@@ -195,7 +195,23 @@ class _Batch(_Command, tag="batch"):
     desired: bytes | None = None        # int64[S] the filter's desired weights (default: each ceiling)
 
 
-_command_decoder = msgspec.msgpack.Decoder(_Stop | _Keys | _Size | _Cosign | _Batch)
+class _Calibrate(_Command, tag="calibrate"):
+    policy: str
+    calibration_id: str
+    query_ids: list[str]                # the labelled queries
+    labels: list[int]
+    calibrated: list[str]               # the sources the coordinator's budgets allow; the rest keep their ceilings
+    source_ids: list[str]
+    source_keys: dict[str, bytes]
+    messages: list[list[bytes]]
+    present: bytes
+    num_classes: int
+    noise_mode: str
+    noise_seeds: list[int] | None = None
+    inbox: bool = False
+
+
+_command_decoder = msgspec.msgpack.Decoder(_Stop | _Keys | _Size | _Cosign | _Batch | _Calibrate)
 
 
 def decode_command(raw: bytes) -> dict:
@@ -302,7 +318,7 @@ class Party:
         error, ledger = None, None
         try:
             ledger = self.ledger(cmd["policy"])
-            if op == "batch" and cmd["noise_mode"] != "private" and not self.allow_nonprivate:
+            if op in ("batch", "calibrate") and cmd["noise_mode"] != "private" and not self.allow_nonprivate:
                 error = f"noise mode {cmd['noise_mode']!r} refused: this party runs private noise only"
         except DvsecureError as e:
             error = str(e)
@@ -312,6 +328,11 @@ class Party:
 
             return evaluate_batch(self.crypten, cmd, self.rank, self.world, self.box_key, ledger, self.peers,
                                   self.inbox)
+        if op == "calibrate":
+            from .calibrate import calibrate_batch
+
+            return calibrate_batch(self.crypten, cmd, self.rank, self.world, self.box_key, ledger, self.peers,
+                                   self.inbox)
         if op == "size":
             return {"sizes": [int(b) for b in self.peers.gather(str(ledger.size).encode())]}
         if op == "cosign":

@@ -31,6 +31,7 @@ the two.
 """
 from __future__ import annotations
 
+import json
 import sqlite3
 from fractions import Fraction
 from pathlib import Path
@@ -38,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from ..accounting.charges import query_charges
+from ..engine.calibration import CalibrationPlan, calibration_charge, calibration_entry, calibration_outcome
 from ..errors import BudgetExceededError, DvsecureError, LedgerError
 from ..log import entry
 from ..log import signers as signer_slots
@@ -61,6 +63,17 @@ CREATE TABLE IF NOT EXISTS queries (
 );
 CREATE TABLE IF NOT EXISTS leaves (idx INTEGER PRIMARY KEY, hash BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS logged (source_id TEXT PRIMARY KEY, spent TEXT NOT NULL, charged INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS calibrations (
+    query_id TEXT PRIMARY KEY,    -- the calibration's id (its log entry's)
+    attempts INTEGER NOT NULL,
+    status TEXT NOT NULL,         -- per source CALIBRATED or CALIBRATION_SKIPPED (log/entry.py), policy order
+    num_queries INTEGER NOT NULL,
+    num_classes INTEGER NOT NULL,
+    noise TEXT NOT NULL,
+    sums TEXT,                    -- JSON: per source its revealed noisy sum (null: skipped); NULL: not yet
+    delivered INTEGER NOT NULL DEFAULT 1,
+    logged INTEGER NOT NULL DEFAULT 0
+);
 """
 
 
@@ -216,6 +229,59 @@ class PartyLedger:
             self._db.execute("BEGIN IMMEDIATE")
             self._db.executemany("UPDATE queries SET delivered=1 WHERE query_id=?", [(q,) for q in query_ids])
 
+    # ---- calibration inside the parties ----------------------------------------
+    def calibrated_rho(self) -> dict[str, Fraction]:
+        """Per source, the rho this party has charged it for calibration (every
+        attempt: a failed one stays charged), against the policy's calibration share."""
+        total = {sid: Fraction(0) for sid in self.ids}
+        for status, attempts in self._db.execute("SELECT status, attempts FROM calibrations"):
+            for sid, letter in zip(self.ids, status):
+                if letter == entry.CALIBRATED:
+                    total[sid] += attempts * calibration_charge(self.policy, sid).rho
+        return total
+
+    def record_calibration(self, plan, noise: str) -> None:
+        """Before any noisy accuracy can be reconstructed: the calibration's charges
+        (`engine.calibration.calibration_charge`) checked against each calibrated
+        source's budget and the policy's calibration share, by this party's own
+        records, and made durable."""
+        prior = self._db.execute("SELECT attempts, sums, delivered, logged FROM calibrations WHERE query_id=?",
+                                 (plan.query_id,)).fetchone()
+        if prior is not None and prior[1] is not None and (prior[2] or prior[3]):
+            raise LedgerError(f"calibration {plan.query_id!r} was already revealed; a party releases it once")
+        if self._db.execute("SELECT 1 FROM queries WHERE query_id=?", (plan.query_id,)).fetchone():
+            raise LedgerError(f"calibration id {plan.query_id!r} is a query's id")
+        spent, before = self.spent(), self.calibrated_rho()
+        for src in self.policy.sources:
+            charge = plan.charges.get(src.id)
+            if charge is None:
+                continue
+            spent[src.id] += charge.rho
+            share = Fraction(self.policy.calibration.budget_fraction) * src.cap_rho
+            if spent[src.id] > src.cap_rho or before[src.id] + charge.rho > share:
+                raise BudgetExceededError(f"calibration {plan.query_id!r}: source {src.id!r} has no budget left for "
+                                          "it by this party's record (or its calibration share is used up)")
+        status = "".join(entry.CALIBRATED if sid in plan.charges else entry.CALIBRATION_SKIPPED for sid in self.ids)
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute("INSERT OR REPLACE INTO calibrations (query_id, attempts, status, num_queries, "
+                             "num_classes, noise) VALUES (?, ?, ?, ?, ?, ?)",
+                             (plan.query_id, 1 if prior is None else prior[0] + 1, status, plan.num_queries,
+                              plan.num_classes, noise))
+            self._store_spent(spent)
+
+    def record_calibration_sums(self, query_id: str, sums) -> None:
+        """The revealed noisy sums (None for a skipped source), not yet known delivered."""
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute("UPDATE calibrations SET sums=?, delivered=0 WHERE query_id=?",
+                             (json.dumps([None if v is None else int(v) for v in sums]), query_id))
+
+    def mark_calibration_delivered(self, query_id: str) -> None:
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute("UPDATE calibrations SET delivered=1 WHERE query_id=?", (query_id,))
+
     # ---- cosigning -------------------------------------------------------------
     @property
     def size(self) -> int:
@@ -236,6 +302,7 @@ class PartyLedger:
         charged = {sid: v[1] for sid, v in logged.items()}
         tree = self._tree.copy()
         seen: dict[str, None] = {}          # query ids in this batch, in order
+        calibrations: dict[str, None] = {}
         for offset, data in enumerate(entries):
             seq = self.size + offset
             try:
@@ -266,6 +333,11 @@ class PartyLedger:
                             problems.append(f"this party's key is not in its slot {slot}")
                     if problems:
                         raise CosignError(f"signers entry {seq} is not the policy's signer set: {'; '.join(problems)}")
+            elif isinstance(e, entry.Calibration):
+                if e.query_id in calibrations:
+                    raise CosignError(f"entry {seq}: calibration {e.query_id!r} appears twice")
+                self._check_calibration(seq, data, e, spent, charged)
+                calibrations[e.query_id] = None
             elif isinstance(e, entry.Query):
                 if e.query_id in seen:
                     raise CosignError(f"entry {seq}: query {e.query_id!r} appears twice")
@@ -279,6 +351,9 @@ class PartyLedger:
         marks = {q: 1 for q in seen}
         unlogged = [q for (q,) in self._db.execute(
             "SELECT query_id FROM queries WHERE label IS NOT NULL AND logged=0 AND delivered=1") if q not in marks]
+        unlogged += [q for (q,) in self._db.execute(
+            "SELECT query_id FROM calibrations WHERE sums IS NOT NULL AND logged=0 AND delivered=1")
+            if q not in calibrations]
         if unlogged:
             raise CosignError(f"{len(unlogged)} revealed quer{'y is' if len(unlogged) == 1 else 'ies are'} "
                               f"missing from the log, e.g. {unlogged[0]!r}")
@@ -287,10 +362,34 @@ class PartyLedger:
             self._db.executemany("INSERT INTO leaves VALUES (?, ?)",
                                  [(self.size + i, leaf_hash(d)) for i, d in enumerate(entries)])
             self._db.executemany("UPDATE queries SET logged=1 WHERE query_id=?", [(q,) for q in seen])
+            self._db.executemany("UPDATE calibrations SET logged=1 WHERE query_id=?", [(q,) for q in calibrations])
             self._db.executemany("UPDATE logged SET spent=?, charged=? WHERE source_id=?",
                                  [(f"{spent[s].numerator}/{spent[s].denominator}", charged[s], s)
                                   for s in self.ids])
         self._tree = tree
+
+    def _check_calibration(self, seq: int, data: bytes, e, spent: dict, charged: dict) -> None:
+        """A calibration entry must be exactly the one this party would write from what
+        it revealed: the same statuses, noise scales, noisy accuracies and weights (the
+        public function of them), and the cumulative spends it recomputes."""
+        row = self._db.execute("SELECT status, num_queries, num_classes, noise, sums, logged FROM calibrations "
+                               "WHERE query_id=?", (e.query_id,)).fetchone()
+        if row is None or row[4] is None:
+            raise CosignError(f"entry {seq}: calibration {e.query_id!r} was not revealed by the parties")
+        status, num_queries, num_classes, noise, sums, logged = row
+        if logged:
+            raise CosignError(f"entry {seq}: calibration {e.query_id!r} is already in the log")
+        charges = {sid: calibration_charge(self.policy, sid) for sid, s in zip(self.ids, status)
+                   if s == entry.CALIBRATED}
+        skipped = {sid: "budget" for sid in self.ids if sid not in charges}
+        plan = CalibrationPlan(e.query_id, (0,) * num_queries, num_classes, charges, skipped)
+        outcome = calibration_outcome(self.policy, plan, dict(zip(self.ids, json.loads(sums))))
+        for sid, c in charges.items():
+            spent[sid] += c.rho
+            charged[sid] += 1
+        if data != calibration_entry(self.policy, plan, outcome, noise)(seq, spent, charged):
+            raise CosignError(f"entry {seq}: calibration {e.query_id!r} differs from what the parties revealed "
+                              "(statuses, noise, accuracies, weights or cumulative spends)")
 
     def _check_query(self, seq: int, e, spent: dict, charged: dict) -> None:
         row = self._db.execute("SELECT gamma, answered, noise, label, logged, seen, commitments FROM queries "
