@@ -10,7 +10,6 @@ from fractions import Fraction
 from typing import Sequence
 
 import numpy as np
-from scipy.optimize import minimize_scalar
 
 from ..errors import ParameterError
 
@@ -87,14 +86,32 @@ def eps_from_rdp_classic(orders: Sequence[float], rdp: Sequence[float], delta: f
     return float(eps[i]), float(o[i])
 
 
-def _tight_at(alpha: float, rho: float, delta: float) -> float:
-    return alpha * rho + math.log1p(-1 / alpha) - math.log(delta * alpha) / (alpha - 1)
+# Orders below 1.01 give no bound (dp_accounting's convention: numerically unstable as a -> 1).
+_MIN_ORDER_EXCESS = 0.01
+
+
+def _tight_at_excess(u: float, rho: float, delta: float) -> float:
+    """Proposition 12's bound for the curve a*rho at order a = 1 + u, written in u so
+    that log(1 - 1/a) = log(u) - log1p(u) keeps its digits for orders near 1."""
+    return (1 + u) * rho + math.log(u) - math.log1p(u) - (math.log(delta) + math.log1p(u)) / u
 
 
 def zcdp_eps_tight(rho, delta: float) -> float:
-    """Smallest eps the improved RDP->DP conversion gives for rho-zCDP, optimised
-    over every real order a > 1 (any single order yields a valid bound, so the
-    optimiser's result is sound whatever its precision)."""
+    """Smallest eps the improved RDP->DP conversion (Canonne, Kamath & Steinke 2020,
+    Proposition 12) gives for rho-zCDP, over every real order a >= 1.01.
+
+    With f(a) = a rho + log(1 - 1/a) - log(delta a)/(a - 1) the bound at order a,
+    the log(1 - 1/a) term's derivative cancels part of the last term's and
+
+        f'(a) = rho + log(delta a) / (a - 1)^2,
+
+    whose sign is that of g(u) = rho u^2 + log1p(u) - log(1/delta) at u = a - 1.
+    g increases strictly on u > 0, so f decreases up to the one root of g and
+    increases after it: the minimiser is that root (or a = 1.01 when the root lies
+    below). No optimiser is needed, only bisection of a monotone function, written
+    here (a few lines) rather than taken from scipy, which a source's or an
+    auditor's install then need not carry. Any order gives a valid bound, so the
+    result is sound whatever the bisection's last bit."""
     _check_rho(rho)
     _check_delta(delta)
     rho = float(rho)
@@ -102,20 +119,25 @@ def zcdp_eps_tight(rho, delta: float) -> float:
         # KL <= rho (the alpha -> 1 end of the curve) and total variation
         # <= sqrt(1 - exp(-KL)) (Bretagnolle-Huber), so (0, delta)-DP holds.
         return 0.0
-    # The optimum lies near 1 + sqrt(log(1/delta)/rho); search log(a - 1) around it.
-    guess = math.log(math.sqrt(math.log(1 / delta) / rho))
-    f = lambda u: _tight_at(1 + math.exp(u), rho, delta)
-    # Orders below 1.01 are not used (dp_accounting's convention). When the
-    # optimum lies below that (huge rho), the bracket must still be non-empty:
-    # the minimum is then at its lower end, a = 1.01.
-    lo = max(guess - 8, math.log(0.01))
-    hi = max(guess + 8, lo + 1)
-    grid = np.linspace(lo, hi, 161)
-    vals = [f(u) for u in grid]
-    i = int(np.argmin(vals))
-    a, b = grid[max(i - 1, 0)], grid[min(i + 1, len(grid) - 1)]
-    res = minimize_scalar(f, bounds=(a, b), method="bounded", options={"xatol": 1e-12})
-    return max(0.0, min(float(res.fun), vals[i]))
+    log_inv_delta = -math.log(delta)
+
+    def g(u: float) -> float:
+        return rho * u * u + math.log1p(u) - log_inv_delta
+
+    lo = _MIN_ORDER_EXCESS
+    if g(lo) >= 0:  # the optimum lies below order 1.01 (huge rho): f increases on the orders used
+        return max(0.0, _tight_at_excess(lo, rho, delta))
+    # g(sqrt(log(1/delta)/rho)) = log1p(...) > 0 (rho > 0 here: rho = 0 took the shortcut).
+    hi = math.sqrt(log_inv_delta / rho)
+    for _ in range(2100):  # each step halves [lo, hi]; floats run out long before
+        mid = (lo + hi) / 2
+        if mid in (lo, hi):
+            break
+        if g(mid) < 0:
+            lo = mid
+        else:
+            hi = mid
+    return max(0.0, min(_tight_at_excess(lo, rho, delta), _tight_at_excess(hi, rho, delta)))
 
 
 def zcdp_eps_classic(rho, delta: float) -> float:
