@@ -35,6 +35,10 @@ only max(counts), which moves by at most 1, hence alpha/(2 sigma1^2).
 All probabilities are handled as natural logarithms so that probabilities far
 below the float64 range (log q ~ -1e5 is common for high-consensus histograms)
 stay exact enough to use.
+
+The Gaussian tails are scipy's (``norm.logsf``, accurate far out in the tail):
+scipy comes with the experiments extra, not the light install, since nothing a
+source or an auditor runs imports this module (only ``experiments.run`` does).
 """
 from __future__ import annotations
 
