@@ -63,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="witness state file: checkpoints seen before are checked for consistency "
                         "(a fork is caught), and the latest is remembered after a clean audit")
     a.add_argument("--trust-key", action="append", default=[], metavar="VKEY",
-                   help="pin a signer's verifier key (the string, or a file holding it); repeatable")
+                   help="pin a signer's verifier key (the string, a file holding it, or the ROLE.pub.json "
+                        "dvsecure keys new wrote for the operator or a party); repeatable")
     a.add_argument("--allow-nonprivate", action="store_true",
                    help="do not fail on no-noise or seeded entries (they are still reported)")
     a.add_argument("--enclave-pcr0", metavar="HEX",
@@ -278,16 +279,33 @@ def _consortium(args) -> int:
 
 
 def _key_arg(text: str) -> str:
-    """--trust-key: a verifier key, or a file holding one (read capped: never a FIFO)."""
+    """--trust-key: a verifier key, a file holding one, or the public file `dvsecure keys
+    new` writes (ROLE.pub.json: its verifier_key). Read capped: never a FIFO."""
+    from .keys import PUBLIC_SUFFIX
     from .log.files import KEY_FILE, read_named
 
     path = Path(text)
     if not path.exists():
+        if text.endswith(PUBLIC_SUFFIX):
+            raise ParameterError(f"--trust-key {path}: no such public key file")
         return text
     try:
-        return read_named(path, KEY_FILE, follow_links=True).decode("utf-8").strip()
+        held = read_named(path, KEY_FILE, follow_links=True).decode("utf-8").strip()
     except UnicodeDecodeError:
         raise ParameterError(f"--trust-key {path}: not a UTF-8 verifier key file") from None
+    if not held.startswith("{"):
+        return held
+    try:
+        public = json.loads(held)
+    except ValueError:
+        public = None
+    if not isinstance(public, dict) or "role" not in public:
+        raise ParameterError(f"--trust-key {path}: neither a verifier key nor a public key file (the JSON "
+                             "dvsecure keys new writes)")
+    if not isinstance(public.get("verifier_key"), str):
+        raise ParameterError(f"--trust-key {path}: a {public['role']}'s public key file holds no verifier key "
+                             "(the operator's and the parties' files have one: their keys sign a log)")
+    return public["verifier_key"]
 
 
 def _audit(args) -> int:
