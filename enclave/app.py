@@ -1,9 +1,10 @@
 """The enclave application: flags, attestation provider, TLS, and the gRPC server.
 
     python -m enclave.app --policy POLICY.toml --principals KEYS.json --state DIR --out LOGDIR \\
-        --tls-dir DIR --listen 127.0.0.1:0 [--port-file FILE] --attestation sim --sim-ca DIR
+        --tls-dir DIR --listen 127.0.0.1:0 [--port-file FILE] --attestation sim --sim-ca DIR \\
+        [--noise no_noise | --noise seeded --noise-seed N]     (test noise: simulated attestation only)
 
-It prints one JSON line {port, pid, attestation, simulated, tls_cert, signer}
+It prints one JSON line {port, pid, attestation, simulated, tls_cert, signer, noise}
 once serving (and writes it to --port-file), and stops on SIGTERM or SIGINT.
 What it does is described in service.py.
 """
@@ -19,8 +20,10 @@ from pathlib import Path
 
 from dvsecure.errors import DvsecureError, EnclaveError
 from dvsecure.log.writer import write_atomic
+from dvsecure.noise import PRIVATE, SEEDED, make_noise
 from dvsecure.policy import ConsortiumPolicy
 from dvsecure.tee import protocol as proto
+from dvsecure.tee.protocol import NOISE_MODES
 from dvsecure.wire import rpc
 from dvsecure.wire.tls import tls_identity
 
@@ -32,8 +35,8 @@ SERVICE = "dvsecure.v1.Enclave"
 
 def serve(enclave: Enclave, listen: str, cert_pem: bytes, key_pem: bytes, max_message: int, workers: int = 8):
     methods = {"GetAttestation": enclave.get_attestation, "Open": enclave.open, "Submit": enclave.submit,
-               "Query": enclave.query, "GetEntries": enclave.get_entries, "GetCheckpoint": enclave.get_checkpoint,
-               "GetProofs": enclave.get_proofs}
+               "Query": enclave.query, "Calibrate": enclave.calibrate, "GetEntries": enclave.get_entries,
+               "GetCheckpoint": enclave.get_checkpoint, "GetProofs": enclave.get_proofs}
     return rpc.serve(SERVICE, methods, "the enclave", listen, cert_pem, key_pem, max_message, workers)
 
 
@@ -52,6 +55,9 @@ def main(argv=None) -> int:
     ap.add_argument("--nsm-device", default="/dev/nsm", help="the NSM device (with --attestation nitro)")
     ap.add_argument("--max-message-bytes", type=int, default=16 << 20)
     ap.add_argument("--max-open", type=int, default=100_000, help="most queries open at once")
+    ap.add_argument("--noise", choices=NOISE_MODES, default=PRIVATE,
+                    help="TEST ONLY unless private: seeded or no_noise, with --attestation sim only")
+    ap.add_argument("--noise-seed", type=int, help="with --noise seeded")
     args = ap.parse_args(argv)
 
     try:
@@ -60,6 +66,15 @@ def main(argv=None) -> int:
         unknown = set(principals.sources) - set(policy.ids)
         if unknown:
             raise EnclaveError(f"principals name sources not in the policy: {sorted(unknown)}", "FAILED_PRECONDITION")
+        # The host chooses these flags: test noise is refused where attestation means something
+        # (and is bound in the attestation, so a source sees it anyway).
+        if args.noise != PRIVATE and args.attestation != "sim":
+            raise EnclaveError(f"--noise {args.noise} is for tests, with --attestation sim only", "FAILED_PRECONDITION")
+        if args.noise_seed is not None and args.noise != SEEDED:
+            raise EnclaveError("--noise-seed is for --noise seeded", "INVALID_ARGUMENT")
+        noise = make_noise(args.noise, args.noise_seed)
+        if not noise.private:
+            print(f"!!! NOT PRIVATE: noise mode {noise.mode!r}, for tests only !!!", file=sys.stderr, flush=True)
         provider = make_provider(args.attestation, sim_ca=args.sim_ca, nsm_device=args.nsm_device,
                                  measurement=proto.enclave_measurement())
         if provider.simulated:
@@ -68,14 +83,15 @@ def main(argv=None) -> int:
         args.tls_dir.mkdir(parents=True, exist_ok=True)
         write_atomic(args.tls_dir / "server.pem", cert_pem)
         enclave = Enclave(policy, principals, principals_raw, args.state, args.out, provider, cert_der,
-                          args.max_open)
+                          args.max_open, noise)
         server, port = serve(enclave, args.listen, cert_pem, key_pem, args.max_message_bytes)
     except (DvsecureError, OSError, RuntimeError) as e:   # RuntimeError: grpc cannot bind
         print(f"enclave: cannot start: {e}", file=sys.stderr)
         return 2
 
     ready = {"port": port, "pid": os.getpid(), "attestation": provider.name, "simulated": provider.simulated,
-             "tls_cert": str(args.tls_dir / "server.pem"), "signer": enclave.signer.verifier_key_string}
+             "tls_cert": str(args.tls_dir / "server.pem"), "signer": enclave.signer.verifier_key_string,
+             "noise": noise.mode}
     if provider.simulated:
         ready["warning"] = SIM_BANNER
     if args.port_file:

@@ -17,6 +17,16 @@ A release whose reply is lost is not repeated: its entries are in the log.
 Votes still pending at a crash are lost with the key that sealed them: the
 coordinator reopens those queries and the sources resubmit.
 
+Calibration runs in here too, as on the plaintext backend: the coordinator opens
+queries, the sources submit votes for them like any others, and a signed
+Calibrate states their true labels (public to the computing side). The library's
+PrivateCalibration reads the submitted votes (absent or invalid: 0), charges and
+commits one calibration entry, and its weights serve every later query (after a
+restart too: they are read back from the ledger). Those queries release nothing.
+
+Noise is private (OpenDP) unless the simulated provider was started with test
+noise; the attestation states the mode either way.
+
 Replay protection: every signed request names the X25519 key of this instance
 and a counter that must exceed the signer's last accepted one (kept in memory:
 it only has to outlive the instance). A restarted instance has a new key, so
@@ -45,7 +55,7 @@ from nacl.public import PrivateKey, SealedBox
 
 from dvsecure.backends import PlaintextBackend
 from dvsecure.engine.aggregator import Aggregator
-from dvsecure.engine.calibration import stored_weights
+from dvsecure.engine.calibration import PrivateCalibration, stored_weights
 from dvsecure.engine.ledger import Ledger
 from dvsecure.errors import EnclaveError
 from dvsecure.log import entry
@@ -53,7 +63,7 @@ from dvsecure.log.files import NOTE_FILE, PublishedFileError, read_published
 from dvsecure.log.merkle import MerkleTree, leaf_hash
 from dvsecure.log.note import Signer
 from dvsecure.log.writer import CHECKPOINTS, LogWriter, checkpoint_name
-from dvsecure.noise import PrivateNoise
+from dvsecure.noise import NoiseSource, PrivateNoise
 from dvsecure.policy import ConsortiumPolicy
 from dvsecure.tee import protocol as proto
 from dvsecure.wire import rpc
@@ -82,13 +92,14 @@ def parse(cls, raw: bytes, what: str):
 
 class Enclave:
     def __init__(self, policy: ConsortiumPolicy, principals: proto.Principals, principals_raw: bytes, state: Path,
-                 out: Path, provider, tls_cert_der: bytes, max_open: int):
+                 out: Path, provider, tls_cert_der: bytes, max_open: int, noise: NoiseSource | None = None):
         self.policy, self.principals, self.provider, self.max_open = policy, principals, provider, max_open
+        self.noise = noise = noise or PrivateNoise()
         self.box_key = PrivateKey.generate()
         self.public_key = bytes(self.box_key.public_key)
         self.signer = Signer(f"{entry.log_origin(policy)}/enclave-{secrets.token_hex(4)}", os.urandom(32))
         self.user_data = proto.binding_user_data(self.signer.verifier_key_string, tls_cert_der, principals_raw,
-                                                  policy.digest())
+                                                  policy.digest(), noise.mode)
         document = provider.attest(public_key=self.public_key, user_data=self.user_data, nonce=None)
         state.mkdir(parents=True, exist_ok=True)
         os.chmod(state, 0o700)
@@ -97,7 +108,7 @@ class Enclave:
         self.log = LogWriter(out, self.ledger, [self.signer], role="enclave",
                              attestations={self.signer.name: base64.b64encode(document).decode()})
         self.log.sync()     # records the new signers entry; catches up whatever a crash left unlogged
-        self.aggregator = Aggregator(policy, self.ledger, backend=PlaintextBackend(), noise=PrivateNoise(),
+        self.aggregator = Aggregator(policy, self.ledger, backend=PlaintextBackend(), noise=noise,
                                      weights=stored_weights(self.ledger), log=self.log)
         self.out = out
         self.lock = threading.Lock()
@@ -232,8 +243,42 @@ class Enclave:
                     releases.append(pb.Release(query_id=r.query_id, seq=r.seq, answered=r.answered, label=r.label,
                                                absent=[x.source_id for x in r.participants if x.status == "absent"]))
                 start = end
-            self.leaves += [leaf_hash(b) for b in self.ledger.record_bytes(len(self.leaves), self.log.size)]
+            self._extend_leaves()
             return pb.QueryReply(releases=releases, tree_size=self.log.size)
+
+    def calibrate(self, raw: bytes) -> pb.CalibrationReply:
+        with self.lock:
+            _, body = self._authenticate("Calibrate", raw, self.principals.coordinators, pb.CalibrationRequest)
+            cid = body.calibration_id
+            try:
+                check_query_id(cid, EnclaveError)
+            except EnclaveError as e:
+                fail(f"calibration id: {e}")
+            if cid in self.pending or self.ledger.has_query(cid):
+                fail(f"calibration id {cid!r} is already an open or released query", "ALREADY_EXISTS")
+            ids = self._check_ids(body.query_ids, self.max_open)
+            queries = [self._pending(q) for q in ids]
+            c = queries[0].num_classes
+            if any(p.num_classes != c for p in queries):
+                fail("the labelled queries do not all have the same number of classes")
+            if len(body.labels) != len(ids):
+                fail(f"{len(body.labels)} labels for {len(ids)} query ids")
+            for q, y in zip(ids, body.labels):
+                if not 0 <= y < c:
+                    fail(f"label {y} of query {q!r} is not one of its {c} classes")
+            votes = [[p.votes[s].vote if s in p.votes else None for s in self.policy.ids] for p in queries]
+            result = PrivateCalibration(self.policy, self.ledger, self.noise).run(cid, votes, list(body.labels), c)
+            for q in ids:
+                del self.pending[q]
+            self.log.sync()
+            weights = stored_weights(self.ledger)       # what a restart would read: the entry just committed
+            self.aggregator.set_weights(weights)
+            self._extend_leaves()
+            return pb.CalibrationReply(seq=self.ledger.next_seq() - 1, weights=[weights[s] for s in self.policy.ids],
+                                       skipped=sorted(result.skipped), tree_size=self.log.size)
+
+    def _extend_leaves(self) -> None:
+        self.leaves += [leaf_hash(b) for b in self.ledger.record_bytes(len(self.leaves), self.log.size)]
 
     def get_entries(self, raw: bytes) -> pb.Entries:
         req = parse(pb.EntriesRequest, raw, "EntriesRequest")

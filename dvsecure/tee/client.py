@@ -12,7 +12,10 @@ Light install (grpcio, protobuf, nacl, cryptography; no torch). A source:
    keeping each vote's commitment nonce;
 4. later mirrors the public log (`fetch_log`), audits it (`dvsecure.audit.check`),
    checks that every key that signed it was attested (`audit.attested`, which
-   the audit runs under a policy naming the enclave) and that the log commits to exactly the votes it sent (`check_commitments`).
+   the audit runs under a policy naming the enclave) and that the log commits to
+   exactly the votes it sent for queries (`check_commitments`; votes for
+   calibration queries have no commitment in the log: its calibration entry
+   states only the released accuracies and weights).
 
 Failures raise EnclaveError (code = the gRPC status name for refusals by the
 enclave) or AttestationError (reason says which check failed).
@@ -41,6 +44,8 @@ from ..log.files import ENTRIES_FILE, NOTE_FILE, read_published, scan_published
 from ..log.merkle import verify_consistency
 from ..log.note import Checkpoint, Verifier, open_note
 from ..log.writer import CHECKPOINTS, ENTRIES, KEYS, POLICY, PREVIOUS, checkpoint_name, key_file_name, write_atomic
+from ..mechanism.fixedpoint import SCALE
+from ..noise import PRIVATE
 from ..policy import ConsortiumPolicy
 from ..wire.proto import dvsecure_pb2 as pb
 from ..wire.proto import dvsecure_pb2_grpc as pb_grpc
@@ -94,14 +99,16 @@ class EnclaveIdentity:
     signer_vkey: str            # its checkpoint key (C2SP verifier key)
     document: AttestationDocument
     simulated: bool
+    noise: str = PRIVATE        # the noise mode it releases with
 
 
 def verify_enclave(conn: Connection, *, expected_pcr0: bytes, expected_principals: bytes,
                    expected_policy: ConsortiumPolicy, trusted_sim_roots: Iterable = (),
-                   root=None) -> EnclaveIdentity:
+                   root=None, allow_nonprivate: bool = False) -> EnclaveIdentity:
     """Fetch a fresh attestation and check it binds this instance's keys, its TLS endpoint,
-    the agreed principals file (`expected_principals`: its exact bytes) and the agreed
-    policy — before a single vote is sent to it."""
+    the agreed principals file (`expected_principals`: its exact bytes), the agreed
+    policy and private noise (test noise only with `allow_nonprivate`) — before a
+    single vote is sent to it."""
     nonce = os.urandom(32)
     raw = conn.call("GetAttestation", pb.AttestationRequest(nonce=nonce)).document
     doc = verify(raw, root_der_or_pem=root, expected_pcrs={0: expected_pcr0}, expected_nonce=nonce,
@@ -118,8 +125,11 @@ def verify_enclave(conn: Connection, *, expected_pcr0: bytes, expected_principal
     if not binding.policy_is(expected_policy):
         raise EnclaveError("the enclave enforces another policy than the agreed one (other bands, budgets or "
                            "mechanism)", "UNAUTHENTICATED")
+    if binding.noise != PRIVATE and not allow_nonprivate:
+        raise EnclaveError(f"the enclave releases with {binding.noise!r} noise, which is not private (a test mode)",
+                           "UNAUTHENTICATED")
     Verifier.from_key_string(binding.signer_vkey)   # well-formed, or NoteError
-    return EnclaveIdentity(doc.public_key, binding.signer_vkey, doc, doc.simulated)
+    return EnclaveIdentity(doc.public_key, binding.signer_vkey, doc, doc.simulated, binding.noise)
 
 
 # ---- signed requests ------------------------------------------------------------------------
@@ -181,7 +191,7 @@ class SourceClient(_Principal):
 
 
 class CoordinatorClient(_Principal):
-    """The coordinator: opens queries and asks for their release."""
+    """The coordinator: opens queries, asks for their release or calibrates on them."""
 
     def control(self, method: str, query_ids: Sequence[str], num_classes: int = 0) -> pb.Signed:
         return self.signed(method, pb.Control(version=proto.VERSION, counter=self.next_counter(),
@@ -193,6 +203,15 @@ class CoordinatorClient(_Principal):
 
     def release(self, query_ids: Sequence[str]) -> pb.QueryReply:
         return self.conn.call("Query", self.control("Query", query_ids))
+
+    def calibration_request(self, calibration_id: str, query_ids: Sequence[str], labels: Sequence[int]) -> pb.Signed:
+        return self.signed("Calibrate", pb.CalibrationRequest(
+            version=proto.VERSION, counter=self.next_counter(), enclave_key=self.enclave.public_key,
+            calibration_id=calibration_id, query_ids=list(query_ids), labels=[int(y) for y in labels]))
+
+    def calibrate(self, calibration_id: str, query_ids: Sequence[str], labels: Sequence[int]) -> pb.CalibrationReply:
+        """Calibrate on these open queries, whose true labels these are; the log entry is `calibration_id`."""
+        return self.conn.call("Calibrate", self.calibration_request(calibration_id, query_ids, labels))
 
 
 # ---- the log --------------------------------------------------------------------------------
@@ -208,17 +227,7 @@ def fetch_log(conn: Connection, policy: ConsortiumPolicy, dest: str | Path) -> P
     (dest / CHECKPOINTS).mkdir(parents=True, exist_ok=True)
     (dest / KEYS).mkdir(exist_ok=True)
     head = conn.call("GetCheckpoint", pb.CheckpointRequest(size=0))
-    entries: list[bytes] = []
-    total, cap = 0, ENTRIES_FILE.cap        # the auditor would refuse a larger mirror anyway
-    while len(entries) < head.size:
-        got = conn.call("GetEntries", pb.EntriesRequest(start=len(entries), end=head.size)).entries
-        if not got:
-            raise EnclaveError(f"the enclave served {len(entries)} of the {head.size} entries its checkpoint covers",
-                               "DATA_LOSS")
-        total += sum(len(e) + 1 for e in got)
-        if total > cap:
-            raise EnclaveError(f"the enclave's entries exceed {ENTRIES_FILE.limit()}", "RESOURCE_EXHAUSTED")
-        entries += got
+    entries = read_entries(conn, head.size)
     notes, size = {head.size: head.note}, head.size
     while True:
         if len(notes[size]) > NOTE_FILE.cap:
@@ -240,6 +249,36 @@ def fetch_log(conn: Connection, policy: ConsortiumPolicy, dest: str | Path) -> P
             for k in e.keys:
                 write_atomic(dest / KEYS / key_file_name(k.vkey), (k.vkey + "\n").encode())
     return dest
+
+
+def read_entries(conn: Connection, size: int) -> list[bytes]:
+    """The log's first `size` entries (exact bytes), page by page; unverified."""
+    entries: list[bytes] = []
+    total, cap = 0, ENTRIES_FILE.cap        # the auditor would refuse a larger mirror anyway
+    while len(entries) < size:
+        got = conn.call("GetEntries", pb.EntriesRequest(start=len(entries), end=size)).entries
+        if not got:
+            raise EnclaveError(f"the enclave served {len(entries)} of the {size} entries its checkpoint covers",
+                               "DATA_LOSS")
+        total += sum(len(e) + 1 for e in got)
+        if total > cap:
+            raise EnclaveError(f"the enclave's entries exceed {ENTRIES_FILE.limit()}", "RESOURCE_EXHAUSTED")
+        entries += got
+    return entries
+
+
+def calibrated_weights(entries: Iterable[bytes], policy: ConsortiumPolicy) -> dict[str, float] | None:
+    """The weights the latest calibration entry of a log sets, or None if it has none
+    (what the enclave queries with: `stored_weights` of its ledger)."""
+    latest = None
+    for line in entries:
+        e = E.decode(line)
+        if isinstance(e, E.Calibration):
+            latest = e
+    if latest is None:
+        return None
+    units = E.unpack(latest.gamma, "<u4", len(policy.sources))
+    return {sid: int(g) / SCALE for sid, g in zip(policy.ids, units)}
 
 
 def verify_checkpoint_from(conn: Connection, identity: EnclaveIdentity) -> Checkpoint:

@@ -4,18 +4,23 @@ Shared by the enclave application (`enclave/`) and the source client (light
 install: no grpc needed here, only nacl, cbor2 and the generated messages).
 
 - Signed requests: Ed25519 over b"dvsecure/enclave/v1/<Method>\\0" || body, the
-  body being the exact serialized bytes of a `Submission` or `Control`; the
-  method in the domain stops a body signed for one call being used for another.
+  body being the exact serialized bytes of a `Submission`, `Control` or
+  `CalibrationRequest`; the method in the domain stops a body signed for one
+  call being used for another.
 - Principals: who may call what. Sources (by policy id) may Submit; coordinators
-  (by name) may Open and Query. A JSON file maps each to its Ed25519 public key.
-- Key binding: the attestation's user_data is CBOR {"v": 2, "signer": the
+  (by name) may Open, Query and Calibrate. A JSON file maps each to its Ed25519
+  public key.
+- Key binding: the attestation's user_data is CBOR {"v": 3, "signer": the
   checkpoint verifier key, "tls_sha256": SHA-256 of the TLS certificate (DER),
   "principals_sha256": SHA-256 of the principals file's exact bytes,
-  "policy_sha256": the policy's digest (SHA-256 of its canonical JSON)}; its
-  public_key is the X25519 key votes are sealed to. So one document binds the
-  log's signing key, the sealing key, the TLS endpoint, who may submit and the
-  policy enforced to the measurement: a host cannot slip in a key of its own
-  for a source, nor run the enclave under a looser policy than the one agreed.
+  "policy_sha256": the policy's digest (SHA-256 of its canonical JSON),
+  "noise": the noise mode it releases with}; its public_key is the X25519 key
+  votes are sealed to. So one document binds the log's signing key, the sealing
+  key, the TLS endpoint, who may submit, the policy enforced and the noise to
+  the measurement: a host cannot slip in a key of its own for a source, nor run
+  the enclave under a looser policy than the one agreed, nor without private
+  noise unnoticed (only the simulated provider starts with test noise at all).
+  Version 2 bound no noise mode: such instances had private noise only.
 - Measurement: what the simulated provider's PCR0 covers (`enclave_measurement`).
 """
 from __future__ import annotations
@@ -33,16 +38,18 @@ from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
 from ..errors import EnclaveError
+from ..noise import NO_NOISE, PRIVATE, SEEDED
 from ..wire.proto import dvsecure_pb2 as pb
 
 VERSION = 1
 VOTE_NONCE_BYTES = 32                  # the commitment nonce of each vote
 ATTESTATION_NONCE_BYTES = (16, 64)     # accepted length of a client's attestation nonce
 X25519_KEY_BYTES = 32
-BINDING_VERSION = 2                    # 2: the policy is bound too (1 bound no policy: refused)
-SIGNED_METHODS = ("Open", "Submit", "Query")
+BINDING_VERSION = 3                    # 3: the noise mode too; 2: the policy (1 bound no policy: refused)
+SIGNED_METHODS = ("Open", "Submit", "Query", "Calibrate")
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MEASURED_DIRS = ("enclave", "dvsecure")
+NOISE_MODES = (PRIVATE, SEEDED, NO_NOISE)
 
 
 def domain(method: str) -> bytes:
@@ -116,11 +123,12 @@ class Principals:
 
 # ---- key binding --------------------------------------------------------------------------
 
-def binding_user_data(signer_vkey: str, tls_cert_der: bytes, principals: bytes, policy_digest: str) -> bytes:
+def binding_user_data(signer_vkey: str, tls_cert_der: bytes, principals: bytes, policy_digest: str,
+                      noise_mode: str = PRIVATE) -> bytes:
     return cbor2.dumps({"v": BINDING_VERSION, "signer": signer_vkey,
                         "tls_sha256": hashlib.sha256(tls_cert_der).digest(),
                         "principals_sha256": hashlib.sha256(principals).digest(),
-                        "policy_sha256": bytes.fromhex(policy_digest)})
+                        "policy_sha256": bytes.fromhex(policy_digest), "noise": noise_mode})
 
 
 @dataclass(frozen=True)
@@ -129,6 +137,7 @@ class Binding:
     tls_sha256: bytes
     principals_sha256: bytes
     policy_sha256: bytes
+    noise: str = PRIVATE
 
     def policy_is(self, policy) -> bool:
         return self.policy_sha256 == bytes.fromhex(policy.digest())
@@ -142,10 +151,12 @@ def parse_binding(user_data: bytes | None) -> Binding:
     if isinstance(d, dict) and d.get("v") == 1:
         raise EnclaveError("the attestation's key binding (version 1) does not bind the enforced policy",
                            "UNAUTHENTICATED")
-    if not (isinstance(d, dict) and d.get("v") == BINDING_VERSION and isinstance(d.get("signer"), str)
-            and all(isinstance(d.get(k), bytes) and len(d[k]) == 32 for k in ("tls_sha256", "principals_sha256", "policy_sha256"))):
+    if not (isinstance(d, dict) and d.get("v") in (2, BINDING_VERSION) and isinstance(d.get("signer"), str)
+            and all(isinstance(d.get(k), bytes) and len(d[k]) == 32
+                    for k in ("tls_sha256", "principals_sha256", "policy_sha256"))
+            and (d["v"] == 2 or d.get("noise") in NOISE_MODES)):
         raise EnclaveError("the attestation's user_data is not a dvsecure enclave key binding", "UNAUTHENTICATED")
-    return Binding(d["signer"], d["tls_sha256"], d["principals_sha256"], d["policy_sha256"])
+    return Binding(d["signer"], d["tls_sha256"], d["principals_sha256"], d["policy_sha256"], d.get("noise", PRIVATE))
 
 
 # ---- measurement --------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from dvsecure.audit.check import audit
-from dvsecure.demo.enclave import COORDINATOR, launch, prepare
+from dvsecure.demo.enclave import COORDINATOR, launch, noise_flags, prepare
 from dvsecure.policy import Budget, ConsortiumPolicy, MechanismPolicy, SignerPolicy, SourcePolicy
 from dvsecure.tee.client import (
     CoordinatorClient,
@@ -29,8 +29,11 @@ CLASSES = 4
 
 
 class Deployment:
-    def __init__(self, root: Path, policy: ConsortiumPolicy = POLICY, extra: tuple[str, ...] = ()):
-        self.root, self.policy, self.extra = root, policy, extra
+    def __init__(self, root: Path, policy: ConsortiumPolicy = POLICY, extra: tuple[str, ...] = (), noise=None):
+        # noise: a test NoiseSource whose mode (and seed) the enclave runs with; None: private.
+        self.root, self.policy = root, policy
+        self.extra = extra + (noise_flags(noise) if noise is not None else ())
+        self.nonprivate = noise is not None and not noise.private
         self.state, self.out = root / "state", root / "out"
         self.keys, self.coordinator_key = prepare(self.state, policy)
         self.pcr0 = enclave_measurement()
@@ -50,7 +53,7 @@ class Deployment:
         self.conn = connect(self.proc.address, self.proc.tls_cert)
         self.identity = verify_enclave(self.conn, expected_pcr0=self.pcr0, expected_principals=self.principals,
                                        expected_policy=self.policy,
-                                       trusted_sim_roots=self.roots)
+                                       trusted_sim_roots=self.roots, allow_nonprivate=self.nonprivate)
         self.coordinator = CoordinatorClient(COORDINATOR, self.coordinator_key, self.conn, self.identity)
         self.sources = {sid: SourceClient(sid, k, self.conn, self.identity) for sid, k in self.keys.items()}
         return self
@@ -85,7 +88,7 @@ class Deployment:
     def check(self) -> list[str]:
         """Everything a source checks afterwards; empty means all is well."""
         attested = {"enclave_pcr0": self.pcr0, "enclave_principals": self.principals,
-                    "trusted_sim_roots": self.roots}
+                    "trusted_sim_roots": self.roots, "allow_nonprivate": self.nonprivate}
         findings = [str(f) for f in audit(self.out, **attested).findings]
         if self.conn is not None:
             mirror = fetch_log(self.conn, self.policy, self.root / "mirror")

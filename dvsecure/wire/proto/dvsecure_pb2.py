@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"dvsecure/wire/proto/dvsecure.proto\x12\x0b\x64vsecure.v1\"\x12\n\x10PartyKeysRequest\"S\n\tPartyKeys\x12\x0c\n\x04rank\x18\x01 \x01(\r\x12\x12\n\nworld_size\x18\x02 \x01(\r\x12\x0f\n\x07\x62ox_key\x18\x03 \x01(\x0c\x12\x13\n\x0b\x63osign_vkey\x18\x04 \x01(\t\"!\n\rShareEnvelope\x12\x10\n\x08\x65nvelope\x18\x01 \x01(\x0c\"#\n\x12\x41ttestationRequest\x12\r\n\x05nonce\x18\x01 \x01(\x0c\"\x1f\n\x0b\x41ttestation\x12\x10\n\x08\x64ocument\x18\x01 \x01(\x0c\"<\n\x06Signed\x12\x11\n\tsigner_id\x18\x01 \x01(\t\x12\x0c\n\x04\x62ody\x18\x02 \x01(\x0c\x12\x11\n\tsignature\x18\x03 \x01(\x0c\"\x8e\x01\n\nSubmission\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x11\n\tsource_id\x18\x02 \x01(\t\x12\x0f\n\x07\x63ounter\x18\x03 \x01(\x04\x12\x13\n\x0b\x65nclave_key\x18\x04 \x01(\x0c\x12\x13\n\x0bnum_classes\x18\x05 \x01(\r\x12\x11\n\tquery_ids\x18\x06 \x03(\t\x12\x0e\n\x06sealed\x18\x07 \x01(\x0c\")\n\x05Votes\x12 \n\x05votes\x18\x01 \x03(\x0b\x32\x11.dvsecure.v1.Vote\"\x8b\x01\n\x04Vote\x12\x0f\n\x05label\x18\x01 \x01(\x03H\x00\x12\x33\n\rprobabilities\x18\x02 \x01(\x0b\x32\x1a.dvsecure.v1.ProbabilitiesH\x00\x12%\n\x06\x63ounts\x18\x04 \x01(\x0b\x32\x13.dvsecure.v1.CountsH\x00\x12\r\n\x05nonce\x18\x03 \x01(\x0c\x42\x07\n\x05value\"\x1a\n\rProbabilities\x12\t\n\x01p\x18\x01 \x03(\x01\"\x13\n\x06\x43ounts\x12\t\n\x01n\x18\x01 \x03(\x03\"h\n\x07\x43ontrol\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x0f\n\x07\x63ounter\x18\x02 \x01(\x04\x12\x13\n\x0b\x65nclave_key\x18\x03 \x01(\x0c\x12\x13\n\x0bnum_classes\x18\x04 \x01(\r\x12\x11\n\tquery_ids\x18\x05 \x03(\t\"\x1b\n\tOpenReply\x12\x0e\n\x06opened\x18\x01 \x01(\r\"\x1f\n\x0bSubmitReply\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\r\"h\n\x07Release\x12\x10\n\x08query_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x10\n\x08\x61nswered\x18\x03 \x01(\x08\x12\x12\n\x05label\x18\x04 \x01(\x03H\x00\x88\x01\x01\x12\x0e\n\x06\x61\x62sent\x18\x05 \x03(\tB\x08\n\x06_label\"G\n\nQueryReply\x12&\n\x08releases\x18\x01 \x03(\x0b\x32\x14.dvsecure.v1.Release\x12\x11\n\ttree_size\x18\x02 \x01(\x04\",\n\x0e\x45ntriesRequest\x12\r\n\x05start\x18\x01 \x01(\x04\x12\x0b\n\x03\x65nd\x18\x02 \x01(\x04\")\n\x07\x45ntries\x12\r\n\x05start\x18\x01 \x01(\x04\x12\x0f\n\x07\x65ntries\x18\x02 \x03(\x0c\"!\n\x11\x43heckpointRequest\x12\x0c\n\x04size\x18\x01 \x01(\x04\".\n\x10SignedCheckpoint\x12\x0c\n\x04size\x18\x01 \x01(\x04\x12\x0c\n\x04note\x18\x02 \x01(\x0c\"K\n\rProofsRequest\x12\x11\n\ttree_size\x18\x01 \x01(\x04\x12\x14\n\x0cleaf_indices\x18\x02 \x03(\x04\x12\x11\n\told_sizes\x18\x03 \x03(\x04\"\x17\n\x05Proof\x12\x0e\n\x06hashes\x18\x01 \x03(\x0c\"X\n\x06Proofs\x12%\n\tinclusion\x18\x01 \x03(\x0b\x32\x12.dvsecure.v1.Proof\x12\'\n\x0b\x63onsistency\x18\x02 \x03(\x0b\x32\x12.dvsecure.v1.Proof2\xca\x03\n\x07\x45nclave\x12K\n\x0eGetAttestation\x12\x1f.dvsecure.v1.AttestationRequest\x1a\x18.dvsecure.v1.Attestation\x12\x33\n\x04Open\x12\x13.dvsecure.v1.Signed\x1a\x16.dvsecure.v1.OpenReply\x12\x37\n\x06Submit\x12\x13.dvsecure.v1.Signed\x1a\x18.dvsecure.v1.SubmitReply\x12\x35\n\x05Query\x12\x13.dvsecure.v1.Signed\x1a\x17.dvsecure.v1.QueryReply\x12?\n\nGetEntries\x12\x1b.dvsecure.v1.EntriesRequest\x1a\x14.dvsecure.v1.Entries\x12N\n\rGetCheckpoint\x12\x1e.dvsecure.v1.CheckpointRequest\x1a\x1d.dvsecure.v1.SignedCheckpoint\x12<\n\tGetProofs\x12\x1a.dvsecure.v1.ProofsRequest\x1a\x13.dvsecure.v1.Proofs2\x8f\x01\n\x05Party\x12@\n\x07GetKeys\x12\x1d.dvsecure.v1.PartyKeysRequest\x1a\x16.dvsecure.v1.PartyKeys\x12\x44\n\x0cSubmitShares\x12\x1a.dvsecure.v1.ShareEnvelope\x1a\x18.dvsecure.v1.SubmitReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"dvsecure/wire/proto/dvsecure.proto\x12\x0b\x64vsecure.v1\"\x12\n\x10PartyKeysRequest\"S\n\tPartyKeys\x12\x0c\n\x04rank\x18\x01 \x01(\r\x12\x12\n\nworld_size\x18\x02 \x01(\r\x12\x0f\n\x07\x62ox_key\x18\x03 \x01(\x0c\x12\x13\n\x0b\x63osign_vkey\x18\x04 \x01(\t\"!\n\rShareEnvelope\x12\x10\n\x08\x65nvelope\x18\x01 \x01(\x0c\"#\n\x12\x41ttestationRequest\x12\r\n\x05nonce\x18\x01 \x01(\x0c\"\x1f\n\x0b\x41ttestation\x12\x10\n\x08\x64ocument\x18\x01 \x01(\x0c\"<\n\x06Signed\x12\x11\n\tsigner_id\x18\x01 \x01(\t\x12\x0c\n\x04\x62ody\x18\x02 \x01(\x0c\x12\x11\n\tsignature\x18\x03 \x01(\x0c\"\x8e\x01\n\nSubmission\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x11\n\tsource_id\x18\x02 \x01(\t\x12\x0f\n\x07\x63ounter\x18\x03 \x01(\x04\x12\x13\n\x0b\x65nclave_key\x18\x04 \x01(\x0c\x12\x13\n\x0bnum_classes\x18\x05 \x01(\r\x12\x11\n\tquery_ids\x18\x06 \x03(\t\x12\x0e\n\x06sealed\x18\x07 \x01(\x0c\")\n\x05Votes\x12 \n\x05votes\x18\x01 \x03(\x0b\x32\x11.dvsecure.v1.Vote\"\x8b\x01\n\x04Vote\x12\x0f\n\x05label\x18\x01 \x01(\x03H\x00\x12\x33\n\rprobabilities\x18\x02 \x01(\x0b\x32\x1a.dvsecure.v1.ProbabilitiesH\x00\x12%\n\x06\x63ounts\x18\x04 \x01(\x0b\x32\x13.dvsecure.v1.CountsH\x00\x12\r\n\x05nonce\x18\x03 \x01(\x0c\x42\x07\n\x05value\"\x1a\n\rProbabilities\x12\t\n\x01p\x18\x01 \x03(\x01\"\x13\n\x06\x43ounts\x12\t\n\x01n\x18\x01 \x03(\x03\"h\n\x07\x43ontrol\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x0f\n\x07\x63ounter\x18\x02 \x01(\x04\x12\x13\n\x0b\x65nclave_key\x18\x03 \x01(\x0c\x12\x13\n\x0bnum_classes\x18\x04 \x01(\r\x12\x11\n\tquery_ids\x18\x05 \x03(\t\"\x86\x01\n\x12\x43\x61librationRequest\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x0f\n\x07\x63ounter\x18\x02 \x01(\x04\x12\x13\n\x0b\x65nclave_key\x18\x03 \x01(\x0c\x12\x16\n\x0e\x63\x61libration_id\x18\x04 \x01(\t\x12\x11\n\tquery_ids\x18\x05 \x03(\t\x12\x0e\n\x06labels\x18\x06 \x03(\x03\"T\n\x10\x43\x61librationReply\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0f\n\x07weights\x18\x02 \x03(\x01\x12\x0f\n\x07skipped\x18\x03 \x03(\t\x12\x11\n\ttree_size\x18\x04 \x01(\x04\"\x1b\n\tOpenReply\x12\x0e\n\x06opened\x18\x01 \x01(\r\"\x1f\n\x0bSubmitReply\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\r\"h\n\x07Release\x12\x10\n\x08query_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x10\n\x08\x61nswered\x18\x03 \x01(\x08\x12\x12\n\x05label\x18\x04 \x01(\x03H\x00\x88\x01\x01\x12\x0e\n\x06\x61\x62sent\x18\x05 \x03(\tB\x08\n\x06_label\"G\n\nQueryReply\x12&\n\x08releases\x18\x01 \x03(\x0b\x32\x14.dvsecure.v1.Release\x12\x11\n\ttree_size\x18\x02 \x01(\x04\",\n\x0e\x45ntriesRequest\x12\r\n\x05start\x18\x01 \x01(\x04\x12\x0b\n\x03\x65nd\x18\x02 \x01(\x04\")\n\x07\x45ntries\x12\r\n\x05start\x18\x01 \x01(\x04\x12\x0f\n\x07\x65ntries\x18\x02 \x03(\x0c\"!\n\x11\x43heckpointRequest\x12\x0c\n\x04size\x18\x01 \x01(\x04\".\n\x10SignedCheckpoint\x12\x0c\n\x04size\x18\x01 \x01(\x04\x12\x0c\n\x04note\x18\x02 \x01(\x0c\"K\n\rProofsRequest\x12\x11\n\ttree_size\x18\x01 \x01(\x04\x12\x14\n\x0cleaf_indices\x18\x02 \x03(\x04\x12\x11\n\told_sizes\x18\x03 \x03(\x04\"\x17\n\x05Proof\x12\x0e\n\x06hashes\x18\x01 \x03(\x0c\"X\n\x06Proofs\x12%\n\tinclusion\x18\x01 \x03(\x0b\x32\x12.dvsecure.v1.Proof\x12\'\n\x0b\x63onsistency\x18\x02 \x03(\x0b\x32\x12.dvsecure.v1.Proof2\x8b\x04\n\x07\x45nclave\x12K\n\x0eGetAttestation\x12\x1f.dvsecure.v1.AttestationRequest\x1a\x18.dvsecure.v1.Attestation\x12\x33\n\x04Open\x12\x13.dvsecure.v1.Signed\x1a\x16.dvsecure.v1.OpenReply\x12\x37\n\x06Submit\x12\x13.dvsecure.v1.Signed\x1a\x18.dvsecure.v1.SubmitReply\x12\x35\n\x05Query\x12\x13.dvsecure.v1.Signed\x1a\x17.dvsecure.v1.QueryReply\x12?\n\tCalibrate\x12\x13.dvsecure.v1.Signed\x1a\x1d.dvsecure.v1.CalibrationReply\x12?\n\nGetEntries\x12\x1b.dvsecure.v1.EntriesRequest\x1a\x14.dvsecure.v1.Entries\x12N\n\rGetCheckpoint\x12\x1e.dvsecure.v1.CheckpointRequest\x1a\x1d.dvsecure.v1.SignedCheckpoint\x12<\n\tGetProofs\x12\x1a.dvsecure.v1.ProofsRequest\x1a\x13.dvsecure.v1.Proofs2\x8f\x01\n\x05Party\x12@\n\x07GetKeys\x12\x1d.dvsecure.v1.PartyKeysRequest\x1a\x16.dvsecure.v1.PartyKeys\x12\x44\n\x0cSubmitShares\x12\x1a.dvsecure.v1.ShareEnvelope\x1a\x18.dvsecure.v1.SubmitReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -55,30 +55,34 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_COUNTS']._serialized_end=700
   _globals['_CONTROL']._serialized_start=702
   _globals['_CONTROL']._serialized_end=806
-  _globals['_OPENREPLY']._serialized_start=808
-  _globals['_OPENREPLY']._serialized_end=835
-  _globals['_SUBMITREPLY']._serialized_start=837
-  _globals['_SUBMITREPLY']._serialized_end=868
-  _globals['_RELEASE']._serialized_start=870
-  _globals['_RELEASE']._serialized_end=974
-  _globals['_QUERYREPLY']._serialized_start=976
-  _globals['_QUERYREPLY']._serialized_end=1047
-  _globals['_ENTRIESREQUEST']._serialized_start=1049
-  _globals['_ENTRIESREQUEST']._serialized_end=1093
-  _globals['_ENTRIES']._serialized_start=1095
-  _globals['_ENTRIES']._serialized_end=1136
-  _globals['_CHECKPOINTREQUEST']._serialized_start=1138
-  _globals['_CHECKPOINTREQUEST']._serialized_end=1171
-  _globals['_SIGNEDCHECKPOINT']._serialized_start=1173
-  _globals['_SIGNEDCHECKPOINT']._serialized_end=1219
-  _globals['_PROOFSREQUEST']._serialized_start=1221
-  _globals['_PROOFSREQUEST']._serialized_end=1296
-  _globals['_PROOF']._serialized_start=1298
-  _globals['_PROOF']._serialized_end=1321
-  _globals['_PROOFS']._serialized_start=1323
-  _globals['_PROOFS']._serialized_end=1411
-  _globals['_ENCLAVE']._serialized_start=1414
-  _globals['_ENCLAVE']._serialized_end=1872
-  _globals['_PARTY']._serialized_start=1875
-  _globals['_PARTY']._serialized_end=2018
+  _globals['_CALIBRATIONREQUEST']._serialized_start=809
+  _globals['_CALIBRATIONREQUEST']._serialized_end=943
+  _globals['_CALIBRATIONREPLY']._serialized_start=945
+  _globals['_CALIBRATIONREPLY']._serialized_end=1029
+  _globals['_OPENREPLY']._serialized_start=1031
+  _globals['_OPENREPLY']._serialized_end=1058
+  _globals['_SUBMITREPLY']._serialized_start=1060
+  _globals['_SUBMITREPLY']._serialized_end=1091
+  _globals['_RELEASE']._serialized_start=1093
+  _globals['_RELEASE']._serialized_end=1197
+  _globals['_QUERYREPLY']._serialized_start=1199
+  _globals['_QUERYREPLY']._serialized_end=1270
+  _globals['_ENTRIESREQUEST']._serialized_start=1272
+  _globals['_ENTRIESREQUEST']._serialized_end=1316
+  _globals['_ENTRIES']._serialized_start=1318
+  _globals['_ENTRIES']._serialized_end=1359
+  _globals['_CHECKPOINTREQUEST']._serialized_start=1361
+  _globals['_CHECKPOINTREQUEST']._serialized_end=1394
+  _globals['_SIGNEDCHECKPOINT']._serialized_start=1396
+  _globals['_SIGNEDCHECKPOINT']._serialized_end=1442
+  _globals['_PROOFSREQUEST']._serialized_start=1444
+  _globals['_PROOFSREQUEST']._serialized_end=1519
+  _globals['_PROOF']._serialized_start=1521
+  _globals['_PROOF']._serialized_end=1544
+  _globals['_PROOFS']._serialized_start=1546
+  _globals['_PROOFS']._serialized_end=1634
+  _globals['_ENCLAVE']._serialized_start=1637
+  _globals['_ENCLAVE']._serialized_end=2160
+  _globals['_PARTY']._serialized_start=2163
+  _globals['_PARTY']._serialized_end=2306
 # @@protoc_insertion_point(module_scope)

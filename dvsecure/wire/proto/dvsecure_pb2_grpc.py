@@ -54,6 +54,11 @@ class EnclaveStub:
                 request_serializer=dvsecure_dot_wire_dot_proto_dot_dvsecure__pb2.Signed.SerializeToString,
                 response_deserializer=dvsecure_dot_wire_dot_proto_dot_dvsecure__pb2.QueryReply.FromString,
                 _registered_method=True)
+        self.Calibrate = channel.unary_unary(
+                '/dvsecure.v1.Enclave/Calibrate',
+                request_serializer=dvsecure_dot_wire_dot_proto_dot_dvsecure__pb2.Signed.SerializeToString,
+                response_deserializer=dvsecure_dot_wire_dot_proto_dot_dvsecure__pb2.CalibrationReply.FromString,
+                _registered_method=True)
         self.GetEntries = channel.unary_unary(
                 '/dvsecure.v1.Enclave/GetEntries',
                 request_serializer=dvsecure_dot_wire_dot_proto_dot_dvsecure__pb2.EntriesRequest.SerializeToString,
@@ -103,6 +108,18 @@ class EnclaveServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Calibrate(self, request, context):
+        """Coordinator: calibrate on open queries whose true labels it now states (labels are
+        public to the computing side): each source's weight within its band is learnt from
+        its noisy mean accuracy on them (dvsecure.engine.calibration.PrivateCalibration, as
+        on the plaintext backend), charged and logged as one calibration entry, and used
+        for every later query. The queries are consumed: they release no label. A source
+        that did not submit counts 0. Body: CalibrationRequest.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetEntries(self, request, context):
         """The public log: entries, signed checkpoints, Merkle proofs (RFC 9162).
         """
@@ -144,6 +161,11 @@ def add_EnclaveServicer_to_server(servicer, server):
                     servicer.Query,
                     request_deserializer=dvsecure_dot_wire_dot_proto_dot_dvsecure__pb2.Signed.FromString,
                     response_serializer=dvsecure_dot_wire_dot_proto_dot_dvsecure__pb2.QueryReply.SerializeToString,
+            ),
+            'Calibrate': grpc.unary_unary_rpc_method_handler(
+                    servicer.Calibrate,
+                    request_deserializer=dvsecure_dot_wire_dot_proto_dot_dvsecure__pb2.Signed.FromString,
+                    response_serializer=dvsecure_dot_wire_dot_proto_dot_dvsecure__pb2.CalibrationReply.SerializeToString,
             ),
             'GetEntries': grpc.unary_unary_rpc_method_handler(
                     servicer.GetEntries,
@@ -269,6 +291,33 @@ class Enclave:
             '/dvsecure.v1.Enclave/Query',
             dvsecure_dot_wire_dot_proto_dot_dvsecure__pb2.Signed.SerializeToString,
             dvsecure_dot_wire_dot_proto_dot_dvsecure__pb2.QueryReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Calibrate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dvsecure.v1.Enclave/Calibrate',
+            dvsecure_dot_wire_dot_proto_dot_dvsecure__pb2.Signed.SerializeToString,
+            dvsecure_dot_wire_dot_proto_dot_dvsecure__pb2.CalibrationReply.FromString,
             options,
             channel_credentials,
             insecure,
