@@ -6,6 +6,11 @@ vendor), tls/ (the certificate the enclave wrote), enclave/ (its ledger),
 enclave.stderr (its log, with the SIMULATED banner), witnesses/ (the last
 checkpoint each source saw: it refuses a log that does not extend it). `out` is the enclave's
 published log, which the sources mirror over gRPC and audit.
+
+As on the plaintext backend (`dvsecure.demo.run`), the first third of the queries of a run on a log
+without a calibration entry are labelled: the sources submit their votes for them, and the
+coordinator has the enclave calibrate on them (inside it, `Enclave.calibrate`) before the rest are
+answered with the calibrated weights.
 """
 from __future__ import annotations
 
@@ -17,19 +22,22 @@ from pathlib import Path
 from nacl.signing import SigningKey
 
 from ..audit.check import audit
-from ..engine.calibration import hedge_baseline
+from ..engine.calibration import hedge_baseline, labelled_query_ids
 from ..errors import ParameterError
 from ..log.note import Checkpoint
 from ..log.writer import write_atomic
 from ..mechanism.filter import BudgetFilter
+from ..noise import SEEDED, NoiseSource, PrivateNoise
 from ..policy import ConsortiumPolicy, SignerPolicy
 from ..tee.client import (
     CoordinatorClient,
     SourceClient,
+    calibrated_weights,
     check_commitments,
     check_not_rolled_back,
     connect,
     fetch_log,
+    read_entries,
     verify_enclave,
 )
 from ..tee.process import start_enclave
@@ -80,13 +88,21 @@ def launch(state: Path, out: Path, extra: tuple[str, ...] = ()):
                          out=out, tls_dir=state / "tls", sim_ca=state / "sim-ca", run_dir=state, extra=extra)
 
 
+def noise_flags(noise: NoiseSource) -> tuple[str, ...]:
+    """The enclave's flags for this noise (it runs in another process: the mode and seed cross)."""
+    return ("--noise", noise.mode, *(("--noise-seed", str(noise.seed)) if noise.mode == SEEDED else ()))
+
+
 def run_enclave_demo(out: Path, state: Path, num_sources: int = 5, num_queries: int = 300, num_classes: int = 10,
-                     seed: int = 0, policy: ConsortiumPolicy | None = None) -> DemoReport:
+                     seed: int = 0, policy: ConsortiumPolicy | None = None,
+                     noise: NoiseSource | None = None) -> DemoReport:
     """Start the sim enclave as its own process, run the sources and the coordinator as
     gRPC clients over TLS on loopback, stop the enclave, and audit what they received.
     The report has the fields of `dvsecure.demo.run.run_demo`'s, backend "enclave", plus
     "attestation"; its "audit" also covers the attested signers, each source's
-    commitments and the sources' mirror of the log."""
+    commitments and the sources' mirror of the log. `noise` (default private): a
+    non-private mode is for tests; the enclave's attestation states it and every
+    client and the audit accept it only because they are told to."""
     if num_queries < 2:
         raise ParameterError(f"--queries must be >= 2, got {num_queries}")
     if num_classes < 2:
@@ -97,8 +113,9 @@ def run_enclave_demo(out: Path, state: Path, num_sources: int = 5, num_queries: 
     if policy.signers is None:
         # Who must sign: the attested enclave, whatever key it holds (new at every start).
         policy = policy.with_signers(SignerPolicy(enclave_pcr0=pcr0.hex()))
+    noise = noise or PrivateNoise()
     keys, coordinator_key = prepare(state, policy)
-    enclave = launch(state, out)
+    enclave = launch(state, out, noise_flags(noise))
     roots = [(state / "sim-ca" / "root.pem").read_bytes()]    # the simulated root, trusted explicitly
     sent: dict[str, dict] = {sid: {} for sid in policy.ids}
     try:
@@ -107,7 +124,7 @@ def run_enclave_demo(out: Path, state: Path, num_sources: int = 5, num_queries: 
             # Each source checks the attestation itself before sending anything.
             agreed = (state / "principals.json").read_bytes()
             ids = {sid: verify_enclave(c, expected_pcr0=pcr0, expected_principals=agreed, expected_policy=policy,
-                                        trusted_sim_roots=roots)
+                                        trusted_sim_roots=roots, allow_nonprivate=not noise.private)
                    for sid, c in conns.items()}
             # ... and that the log extends the last checkpoint it saw (no rolled-back ledger).
             witnesses = state / "witnesses"
@@ -122,8 +139,22 @@ def run_enclave_demo(out: Path, state: Path, num_sources: int = 5, num_queries: 
             start = conns[COORDINATOR].call("GetCheckpoint", pb.CheckpointRequest(size=0)).size
             labels, votes = synthetic_votes(num_queries, policy, num_classes, seed + start)
             qids = [f"run{start:06d}-q{i:05d}" for i in range(num_queries)]
+            # As in run_demo: calibrate on the first third only if the log holds no calibration yet.
+            weights = calibrated_weights(read_entries(conns[COORDINATOR], start), policy)
+            n_cal = 0 if weights is not None else num_queries // 3
+            if n_cal:
+                cal_id = f"calibration-{start:06d}"
+                cal_ids = labelled_query_ids(cal_id, n_cal)
+                coordinator.open(cal_ids, num_classes)
+                for b in range(0, n_cal, BATCH):
+                    for j, src in enumerate(sources):
+                        # Not kept in `sent`: the calibration entry commits to no single vote.
+                        src.submit(cal_ids[b:b + BATCH], [row[j] for row in votes[b:min(b + BATCH, n_cal)]],
+                                   num_classes)
+                weights = dict(zip(policy.ids, coordinator.calibrate(cal_id, cal_ids, labels[:n_cal]).weights))
+            weights = weights or {src.id: src.grid_max for src in policy.sources}
             released = []
-            for b in range(0, num_queries, BATCH):
+            for b in range(n_cal, num_queries, BATCH):
                 batch = qids[b:b + BATCH]
                 coordinator.open(batch, num_classes)
                 for j, src in enumerate(sources):
@@ -140,12 +171,13 @@ def run_enclave_demo(out: Path, state: Path, num_sources: int = 5, num_queries: 
         enclave.stop()
 
     answered = sum(r.answered for r in released)
-    correct = sum(1 for r, y in zip(released, labels) if r.answered and r.label == int(y))
-    hedge = hedge_baseline(vote_vectors(votes, num_classes), labels, policy.ids)
-    alone = single_source_accuracy(votes, labels, num_classes)
+    correct = sum(1 for r, y in zip(released, labels[n_cal:]) if r.answered and r.label == int(y))
+    hedge = hedge_baseline(vote_vectors(votes[n_cal:], num_classes), labels[n_cal:], policy.ids)
+    alone = single_source_accuracy(votes[n_cal:], labels[n_cal:], num_classes)
     # The sources' view: the published log and their own mirror of it, from signed data alone.
     # The policy names the enclave as signer, so each audit checks every attestation too.
-    attested = {"enclave_pcr0": pcr0, "enclave_principals": agreed, "trusted_sim_roots": roots}
+    attested = {"enclave_pcr0": pcr0, "enclave_principals": agreed, "trusted_sim_roots": roots,
+                "allow_nonprivate": not noise.private}
     audited = audit(out, **attested)
     findings = [str(f) for f in audited.findings]
     for sid in policy.ids:
@@ -160,15 +192,15 @@ def run_enclave_demo(out: Path, state: Path, num_sources: int = 5, num_queries: 
         a = by_id.get(src.id)
         # The audit's exact recomputation, from the published log alone.
         spent = Fraction(a.spent_rho) if a else Fraction(0)
-        can_continue = flt.decide(src, src.grid_max, spent, src.cap_rho).gamma > 0
+        can_continue = flt.decide(src, weights[src.id], spent, src.cap_rho).gamma > 0
         used = [] if a is None or a.gamma_used_min is None else [a.gamma_used_min, a.gamma_used_max]
-        sources.append(source_row(src, spent, src.influence(spent), src.grid_max, used,
+        sources.append(source_row(src, spent, src.influence(spent), weights[src.id], used,
                                   a.queries_answered if a else 0, "active" if can_continue else "exhausted"))
     data = {
-        "backend": "enclave", "noise_mode": "private", "private": True,
+        "backend": "enclave", "noise_mode": noise.mode, "private": noise.private,
         "votes_sent": "by each source to the attested enclave, sealed to its key, over gRPC+TLS",
         "mechanism": policy.mechanism.to_dict(), "policy_digest": policy.digest(),
-        "calibration_queries": 0, "answered": answered, "refused": len(released) - answered,
+        "calibration_queries": n_cal, "answered": answered, "refused": len(released) - answered,
         "accuracy": (correct / answered) if answered else None,
         "hedge_baseline_accuracy": hedge.accuracy, "hedge_baseline_private": False,
         "best_single_source_accuracy": max(alone) if alone else None,
