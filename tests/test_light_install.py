@@ -107,12 +107,12 @@ def test_source_and_auditor_commands_in_a_fresh_light_venv(tmp_path):
                            "--budget", budget, "--key", f"s{ident[-1]}/source.pub.json", *extra)
         assert added_source.returncode == 0, added_source.stdout + added_source.stderr
     digest = run("consortium", "digest", "c.toml", "--json")
-    assert digest.returncode == 0, digest.stderr
+    assert digest.returncode == 0, digest.stdout + digest.stderr
     agreed = json.loads(digest.stdout)["digest"]
     assert json.loads(digest.stdout)["sources"] == ["inst-2", "inst-3"]
     # The full install loads the same policy (its digest) and runs it, signed with that operator key.
     expect = run("consortium", "digest", "c.toml", "--expect", "0" * 64)
-    assert expect.returncode == 2 and agreed in expect.stderr
+    assert expect.returncode == 2 and agreed in expect.stderr, expect.stdout + expect.stderr
     assert main(["consortium", "digest", str(work / "c.toml"), "--expect", agreed]) == 0
     log = work / "log"
     assert main(["demo", "--backend", "plaintext", "--policy", str(work / "c.toml"), "--state", str(work / "op"),
@@ -125,9 +125,9 @@ def test_source_and_auditor_commands_in_a_fresh_light_venv(tmp_path):
     assert report["ok"] and {s["id"] for s in report["sources"]} == {"inst-2", "inst-3"}, report
     # Without --allow-nonprivate the seeded (non-private) log is a finding: exit 1.
     strict = run("audit", "log", *pin)
-    assert strict.returncode == 1 and "non-private" in strict.stdout
+    assert strict.returncode == 1 and "non-private" in strict.stdout, strict.stdout + strict.stderr
     exported = run("receipt", "export", "log", "--source", "inst-2", "--out", "receipt")
-    assert exported.returncode == 0, exported.stderr
+    assert exported.returncode == 0, exported.stdout + exported.stderr
     checked = run("audit", "receipt", *pin, "--allow-nonprivate", "--json")
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert [s["id"] for s in json.loads(checked.stdout)["sources"]] == ["inst-2"]
