@@ -163,7 +163,7 @@ def run_config(cfg: Config, workdir: Path, votes_cache: Votes) -> tuple[dict, di
     """One configuration's row of results, and the options that audit its log."""
     started = time.perf_counter()
     votes, labels, num_classes, sizes, alone_preds = votes_cache.get(cfg)
-    n_cal = cfg.calibration if cfg.backend == "plaintext" else 0
+    n_cal = cfg.calibration if cfg.backend in ("plaintext", "mpc") else 0
     n_q = min(cfg.queries, len(labels) - n_cal)
     if n_q < 1:
         raise ValueError(f"configuration {cfg.key()}: {cfg.calibration} calibration queries leave none to answer")
@@ -222,7 +222,7 @@ def run_config(cfg: Config, workdir: Path, votes_cache: Votes) -> tuple[dict, di
 
 def _aggregate(cfg: Config, state: Path, out: Path, items, cal_votes, cal_labels, num_classes: int):
     """The queries through an Aggregator on the plaintext or MPC backend, after private
-    calibration on the labelled queries (plaintext only)."""
+    calibration on the labelled queries (under MPC, inside the parties, on shares)."""
     backend = None
     if cfg.backend == "mpc":
         from ..backends.mpc import MPCBackend
@@ -235,8 +235,8 @@ def _aggregate(cfg: Config, state: Path, out: Path, items, cal_votes, cal_labels
             log = LogWriter(out, ledger, [operator_signer(state, policy), *cosigners])
             weights = None
             if len(cal_labels):
-                weights = PrivateCalibration(policy, ledger).run("calibration", cal_votes, cal_labels,
-                                                                 num_classes).weights
+                weights = PrivateCalibration(policy, ledger, backend=backend).run(
+                    "calibration", cal_votes, cal_labels, num_classes).weights
                 log.sync()
             kw = {} if backend is None else {"backend": backend}
             agg = Aggregator(policy, ledger, noise=PrivateNoise(), weights=weights, log=log, **kw)
