@@ -92,7 +92,7 @@ def test_enclave_demo_report_matches_the_other_backends(tmp_path):
     assert isinstance(report.to_text(), str) and "enclave" in report.to_text()
 
 
-def test_the_cli_runs_the_enclave_demo_and_refuses_non_private_noise(tmp_path, capsys, monkeypatch):
+def test_the_cli_runs_the_enclave_demo_and_says_when_noise_is_off(tmp_path, capsys, monkeypatch):
     import json
 
     from dvsecure.cli import main
@@ -107,8 +107,12 @@ def test_the_cli_runs_the_enclave_demo_and_refuses_non_private_noise(tmp_path, c
     assert "sim_untrusted" in capsys.readouterr().out
     assert main(["audit", str(tmp_path / "o"), "--trust-sim-root", str(tmp_path / "o.state" / "sim-ca" / "root.pem")]) == 0
     capsys.readouterr()
-    assert main(["demo", "--backend", "enclave", "--no-noise", "--out", str(tmp_path / "n")]) == 2
-    assert "private noise only" in capsys.readouterr().err
+    # Test noise (the simulated enclave only): said loudly, stated in the attestation and the log.
+    assert main(["demo", "--backend", "enclave", "--no-noise", "--out", str(tmp_path / "n"), "--queries", "9"]) == 0
+    out = capsys.readouterr().out
+    assert "NOT PRIVATE" in out and "SIMULATED ATTESTATION" in out
+    assert main(["audit", str(tmp_path / "n"), "--trust-sim-root", str(tmp_path / "n.state" / "sim-ca" / "root.pem")]) == 1
+    assert "non-private" in capsys.readouterr().out
 
 
 def test_the_auditor_checks_that_every_signer_is_an_attested_enclave_key(tmp_path, capsys):
