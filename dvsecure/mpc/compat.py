@@ -46,12 +46,15 @@ def import_crypten():
 
 def _register_tables(crypten) -> None:
     """The TTP dealer answers requests by method name (`TTPServer.__init__` loop):
-    add the one-time tables of index votes (`tables.deal`) to what it can deal."""
-    from . import tables
+    add the one-time tables of index votes (`tables.deal`) and the comparisons'
+    masks, lookup tables and bit triples (`compare.deal`) to what it can deal."""
+    from . import compare, tables
 
     server = crypten.mpc.provider.ttp_provider.TTPServer
     if not hasattr(server, tables.FUNCTION):
         setattr(server, tables.FUNCTION, lambda self, size, num_classes: tables.deal(self, size, num_classes))
+    if not hasattr(server, compare.FUNCTION):
+        setattr(server, compare.FUNCTION, lambda self, count, bits, ands: compare.deal(self, count, bits, ands))
 
 
 def set_provider(crypten, provider: str) -> None:
