@@ -17,12 +17,15 @@ they compare across transports) and, on the links, the bytes it really wrote
 (`wire_bytes`: frames with their length header and AEAD tag) for: index votes
 (one-hot votes travel as class indices shared mod C; the dealer's one-time
 tables turn them into one-hot shares, opening only uniform masks:
-`tables.py`), tally (local), and the release — its own private
-noise shares (OpenDP), the threshold check on a tree maximum, then a second
-tree argmax over the noisy tallies of answered queries (reveals answered bits
-and labels) — and, as the baseline, `MPCTensor.argmax` on the same tally.
-`prg` compares the ChaCha20 generator with the MT19937 `torch.Generator` it
-replaces, in this process.
+`tables.py`), tally (local), the threshold test (its own private noise
+shares, OpenDP; then max_j v_j + z >= T as one layer of C masked comparisons
+and an OR, `compare.py`; reveals the answered bits) and the GNMax argmax
+(noise shares, then all C (C - 1) / 2 pair comparisons in one layer and an AND
+per candidate; reveals the labels) — and, as the baseline, `MPCTensor.argmax`
+on the same tally. The dealer's bytes are attributed to the requests that
+caused them (`dealer_by_request`): the pipeline's are the one-time tables'
+and the comparisons'. `prg` compares the ChaCha20 generator with the MT19937
+`torch.Generator` it replaces, in this process.
 """
 from __future__ import annotations
 
@@ -40,12 +43,14 @@ from fractions import Fraction
 
 import numpy as np
 
+from . import compare, tables
 from .compat import import_crypten, set_provider
 from .tables import index_shares
 
 TRANSPORTS = ("links", "gloo")
-PIPELINE = ("index_votes", "tally", "threshold_argmax_reveal")
+PIPELINE = ("index_votes", "tally", "threshold", "gnmax_argmax")
 BASELINE = "baseline_crypten_argmax"
+DEALT = (tables.FUNCTION, compare.FUNCTION)      # the pipeline's dealer requests
 GLOO_NOTE = "comparison only: plain TCP on loopback, seeds in the clear, MT19937; never for real data"
 
 
@@ -96,16 +101,17 @@ def _run_member(transport, rank, world, join, shares, num_classes, gammas, thres
     crypten = import_crypten()
     _connect(crypten, transport, rank, world, join)
     if rank == world:
+        requests = _log_requests(crypten)
         crypten.mpc.provider.TTPServer()             # returns when party 0 says "terminate"
         comm = crypten.communicator.get()
         wire = getattr(comm, "wire_bytes", None)
         if wire is not None:                         # closes the links (the gloo dealer just exits, as before)
             crypten.uninit()
-        return {"wire_bytes": wire}
+        return {"wire_bytes": wire, "by_request": _dealer_bytes(requests, wire)}
     import torch
 
     from ..noise import make_noise
-    from . import secure, tables
+    from . import secure
     from .evaluate import _noise_shares
 
     crypten.init()
@@ -119,20 +125,64 @@ def _run_member(transport, rank, world, join, shares, num_classes, gammas, thres
     g = torch.from_numpy(gammas)
     tallies, phases["tally"] = _phase(comm, lambda: secure.tally(secure.to_tally_scale(x, one_hot), g))
 
-    def release():
-        top, _ = secure.argmax_tree(tallies)
-        noisy_top = top + _noise_shares(crypten, noise, sigmas[0], (tallies.size(0),))
-        answered = (noisy_top - threshold).ge(0).get_plain_text().long().bool()
-        rows = torch.nonzero(answered).flatten()
-        labels = torch.zeros(0, dtype=torch.long)
-        if rows.numel():
-            noisy = tallies[rows] + _noise_shares(crypten, noise, sigmas[1], (int(rows.numel()), tallies.size(1)))
-            labels = secure.argmax_tree(noisy)[1].get_plain_text().long()
-        return answered.numpy(), labels.numpy()
-    (revealed["answered"], revealed["labels"]), phases["threshold_argmax_reveal"] = _phase(comm, release)
+    tally_max = secure.tally_bound(gammas)
+    noise_s = {}
+
+    def noise_shares(phase, sigma, shape):
+        t = time.perf_counter()
+        out = _noise_shares(crypten, noise, sigma, shape)
+        noise_s[phase] = time.perf_counter() - t
+        return out
+
+    def threshold_test():                            # as evaluate_batch: one draw per query
+        z = noise_shares("threshold", sigmas[0], (tallies.size(0),))
+        bits = secure.threshold_bits(tally_max, threshold, sigmas[0], world)
+        return secure.threshold_any(crypten, tallies, z, threshold, bits)
+
+    def gnmax():
+        rows = torch.from_numpy(np.nonzero(revealed["answered"])[0])
+        if not rows.numel():
+            return np.zeros(0, dtype=np.int64)
+        noisy = tallies[rows] + noise_shares("gnmax_argmax", sigmas[1], (int(rows.numel()), tallies.size(1)))
+        return secure.argmax_label(crypten, noisy, secure.argmax_bits(tally_max, sigmas[1], world))
+    revealed["answered"], phases["threshold"] = _phase(comm, threshold_test)
+    revealed["labels"], phases["gnmax_argmax"] = _phase(comm, gnmax)
+    for k, seconds in noise_s.items():
+        phases[k]["noise_seconds"] = seconds
     _, phases[BASELINE] = _phase(comm, lambda: tallies.argmax(dim=1).get_plain_text())
     crypten.uninit()
     return {"phases": phases, "revealed": revealed}
+
+
+def _log_requests(crypten) -> list:
+    """At the dealer: note, as each request arrives, its function and the bytes
+    written so far, so the bytes between two requests (the reply) are the first's."""
+    from crypten.mpc.provider import ttp_provider
+
+    server, log = ttp_provider.TTPServer, []
+    for name in list(ttp_provider.TTP_FUNCTIONS) + [tables.FUNCTION, compare.FUNCTION]:
+        def counted(self, *args, _fn=getattr(server, name), _name=name, **kwargs):
+            log.append((_name, getattr(crypten.communicator.get(), "wire_bytes", None)))
+            out = _fn(self, *args, **kwargs)
+            log.append((_name, "payload", out.nelement() * 8))
+            return out
+        setattr(server, name, counted)
+    return log
+
+
+def _dealer_bytes(log: list, final) -> dict:
+    """Per request function: the dealer's link bytes (None on gloo) and payload bytes."""
+    out: dict = {}
+    starts = [(i, e) for i, e in enumerate(log) if len(e) == 2]
+    for k, (i, (name, wire)) in enumerate(starts):
+        entry = out.setdefault(name, {"wire_bytes": 0 if wire is not None else None, "payload_bytes": 0,
+                                      "requests": 0})
+        entry["requests"] += 1
+        entry["payload_bytes"] += log[i + 1][2]
+        if wire is not None:
+            end = starts[k + 1][1][1] if k + 1 < len(starts) else final
+            entry["wire_bytes"] += end - wire
+    return out
 
 
 def _free_port() -> int:
@@ -215,6 +265,12 @@ def _summary(per_member: dict, num_parties: int, num_queries: int) -> dict:
         "rounds_per_query": round(total_rounds / num_queries, 4),
         "bytes_per_query_per_party": round(sum(sent[k] for k in PIPELINE) / num_queries, 1),
     }
+    by_request = per_member[num_parties]["by_request"]
+    key = "wire_bytes" if wire is not None else "payload_bytes"
+    out["dealer_bytes_per_query"] = round(sum(by_request.get(f, {key: 0})[key] for f in DEALT) / num_queries, 1)
+    out["dealer_by_request"] = {name: {**{k: v for k, v in e.items() if v is not None},
+                                       "bytes_per_query": round(e[key] / num_queries, 1)}
+                                for name, e in by_request.items()}
     if wire is not None:
         out["wire_bytes_per_query_per_party"] = round(sum(wire[k] for k in PIPELINE) / num_queries, 1)
         dealer = per_member[num_parties]["wire_bytes"]
@@ -230,7 +286,9 @@ def _summary(per_member: dict, num_parties: int, num_queries: int) -> dict:
         "speedup_vs_baseline_argmax": round(slowest[BASELINE] / pipeline_s, 3),
         "phases": {k: {"seconds": round(slowest[k], 4), "rounds": rounds[k],
                        "bytes_per_query_per_party": round(sent[k] / num_queries, 1),
-                       **({"wire_bytes_per_query_per_party": round(wire[k] / num_queries, 1)} if wire else {})}
+                       **({"wire_bytes_per_query_per_party": round(wire[k] / num_queries, 1)} if wire else {}),
+                       **({"noise_seconds": round(max(p[k]["noise_seconds"] for p in parties), 4)}
+                          if "noise_seconds" in parties[0][k] else {})}
                    for k in names},
     })
     return out
@@ -311,9 +369,11 @@ def run_bench(num_queries: int, num_classes: int, num_sources: int, num_parties:
         "plain_gloo": {"note": GLOO_NOTE, **plain},
         "protected_over_plain_time_ratio": round(protected["pipeline_s"] / plain["pipeline_s"], 3),
         "bytes_note": "bytes_per_query_per_party: CrypTen's counters, the same on both transports (a tensor "
-                      "counts where it is sent and where it is received); wire_bytes_per_query_per_party: what a "
-                      "party really writes to its links (frames with length header and AEAD tag, to the dealer "
-                      "too); the dealer's writes are dealer_wire_bytes_per_query",
+                      "counts where it is sent and where it is received, so party 0's include the dealer's "
+                      "corrections it receives); wire_bytes_per_query_per_party: what a party really sends "
+                      "online, i.e. writes to its links (frames with length header and AEAD tag, its requests to "
+                      "the dealer too); dealer_bytes_per_query: what the dealer writes for the pipeline's "
+                      "requests (dealer_by_request), dealer_wire_bytes_per_query: all it writes in the run",
         "revealed": {"answered": int(revealed["links"]["answered"].sum()),
                      "same_on_both_transports": same,
                      **({"note": "private noise differs between the runs: the outputs need not agree"}
@@ -333,7 +393,8 @@ def human_summary(r: dict) -> str:
         f"  protected links : {p['pipeline_s']:.3f} s, {p['rounds']} rounds ({p['rounds_per_query']:.4g}/query), "
         f"{p['bytes_per_query_per_party'] / 1000:.2f} KB/query/party counted, "
         f"{p['wire_bytes_per_query_per_party'] / 1000:.2f} KB/query/party on the wire "
-        f"(dealer {p['dealer_wire_bytes_per_query'] / 1000:.2f} KB/query, whole run)",
+        f"(dealer {p['dealer_bytes_per_query'] / 1000:.2f} KB/query for the pipeline, "
+        f"{p['dealer_wire_bytes_per_query'] / 1000:.2f} KB/query whole run)",
         f"  plain gloo      : {g['pipeline_s']:.3f} s, {g['rounds']} rounds, "
         f"{g['bytes_per_query_per_party'] / 1000:.2f} KB/query/party counted  [{GLOO_NOTE}]",
         f"  protected / plain pipeline time: {r['protected_over_plain_time_ratio']:.3f}x",

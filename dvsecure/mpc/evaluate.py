@@ -308,13 +308,16 @@ def evaluate_batch(crypten, cmd: dict, rank: int, world: int, party_key, ledger,
     # A query in which no source takes part is refused (`mechanism`): public, from
     # the weights and validity bits alone.
     taken_part = (gammas != 0).any(dim=1)
+    # Every tally lies in [0, V] (public, from the weights): the comparisons' width
+    # follows from it and the noise's tail (`secure.threshold_bits`, `compare.py`).
+    tally_max = secure.tally_bound(gammas.numpy())
     if not policy.mechanism.confident:
         answered = taken_part.clone()
     else:
-        top, _ = secure.argmax_tree(tallies)
-        noisy_top = top + _noise_shares(crypten, noise, sigma1, (Q,))
         threshold = threshold_to_tally(policy.mechanism.threshold)
-        answered = (noisy_top - threshold).ge(0).get_plain_text().long().bool()     # reveal: answered bits
+        z = _noise_shares(crypten, noise, sigma1, (Q,))           # one draw per query: max_j v_j + z >= T
+        bits = secure.threshold_bits(tally_max, threshold, sigma1, world)
+        answered = torch.from_numpy(secure.threshold_any(crypten, tallies, z, threshold, bits))  # reveal: answered
         answered &= taken_part
     if not answered.all():
         # A refused query's GNMax step never runs: its reservation is released,
@@ -330,8 +333,8 @@ def evaluate_batch(crypten, cmd: dict, rank: int, world: int, party_key, ledger,
     labels = torch.full((Q,), -1, dtype=torch.long)
     if rows.numel():
         noisy = tallies[rows] + _noise_shares(crypten, noise, sigma2, (int(rows.numel()), C))
-        _, index = secure.argmax_tree(noisy)
-        labels[rows] = index.get_plain_text().long()                                # reveal: labels of answered
+        bits = secure.argmax_bits(tally_max, sigma2, world)
+        labels[rows] = torch.from_numpy(secure.argmax_label(crypten, noisy, bits))  # reveal: labels of answered
     ledger.record_labels(query_ids, labels.tolist())
     # Once more in step: every party has recorded the labels, so party 0 has them and
     # they reach the coordinator. If this fails, a party's labels stay undelivered (a

@@ -3,14 +3,22 @@
 All arithmetic is on integers (CrypTen precision 0): votes at 2**16, weights in
 2**-16 units, tallies at 2**32 — the plaintext backend's exact grid, so with the
 same noise the released outputs are the same, and no multiplication ever needs
-a truncation round. Comparisons are CrypTen's (exact on the signed 64-bit ring).
+a truncation round. The release's comparisons are `compare.py`'s (one masked
+opening and the dealer's lookup tables, exact within a public bound on the
+values); the simplex check still uses CrypTen's (exact on the signed 64-bit ring).
 
 Only these are ever revealed: the uniform masks of the one-time tables that
 turn index votes into one-hot shares (`tables.py`), whether each simplex vote
-is valid (`validate_simplex`), one answered bit per query, and the label of
-answered queries.
+is valid (`validate_simplex`), the comparisons' uniform masked values and
+Beaver openings (`compare.py`), one answered bit per query, and the label of
+answered queries (as its one-hot row).
 """
 from __future__ import annotations
+
+import numpy as np
+
+from ..errors import SubmissionError
+from . import compare
 
 SCALE = 1 << 16
 
@@ -41,35 +49,85 @@ def tally(x, gammas):
     return (x * gammas.t().unsqueeze(-1)).sum(0)
 
 
-def argmax_tree(v):
-    """Max and argmax over the last axis with a pairwise tree that carries the
-    index; ties go to the lower index (the left operand wins when a >= b), as
-    numpy's argmax. v: shared [Q, C] -> (shared max [Q], shared index [Q])."""
-    import torch
-
-    q, c = v.size(0), v.size(1)
-    values = v
-    indices = torch.arange(c, dtype=torch.long).expand(q, c).clone()   # public until the first step
-    while values.size(1) > 1:
-        n = values.size(1)
-        even = n - n % 2
-        a, b = values[:, 0:even:2], values[:, 1:even:2]
-        ia, ib = indices[:, 0:even:2], indices[:, 1:even:2]
-        left = a.ge(b)                                   # 1: keep the left (lower index)
-        top = left * (a - b) + b
-        top_idx = left * (ia - ib) + ib                  # shared * (public or shared) + ...
-        if n % 2:
-            top = _cat([top, values[:, n - 1:n]])
-            top_idx = _cat([top_idx, indices[:, n - 1:n]])
-        values, indices = top, top_idx
-    return values[:, 0], indices[:, 0]
+def tally_bound(gammas) -> int:
+    """A public bound on every tally entry: 0 <= v[q, j] <= sum_s gammas[q, s] * 2**16
+    (each source's rows hold at most 2**16 in all, at its weight; invalid or
+    unheld votes count 0). gammas: public int64 [Q, S]."""
+    g = np.asarray(gammas, dtype=np.int64)
+    return int(g.sum(axis=1).max()) * SCALE if g.size else 0
 
 
-def _cat(parts):
-    import crypten
-    import torch
+def threshold_bits(tally_max: int, threshold: int, sigma, world: int) -> int:
+    """Comparison width for v + z - T: |v + z - T| <= max(T, |V - T|) + the tail
+    of z (one draw per party, `compare.noise_tail`)."""
+    return compare.low_bits(max(abs(threshold), abs(tally_max - threshold)) + compare.noise_tail(sigma, world))
 
-    if all(isinstance(p, torch.Tensor) for p in parts):
-        return torch.cat(parts, dim=1)
-    parts = [p if not isinstance(p, torch.Tensor) else crypten.cryptensor(p, precision=0) for p in parts]
-    return crypten.cat(parts, dim=1)
+
+def argmax_bits(tally_max: int, sigma, world: int) -> int:
+    """Comparison width for (v_i + z_i) - (v_j + z_j): at most V plus the tail of
+    z_i - z_j (2 draws per party)."""
+    return compare.low_bits(tally_max + compare.noise_tail(sigma, 2 * world))
+
+
+def _shares(x) -> np.ndarray:
+    return (x.share if hasattr(x, "share") else x).numpy()
+
+
+def threshold_any(crypten, tallies, noise, threshold: int, bits: int) -> np.ndarray:
+    """Public bool [Q]: max_j v[q, j] + z[q] >= T, as OR_j [v[q, j] + z[q] - T >= 0]
+    with the same one draw z per query: Q * C comparisons in one layer
+    (`compare.ge_zero`), then an OR over the C bits, revealing only the answered
+    bit. tallies: shared [Q, C]; noise: shared [Q]; |values| < 2**bits."""
+    comm = crypten.communicator.get()
+    v, z = _shares(tallies), _shares(noise)
+    q, c = v.shape
+    with np.errstate(over="ignore"):
+        x = v + z[:, None]
+        if comm.get_rank() == 0:
+            x = x - np.int64(threshold)
+    m = compare.Material(crypten, q * c, bits, q * c * compare.combine_ands(bits // compare.CHUNK) + q * (c - 1))
+    above = compare.ge_zero(comm, x, m).reshape(q, c)
+    if m.rank == 0:
+        above = above ^ np.uint8(1)                                        # NOT, on XOR shares
+    none_above = compare.and_reduce(comm, above, m)
+    m.check_used()
+    return compare.open_bits(comm, none_above) == 0                      # reveal: answered bits
+
+
+def _literals(c: int):
+    """For candidate j and each other index i (in order), which pair comparison
+    b[p] = [y_a >= y_b] (a < b, numpy's triu order) decides "j beats i", and
+    whether negated: i < j needs y_j > y_i = NOT [y_i >= y_j]; i > j needs
+    y_j >= y_i. So exactly the first maximum wins, as numpy's argmax."""
+    a, b = np.triu_indices(c, 1)
+    pair = {(int(i), int(j)): p for p, (i, j) in enumerate(zip(a, b))}
+    index = np.array([[pair[(i, j)] if i < j else pair[(j, i)] for i in range(c) if i != j] for j in range(c)])
+    negate = np.array([[i < j for i in range(c) if i != j] for j in range(c)], dtype=np.uint8)
+    return a, b, index.reshape(c, c - 1), negate.reshape(c, c - 1)
+
+
+def argmax_label(crypten, noisy, bits: int) -> np.ndarray:
+    """Public int64 [A]: argmax over the last axis, ties to the lowest index.
+    All C (C - 1) / 2 pair comparisons in one layer, then for each candidate the
+    AND of its C - 1 "beats" bits; the winners' one-hot row (exactly the label's
+    information) is revealed. noisy: shared [A, C]; |differences| < 2**bits."""
+    comm = crypten.communicator.get()
+    y = _shares(noisy)
+    n, c = y.shape
+    a, b, index, negate = _literals(c)
+    with np.errstate(over="ignore"):
+        x = y[:, a] - y[:, b]
+    pairs = a.size
+    m = compare.Material(crypten, n * pairs, bits,
+                         n * pairs * compare.combine_ands(bits // compare.CHUNK) + n * c * (c - 2))
+    ge = compare.ge_zero(comm, x, m).reshape(n, pairs)
+    beats = ge[:, index]                                                   # [A, C, C - 1]
+    if m.rank == 0:
+        beats = beats ^ negate
+    wins = compare.and_reduce(comm, beats, m)
+    m.check_used()
+    one_hot = compare.open_bits(comm, wins)                                # reveal: the labels
+    if n and not (one_hot.sum(axis=1) == 1).all():
+        raise SubmissionError("the argmax did not single out one class (a party deviated, or a value "
+                              "exceeded the comparisons' bound)")
+    return one_hot.argmax(axis=1).astype(np.int64)

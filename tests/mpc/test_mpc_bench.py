@@ -12,7 +12,7 @@ import pytest
 
 from dvsecure.cli import main
 
-PIPELINE = ("index_votes", "tally", "threshold_argmax_reveal")
+PIPELINE = ("index_votes", "tally", "threshold", "gnmax_argmax")
 
 
 @pytest.mark.slow
@@ -38,9 +38,18 @@ def test_bench_cli_small(tmp_path, capsys):
         assert run["rounds"] == sum(phases[k]["rounds"] for k in PIPELINE)
         assert run["rounds_per_query"] == pytest.approx(run["rounds"] / queries, abs=1e-4)
         assert abs(run["pipeline_s"] - sum(phases[k]["seconds"] for k in PIPELINE)) < 1e-3
-        # The index-carrying tree argmax sends less than CrypTen's own argmax on the same tally.
-        assert phases["threshold_argmax_reveal"]["bytes_per_query_per_party"] < \
-            phases["baseline_crypten_argmax"]["bytes_per_query_per_party"]
+        # Threshold and argmax with the masked comparisons send less than CrypTen's own argmax alone.
+        assert phases["threshold"]["bytes_per_query_per_party"] + phases["gnmax_argmax"]["bytes_per_query_per_party"] \
+            < phases["baseline_crypten_argmax"]["bytes_per_query_per_party"]
+        for k in ("threshold", "gnmax_argmax"):
+            assert 0 <= phases[k]["noise_seconds"] <= phases[k]["seconds"]
+        # The dealer's bytes for the pipeline are its tables' and comparisons' requests; the baseline's
+        # are CrypTen's own (Beaver triples and B2A bits), counted apart.
+        by = run["dealer_by_request"]
+        assert by["onehot_table"]["requests"] == 1 and by["dvsecure_compare"]["requests"] == 2
+        assert run["dealer_bytes_per_query"] == pytest.approx(
+            by["onehot_table"]["bytes_per_query"] + by["dvsecure_compare"]["bytes_per_query"], abs=0.2)
+        assert run["dealer_bytes_per_query"] > 0 and {"additive", "binary"} <= set(by)
     assert "wire_bytes_per_query_per_party" not in plain          # gloo's own framing is not measured
 
     # Same shares, same seeded noise: the same revealed validity, answered bits and labels, and the
@@ -53,7 +62,7 @@ def test_bench_cli_small(tmp_path, capsys):
     # Link bytes: nothing for the local tally, something wherever CrypTen communicates, and over the
     # whole run at least what CrypTen counts (it counts each tensor at both ends: half the sum).
     assert data["phases"]["tally"]["wire_bytes_per_query_per_party"] == 0
-    for k in ("index_votes", "threshold_argmax_reveal", "baseline_crypten_argmax"):
+    for k in ("index_votes", "threshold", "gnmax_argmax", "baseline_crypten_argmax"):
         assert data["phases"][k]["wire_bytes_per_query_per_party"] > 0
     assert data["wire_bytes_per_query_per_party"] == pytest.approx(
         sum(data["phases"][k]["wire_bytes_per_query_per_party"] for k in PIPELINE), abs=0.2)
