@@ -26,7 +26,10 @@ So a comparison costs one opened ring element and 2 L / 4 - 1 opened bit pairs
 per party (about 27 bytes written per party at L = 48, n = 3, against CrypTen's
 0.9 KB), log2(L / 4) + 1 rounds, and 6 + a few bit-triple words from the dealer.
 The result stays XOR-shared: the threshold test and the argmax (`secure.py`)
-combine such bits further and reveal only their final answer.
+combine such bits further and reveal only their final answer. For many classes
+the argmax also selects shared values with shared bits (`Selection`: a dealt
+random bit rho, XOR- and arithmetically shared, and a product rho * a; one bit
+and one ring element opened per product, both uniform).
 
 Exactness: the comparison is exact whenever |x| < 2**L. `low_bits` takes a
 public bound on |x|; values include discrete Gaussian noise, whose tail bound
@@ -36,7 +39,7 @@ add their variance proxies), so over a whole batch (at most 2**25 x 4096
 comparisons) the outputs equal the plaintext backend's except with probability
 below 2**-90. Without noise the bound is deterministic and the comparisons exact.
 
-What the dealer learns: r, every table and every triple, so together with any
+What the dealer learns: r, every table, triple, rho and a, so together with any
 one computing party's view (which includes c) it could learn each compared
 value; it sees nothing of the values by itself. This is the trust the TTP
 already holds for every Beaver triple. The computing parties see c (uniform)
@@ -273,3 +276,96 @@ def ge_zero(comm, x_share: np.ndarray, material: Material) -> np.ndarray:
     if rank == 0:
         out = out ^ ((c >> np.uint64(L)) & np.uint64(1)).astype(np.uint8)
     return out
+
+
+# ---- selecting shared values with shared bits (large C: the argmax's later rounds) ---------
+# For a XOR-shared bit b and an arithmetic share of y, the dealer deals a random bit
+# rho, XOR-shared and arithmetically shared, a random a and shares of rho * a. The
+# parties open m = b ^ rho (a uniform bit) and e = y - a (uniform); then
+# b = m + (1 - 2m) rho and b y = m y + (1 - 2m)(e rho + rho a), all local: one
+# product costs one bit and one ring element opened (a public y needs no e).
+
+SELECT = "dvsecure_select"         # the dealer's request name (`compat` registers `deal_select` under it)
+
+
+def deal_select(server, count: int, values: int):
+    """The dealer's side of `Selection`: from every party's generator, in its order,
+    the XOR shares of rho, then (parties 1..n-1) the arithmetic shares of rho, then
+    for each of `values` shared values a_i and (parties 1..n-1) shares of rho a.
+    Returns party 0's corrections: its shares of rho, then of each rho a."""
+    import torch
+
+    words = -(-count // 64)
+    gens = server._get_generators(device="cpu")
+    rho_bits = np.zeros(words, dtype=np.int64)
+    rho_others = np.zeros(count, dtype=np.uint64)
+    a = np.zeros((values, count), dtype=np.uint64)
+    prod_others = np.zeros((values, count), dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for i, g in enumerate(gens):
+            rho_bits ^= _draw(g, words)
+            if i:
+                rho_others += _draw(g, count).view(np.uint64)
+            for v in range(values):
+                a[v] += _draw(g, count).view(np.uint64)
+                if i:
+                    prod_others[v] += _draw(g, count).view(np.uint64)
+        rho = _to_bits(rho_bits, count).astype(np.uint64)
+        out = [rho - rho_others] + [rho * a[v] - prod_others[v] for v in range(values)]
+    return torch.from_numpy(np.concatenate(out).view(np.int64))
+
+
+class Selection:
+    """This party's share of one `deal_select` request: `count` bits to select with,
+    for `values` shared values (and any number of public ones)."""
+
+    def __init__(self, crypten, count: int, values: int):
+        import crypten.communicator as comm
+        from crypten.mpc.provider.ttp_provider import TTPClient
+
+        self.count, self.values = count, values
+        words = -(-count // 64)
+        client = TTPClient.get()
+        g = client.get_generator(device="cpu")
+        self.rank = comm.get().get_rank()
+        self.rho_bits = _to_bits(_draw(g, words), count)
+        if self.rank == 0:
+            self.a = [_draw(g, count) for _ in range(values)]
+            got = client.ttp_request(SELECT, None, count, values).numpy()
+            if got.size != count * (values + 1):
+                raise RuntimeError(f"the dealer sent {got.size} words where {count * (values + 1)} were expected")
+            self.rho, self.prods = got[:count], [got[count * (v + 1):count * (v + 2)] for v in range(values)]
+        else:
+            self.rho = _draw(g, count)
+            self.a, self.prods = [], []
+            for _ in range(values):
+                self.a.append(_draw(g, count))
+                self.prods.append(_draw(g, count))
+
+    def select(self, comm, bits: np.ndarray, shared: list, public: list) -> tuple[list, list]:
+        """Arithmetic shares of b * y for XOR-shared bits b (uint8, `count` of them,
+        any shape) and each y in `shared` (int64 shares) and `public` (int64), of
+        b's shape. Two rounds: open b ^ rho, then every y - a at once."""
+        import torch
+
+        shape = bits.shape
+        if bits.size != self.count or len(shared) != self.values:
+            raise ValueError("a selection for other sizes than dealt")
+        m = open_bits(comm, bits.ravel() ^ self.rho_bits).astype(np.uint64)          # reveal: uniform bits
+        with np.errstate(over="ignore"):
+            mine = np.concatenate([np.asarray(y, dtype=np.int64).ravel().view(np.uint64) - a.view(np.uint64)
+                                   for y, a in zip(shared, self.a)]) if shared else np.zeros(0, np.uint64)
+            e = comm.all_reduce(torch.from_numpy(mine.view(np.int64))).numpy().view(np.uint64) if shared else mine
+            flip = np.uint64(1) - np.uint64(2) * m                                        # 1 - 2m, mod 2**64
+            b = flip * self.rho.view(np.uint64)                                           # shares of b
+            if self.rank == 0:
+                b += m
+            out_shared = []
+            for v, y in enumerate(shared):
+                ev = e[v * self.count:(v + 1) * self.count]
+                rho_y = ev * self.rho.view(np.uint64) + self.prods[v].view(np.uint64)     # shares of rho y
+                by = m * np.asarray(y, dtype=np.int64).ravel().view(np.uint64) + flip * rho_y
+                out_shared.append(by.view(np.int64).reshape(shape))
+            out_public = [(b * np.asarray(y, dtype=np.int64).ravel().view(np.uint64)).view(np.int64).reshape(shape)
+                          for y in public]
+        return out_shared, out_public

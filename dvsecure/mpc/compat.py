@@ -46,8 +46,9 @@ def import_crypten():
 
 def _register_tables(crypten) -> None:
     """The TTP dealer answers requests by method name (`TTPServer.__init__` loop):
-    add the one-time tables of index votes (`tables.deal`) and the comparisons'
-    masks, lookup tables and bit triples (`compare.deal`) to what it can deal."""
+    add the one-time tables of index votes (`tables.deal`), the comparisons'
+    masks, lookup tables and bit triples (`compare.deal`) and the material for
+    selecting values with shared bits (`compare.deal_select`) to what it can deal."""
     from . import compare, tables
 
     server = crypten.mpc.provider.ttp_provider.TTPServer
@@ -55,6 +56,8 @@ def _register_tables(crypten) -> None:
         setattr(server, tables.FUNCTION, lambda self, size, num_classes: tables.deal(self, size, num_classes))
     if not hasattr(server, compare.FUNCTION):
         setattr(server, compare.FUNCTION, lambda self, count, bits, ands: compare.deal(self, count, bits, ands))
+    if not hasattr(server, compare.SELECT):
+        setattr(server, compare.SELECT, lambda self, count, values: compare.deal_select(self, count, values))
 
 
 def set_provider(crypten, provider: str) -> None:

@@ -106,28 +106,82 @@ def _literals(c: int):
     return a, b, index.reshape(c, c - 1), negate.reshape(c, c - 1)
 
 
-def argmax_label(crypten, noisy, bits: int) -> np.ndarray:
-    """Public int64 [A]: argmax over the last axis, ties to the lowest index.
-    All C (C - 1) / 2 pair comparisons in one layer, then for each candidate the
-    AND of its C - 1 "beats" bits; the winners' one-hot row (exactly the label's
-    information) is revealed. noisy: shared [A, C]; |differences| < 2**bits."""
-    comm = crypten.communicator.get()
-    y = _shares(noisy)
-    n, c = y.shape
-    a, b, index, negate = _literals(c)
+BLOCK = 16                         # classes compared all against all at once (C (C - 1) / 2 comparisons)
+
+
+def _blocks(c: int) -> tuple[int, int]:
+    """(blocks, size): c classes in blocks of at most BLOCK, as even as can be."""
+    size = -(-c // -(-c // BLOCK))
+    return -(-c // size), size
+
+
+def _pad(y: np.ndarray, blocks: int, size: int) -> np.ndarray:
+    """[n, c] -> [n, blocks, size]; the last block is filled up with copies of its
+    own first entry, placed after it: a copy ties with it or loses, so never wins."""
+    extra = blocks * size - y.shape[-1]
+    if extra:
+        first = (blocks - 1) * size
+        y = np.concatenate([y, np.repeat(y[..., first:first + 1], extra, axis=-1)], axis=-1)
+    return y.reshape(y.shape[:-1] + (blocks, size))
+
+
+def _block_winners(crypten, comm, y: np.ndarray, bits: int) -> np.ndarray:
+    """XOR shares of the one-hot winner of every block (ties to the lowest
+    position): all pair comparisons of a block in one layer, then for each
+    candidate the AND of its size - 1 "beats" bits. y: shares [n, blocks, size]."""
+    n, blocks, size = y.shape
+    a, b, index, negate = _literals(size)
     with np.errstate(over="ignore"):
-        x = y[:, a] - y[:, b]
-    pairs = a.size
-    m = compare.Material(crypten, n * pairs, bits,
-                         n * pairs * compare.combine_ands(bits // compare.CHUNK) + n * c * (c - 2))
-    ge = compare.ge_zero(comm, x, m).reshape(n, pairs)
-    beats = ge[:, index]                                                   # [A, C, C - 1]
+        x = y[..., a] - y[..., b]
+    count = n * blocks * a.size
+    m = compare.Material(crypten, count, bits, count * compare.combine_ands(bits // compare.CHUNK)
+                         + n * blocks * size * (size - 2))
+    ge = compare.ge_zero(comm, x, m).reshape(n, blocks, a.size)
+    beats = ge[..., index]                                                 # [n, blocks, size, size - 1]
     if m.rank == 0:
         beats = beats ^ negate
     wins = compare.and_reduce(comm, beats, m)
     m.check_used()
-    one_hot = compare.open_bits(comm, wins)                                # reveal: the labels
-    if n and not (one_hot.sum(axis=1) == 1).all():
-        raise SubmissionError("the argmax did not single out one class (a party deviated, or a value "
-                              "exceeded the comparisons' bound)")
-    return one_hot.argmax(axis=1).astype(np.int64)
+    return wins
+
+
+def _sum_last(x: np.ndarray) -> np.ndarray:
+    return x.view(np.uint64).sum(axis=-1, dtype=np.uint64).view(np.int64)      # mod 2**64
+
+
+def argmax_label(crypten, noisy, bits: int) -> np.ndarray:
+    """Public int64 [A]: argmax over the last axis, ties to the lowest index.
+    Up to BLOCK classes: all C (C - 1) / 2 pair comparisons in one layer, then
+    for each candidate the AND of its C - 1 "beats" bits, and the winners'
+    one-hot row (exactly the label's information) is revealed. More classes: the
+    same within blocks, whose winners' values and indices are selected with the
+    winning bits (`compare.Selection`) for the next round, until one block is
+    left; then only the winner's index is revealed. Within a block the lower
+    position wins ties, and blocks keep the classes in order, so the lowest index
+    of the maximum wins. noisy: shared [A, C]; |differences| < 2**bits."""
+    import torch
+
+    comm = crypten.communicator.get()
+    y = _shares(noisy)
+    n, c = y.shape
+    index = None                                       # the classes' indices: public until the first selection
+    while True:
+        blocks, size = _blocks(c)
+        yb = _pad(y, blocks, size)
+        wins = _block_winners(crypten, comm, yb, bits)
+        if index is None and blocks == 1:
+            one_hot = compare.open_bits(comm, wins[:, 0])                     # reveal: the labels
+            if n and not (one_hot.sum(axis=1) == 1).all():
+                raise SubmissionError("the argmax did not single out one class (a party deviated, or a value "
+                                      "exceeded the comparisons' bound)")
+            return one_hot.argmax(axis=1).astype(np.int64)
+        ib = _pad(np.broadcast_to(np.arange(c, dtype=np.int64), (n, c)) if index is None else index, blocks, size)
+        if blocks == 1:                                  # the last block, with shared indices: reveal the index
+            sel = compare.Selection(crypten, wins.size, 1)
+            (label,), _ = sel.select(comm, wins, [ib], [])
+            return comm.all_reduce(torch.from_numpy(_sum_last(label)[:, 0])).numpy()            # reveal: labels
+        sel = compare.Selection(crypten, wins.size, 1 if index is None else 2)
+        shared, public = sel.select(comm, wins, [yb] if index is None else [yb, ib], [ib] if index is None else [])
+        y = _sum_last(shared[0])                      # [n, blocks]: each block's maximum ...
+        index = _sum_last(shared[1] if index is not None else public[0])      # ... and its class
+        c = blocks

@@ -36,14 +36,25 @@ def _edges(bits: int, rng) -> np.ndarray:
 
 def _argmax_inputs(rng):
     cases = []
-    for c in (2, 3, 10, 17):
+    for c in (2, 3, 10, 16, 17, 40, 300):                              # one block, two, two rounds, three
         y = rng.integers(0, 4, size=(300, c), dtype=np.int64)          # few values: many ties
         y[:5] = 7                                                        # every class tied
         y[5:10] = -rng.integers(0, 3, size=(5, c))                       # negative, ties
         y[10:] += rng.integers(-2**40, 2**40, size=(290, 1)) * (rng.random((290, 1)) < 0.5)
+        y[10:20] = 0
+        y[10:20, [c // 2, c - 1]] = 9                                    # a tie across blocks: the lower wins
+        y[20:30] = -5
+        y[20:30, c - 1] = -4                                             # the last class, alone
         y[-50:] = rng.integers(-2**44, 2**44, size=(50, c))              # wide values
         cases.append(y)
     return cases
+
+
+def _select_inputs(rng):
+    bits = rng.integers(0, 2, size=(500,), dtype=np.uint8)
+    y = rng.integers(-2**63, 2**63 - 1, size=500, dtype=np.int64, endpoint=True)
+    pub = rng.integers(-2**40, 2**40, size=500, dtype=np.int64)
+    return bits, y, pub
 
 
 def _threshold_inputs(rng):
@@ -83,6 +94,9 @@ def _session(crypten, rank, arg):
     out["answered"] = secure.threshold_any(crypten, torch.from_numpy(v), torch.from_numpy(z), t, bits)
     for y, bits in arg["argmax"]:
         out["argmax"].append(secure.argmax_label(crypten, torch.from_numpy(y), bits))
+    bits, y, pub = arg["select"]
+    sel = compare.Selection(crypten, bits.size, 1)
+    out["select"] = sel.select(comm, bits, [y], [pub])
     return out
 
 
@@ -103,12 +117,18 @@ def session():
         "threshold": (_split(v, rng), _split(z, rng)),
         "argmax": [_split(y, rng) for y in argmax_cases],
     }
+    sel_bits, sel_y, sel_pub = _select_inputs(rng)
+    bit_shares = [rng.integers(0, 2, size=sel_bits.shape, dtype=np.uint8) for _ in range(PARTIES - 1)]
+    bit_shares.append(sel_bits ^ bit_shares[0] ^ bit_shares[1])
+    y_shares = _split(sel_y, rng)
     args = [{"ge": [(bits, sh[r]) for bits, sh in split["ge"]],
              "privacy": [p[r] for p in split["privacy"]],
              "threshold": (split["threshold"][0][r], split["threshold"][1][r], t, th_bits),
-             "argmax": [(sh[r], bits) for sh, bits in zip(split["argmax"], am_bits)]} for r in range(PARTIES)]
+             "argmax": [(sh[r], bits) for sh, bits in zip(split["argmax"], am_bits)],
+             "select": (bit_shares[r], y_shares[r], sel_pub)} for r in range(PARTIES)]
     out = run_members(_session, args, timeout=300)
-    return {"out": out, "ge_values": ge_values, "fixed": fixed, "varied": varied, "threshold": (v, z, t),
+    return {"out": out, "select": (sel_bits, sel_y, sel_pub),
+            "ge_values": ge_values, "fixed": fixed, "varied": varied, "threshold": (v, z, t),
             "argmax": argmax_cases}
 
 
@@ -140,6 +160,19 @@ def test_argmax_takes_the_lowest_index_of_a_tie_as_numpy(session):
         for o in session["out"]:
             assert np.array_equal(o["argmax"][i], expect), f"C={y.shape[1]}"
         assert (expect[:5] == 0).all()                                   # all tied: class 0
+
+
+def _sum(parts):
+    with np.errstate(over="ignore"):
+        return np.sum([p.view(np.uint64) for p in parts], axis=0, dtype=np.uint64).view(np.int64)
+
+
+def test_selection_multiplies_shared_and_public_values_by_shared_bits(session):
+    bits, y, pub = session["select"]
+    shared = _sum([o["select"][0][0] for o in session["out"]])
+    public = _sum([o["select"][1][0] for o in session["out"]])
+    assert np.array_equal(shared, np.where(bits == 1, y, 0))
+    assert np.array_equal(public, np.where(bits == 1, pub, 0))
 
 
 def test_what_a_party_receives_does_not_depend_on_the_values(session):
