@@ -43,6 +43,8 @@ def test_bench_cli_small(tmp_path, capsys):
             < phases["baseline_crypten_argmax"]["bytes_per_query_per_party"]
         for k in ("threshold", "gnmax_argmax"):
             assert 0 <= phases[k]["noise_seconds"] <= phases[k]["seconds"]
+        assert run["noise_s"] <= run["pipeline_s"] and run["speedup_vs_baseline_argmax_without_noise"] >= \
+            run["speedup_vs_baseline_argmax"]
         # The dealer's bytes for the pipeline are its tables' and comparisons' requests; the baseline's
         # are CrypTen's own (Beaver triples and B2A bits), counted apart.
         by = run["dealer_by_request"]
