@@ -1,7 +1,7 @@
 """The MPC backend: votes secret-shared by their sources, combined by CrypTen
-parties that reveal only answered bits, labels and (simplex votes only)
-validity bits; one-hot votes and histograms travel as shared class indices
-and are valid by construction (`mpc.tables`).
+parties that reveal only answered bits and labels; every vote travels as the
+shared class indices of its unit votes (a simplex vote rounded to m of them as
+the plaintext backend rounds it) and is valid by construction (`mpc.tables`).
 
 In this in-process form the backend also plays the sources: each source's
 votes for a batch are encoded, shared, sealed to the parties' keys (which the
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import numbers
 import os
 import shutil
 import tempfile
@@ -35,9 +34,8 @@ from nacl.signing import SigningKey
 
 from ..errors import ParameterError, VoteError
 from ..mechanism.release import Release
-from ..mechanism.votes import InvalidVote, real_vector
 from ..mpc.party_ledger import PARTIAL, REJECTED, UNOPENED
-from ..mpc.sharing import INDEX, encode_batch, seal_submissions, wire_encoding
+from ..mpc.sharing import encode_batch, seal_submissions
 from ..noise import SEEDED
 from .base import FROM_SOURCES, Backend, BackendOutput
 
@@ -45,28 +43,16 @@ TFP_WARNING = ("TFP Beaver triples: party 0 generates every triple in the clear 
                "every vote; this deployment protects nothing from party 0")
 
 
-def _client_encoding(vote, num_classes: int, kind) -> np.ndarray | str:
-    """What a source would submit: its validated encoding if the vote is valid
-    (`sharing.encode_batch`). An invalid one-hot vote or histogram has no index
-    encoding, so nothing is sent: the reason, as the plaintext backend gives it.
-    An invalid simplex vote (a misbehaving source) is sent as what it holds at
-    2**16 when that is a finite numeric vector of the right shape whose entries
-    are exactly integers there — so the parties' check sees the invalid vote
-    itself, never a rounding of it that might be valid; else the reason."""
+def _client_encoding(vote, num_classes: int, kind, query_id: str) -> np.ndarray | str:
+    """What a source would submit for query `query_id`: the class indices of its
+    vote's unit votes if the vote is valid (`sharing.encode_batch`; a simplex vote
+    rounded as the plaintext backend rounds it). An invalid vote of any kind has
+    no index encoding, so nothing is sent: the reason, as the plaintext backend
+    gives it."""
     try:
-        return encode_batch([vote], num_classes, kind)[0]
+        return encode_batch([vote], num_classes, kind, [query_id])[0]
     except VoteError as e:
-        reason = f"invalid: {str(e).removeprefix('refusing to submit an invalid vote: ')}"
-    if wire_encoding(kind) == INDEX or isinstance(vote, numbers.Integral):
-        return reason
-    try:
-        arr = real_vector(vote) * (1 << 16)     # booleans, strings, complex: not numeric votes
-    except InvalidVote:
-        return reason
-    if arr.shape != (num_classes,) or not np.all(np.isfinite(arr)) or np.any(np.abs(arr) > 2.0 ** 40) \
-            or np.any(arr != np.floor(arr)):
-        return reason
-    return arr.astype(np.int64)
+        return f"invalid: {str(e).removeprefix('refusing to submit an invalid vote: ')}"
 
 
 class MPCBackend(Backend):
@@ -274,7 +260,7 @@ class MPCBackend(Backend):
                 if vote is None:
                     problems[i][j] = "absent"
                     continue
-                enc = _client_encoding(vote, num_classes, kinds[j])
+                enc = _client_encoding(vote, num_classes, kinds[j], query_ids[i])
                 if isinstance(enc, str):
                     problems[i][j] = enc
                     continue

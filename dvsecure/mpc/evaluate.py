@@ -139,7 +139,7 @@ def _public_checks(cmd: dict, policy, world: int, inbox):
         raise SubmissionError(f"malformed batch arrays: {e}") from None
     for src, column in zip(policy.sources, gammas.T):
         outside = column[(column != 0) & ((column < round(src.grid_min * 65536)) |
-                                          (column > round(src.grid_max * 65536)) | (column % src.slices != 0))]
+                                          (column > round(src.grid_max * 65536)) | (column % src.grid_step != 0))]
         if outside.size:
             raise LedgerError(f"weight {int(outside[0]) / 65536} of {src.id!r} is outside its band "
                               f"[{src.grid_min}, {src.grid_max}] on its grid (multiples of {src.slices} * 2**-16)")
