@@ -5,6 +5,8 @@ people starting parties by hand on other machines."""
 from __future__ import annotations
 
 import argparse
+import signal
+import sys
 from pathlib import Path
 
 from .inbox import add_limit_arguments, limits_from_args
@@ -23,14 +25,21 @@ def main() -> None:
     p.add_argument("--policy", help="the policy this party enforces (needed with --listen)")
     p.add_argument("--listen", help="take sources' shares over gRPC on HOST:PORT")
     p.add_argument("--principals", help="JSON: the sources' Ed25519 keys (with --listen)")
+    p.add_argument("--private-only", action="store_true",
+                   help="refuse batches without private noise (a party that does not trust the coordinator)")
+    p.add_argument("--advertise", help="with --listen: the HOST:PORT sources reach this party at (endpoint.json)")
     add_limit_arguments(p)
     args = p.parse_args()
+    # SIGTERM (a service stopping it) unwinds like an exception: the gRPC server and
+    # CrypTen are shut down in run_party's finally blocks; the ledger is durable anyway.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     policy = Path(args.policy).read_text() if args.policy else None
     if (args.roster is None) == (args.rendezvous is None):
         p.error("give exactly one of --roster and --rendezvous")
     run_party(args.rank, args.world_size, args.provider, args.state, roster=args.roster, rendezvous=args.rendezvous,
               coordinator=args.coordinator, pinned_policy_toml=policy, listen=args.listen,
-              principals=args.principals, inbox_limits=limits_from_args(args))
+              principals=args.principals, advertise=args.advertise, inbox_limits=limits_from_args(args),
+              allow_nonprivate=not args.private_only)
 
 
 if __name__ == "__main__":

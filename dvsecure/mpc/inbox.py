@@ -168,6 +168,15 @@ class ShareInbox:
             self._source_bytes[sid] = used + size
         return len(got.query_ids)
 
+    def held(self, query_ids, source_ids) -> np.ndarray:
+        """uint8[S, Q]: 1 where this party holds a share of source s for query q (who
+        submitted is public: the log states it). Lets the coordinator stop waiting
+        once everyone has submitted."""
+        with self._lock:
+            self._expire()
+            return np.array([[(sid, qid) in self._pending for qid in query_ids] for sid in source_ids],
+                            dtype=np.uint8).reshape(len(source_ids), len(query_ids))
+
     def take(self, query_ids, source_ids, num_classes: int, rows=None, encodings=None):
         """The shares for these queries, removed from the inbox and marked
         evaluated: (x int64[R, Q, C] of FIXED rows, k int64[R, Q] of INDEX rows,

@@ -195,6 +195,11 @@ class _Batch(_Command, tag="batch"):
     desired: bytes | None = None        # int64[S] the filter's desired weights (default: each ceiling)
 
 
+class _Pending(_Command, tag="pending"):
+    policy: str
+    query_ids: list[str]
+
+
 class _Calibrate(_Command, tag="calibrate"):
     policy: str
     calibration_id: str
@@ -211,7 +216,7 @@ class _Calibrate(_Command, tag="calibrate"):
     inbox: bool = False
 
 
-_command_decoder = msgspec.msgpack.Decoder(_Stop | _Keys | _Size | _Cosign | _Batch | _Calibrate)
+_command_decoder = msgspec.msgpack.Decoder(_Stop | _Keys | _Size | _Cosign | _Batch | _Calibrate | _Pending)
 
 
 def decode_command(raw: bytes) -> dict:
@@ -238,10 +243,12 @@ class Party:
         self.inbox, self.endpoint = None, None
 
     def listen(self, address: str, principals_path: str, max_message: int = 64 << 20,
-               inbox_limits: dict | None = None):
+               inbox_limits: dict | None = None, advertise: str | None = None):
         """Take shares from sources over gRPC with TLS (`ShareInbox`, with
         `inbox_limits` as its keyword limits); the certificate is written to
-        <state>/tls.pem for sources to pin."""
+        <state>/tls.pem, and <state>/endpoint.json (where sources reach this party,
+        at `advertise`, default the address it listens on; its certificate and box
+        key; signed by its cosigning key) for sources to check against the policy."""
         from ..log.writer import write_atomic
         from ..tee.protocol import Principals
         from ..wire import rpc
@@ -273,7 +280,28 @@ class Party:
         server, port = rpc.serve("dvsecure.v1.Party", {"GetKeys": keys, "SubmitShares": submit},
                                  f"party {self.rank}", address, cert_pem, key_pem, max_message)
         self.endpoint = {"port": port, "tls": cert_pem}
+        from ..roles.published import ENDPOINT_FILE, endpoint_json
+
+        host = address.rpartition(":")[0]
+        where = advertise or f"{host}:{port}"
+        write_atomic(self.state_dir / ENDPOINT_FILE, endpoint_json(self.signer, self.rank, where, cert_pem.decode(),
+                                                                   bytes(self.box_key.public_key)))
         return server
+
+    def _held(self, ledger, query_ids) -> bytes:
+        """uint8[S, Q]: 1 where every party holds source s's share for query q."""
+        error, mine = None, b""
+        try:
+            if self.inbox is None:
+                raise PartyError("this party takes no submissions over the network (start it with --listen)")
+            if len(query_ids) > 100_000:
+                raise PartyError("at most 100000 queries per pending request")
+            mine = self.inbox.held(query_ids, ledger.policy.ids).tobytes()
+        except DvsecureError as e:
+            error = str(e)
+        self.peers.agree(error)
+        every = [np.frombuffer(b, dtype=np.uint8) for b in self.peers.gather(mine)]
+        return np.minimum.reduce(every).tobytes()
 
     def public_keys(self) -> list[dict]:
         """Every party's public keys (and submission endpoint), in rank order (a collective)."""
@@ -333,6 +361,8 @@ class Party:
 
             return calibrate_batch(self.crypten, cmd, self.rank, self.world, self.box_key, ledger, self.peers,
                                    self.inbox)
+        if op == "pending":
+            return {"held": self._held(ledger, cmd["query_ids"])}
         if op == "size":
             return {"sizes": [int(b) for b in self.peers.gather(str(ledger.size).encode())]}
         if op == "cosign":
@@ -394,7 +424,8 @@ def _join(crypten, rank: int, world: int, provider: str, state_dir: str | None, 
 def run_party(rank: int, world: int, provider: str, state_dir: str | None, *, roster: str | None = None,
               rendezvous: str | None = None, coordinator: str | None = None, pinned_policy_toml: str | None = None,
               allow_nonprivate: bool = True, listen: str | None = None, principals: str | None = None,
-              inbox_limits: dict | None = None, join_timeout: float = 300.0, link_timeout: float = 300.0) -> None:
+              advertise: str | None = None, inbox_limits: dict | None = None, join_timeout: float = 300.0,
+              link_timeout: float = 300.0) -> None:
     """A party's process: join the others (`roster`, or the loopback-only gloo
     `rendezvous`), then serve commands. Rank `world` is the TTP dealer (Beaver
     triples; no inputs, no outputs). Party 0 takes its commands from the
@@ -428,7 +459,7 @@ def run_party(rank: int, world: int, provider: str, state_dir: str | None, *, ro
     try:
         party = Party(crypten, rank, world, Path(state_dir), pinned, allow_nonprivate)
         if listen is not None:
-            server = party.listen(listen, principals, inbox_limits=inbox_limits)
+            server = party.listen(listen, principals, inbox_limits=inbox_limits, advertise=advertise)
         if conn is None:
             party.serve()
             return
