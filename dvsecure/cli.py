@@ -122,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_attestation_parser(sub)
     from .experiments.cli import add_parsers as add_experiment_parsers
     add_experiment_parsers(sub)
+    from .roles.source_cli import add_parser as add_source_parser
+    add_source_parser(sub)
 
     _add_role_parsers(sub)
 
@@ -458,6 +460,9 @@ def main(argv: list[str] | None = None) -> int:
             return _keys(args)
         if args.command == "consortium":
             return _consortium(args)
+        if args.command == "source":
+            from .roles.source_cli import run as run_source
+            return run_source(args)
         if args.command == "attestation":
             from .attestation.cli import run as run_attestation
             return run_attestation(args)
