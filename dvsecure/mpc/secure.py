@@ -73,13 +73,28 @@ def _shares(x) -> np.ndarray:
     return (x.share if hasattr(x, "share") else x).numpy()
 
 
+MAX_COMPARISONS = 1 << 20          # per layer: bounds a party's memory (~200 B per comparison in flight)
+
+
+def _row_slices(rows: int, per_row: int) -> list[slice]:
+    """Rows in slices of at most MAX_COMPARISONS comparisons (one slice for any
+    usual batch; a huge one takes a few more rounds, never more memory)."""
+    step = max(1, MAX_COMPARISONS // max(per_row, 1))
+    return [slice(i, min(i + step, rows)) for i in range(0, rows, step)]
+
+
 def threshold_any(crypten, tallies, noise, threshold: int, bits: int) -> np.ndarray:
     """Public bool [Q]: max_j v[q, j] + z[q] >= T, as OR_j [v[q, j] + z[q] - T >= 0]
     with the same one draw z per query: Q * C comparisons in one layer
     (`compare.ge_zero`), then an OR over the C bits, revealing only the answered
     bit. tallies: shared [Q, C]; noise: shared [Q]; |values| < 2**bits."""
-    comm = crypten.communicator.get()
     v, z = _shares(tallies), _shares(noise)
+    parts = [_threshold_rows(crypten, v[rows], z[rows], threshold, bits) for rows in _row_slices(*v.shape)]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=bool)
+
+
+def _threshold_rows(crypten, v: np.ndarray, z: np.ndarray, threshold: int, bits: int) -> np.ndarray:
+    comm = crypten.communicator.get()
     q, c = v.shape
     with np.errstate(over="ignore"):
         x = v + z[:, None]
@@ -159,10 +174,16 @@ def argmax_label(crypten, noisy, bits: int) -> np.ndarray:
     left; then only the winner's index is revealed. Within a block the lower
     position wins ties, and blocks keep the classes in order, so the lowest index
     of the maximum wins. noisy: shared [A, C]; |differences| < 2**bits."""
+    y = _shares(noisy)
+    blocks, size = _blocks(y.shape[1])
+    parts = [_argmax_rows(crypten, y[rows], bits) for rows in _row_slices(y.shape[0], blocks * size * (size - 1) // 2)]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+
+def _argmax_rows(crypten, y: np.ndarray, bits: int) -> np.ndarray:
     import torch
 
     comm = crypten.communicator.get()
-    y = _shares(noisy)
     n, c = y.shape
     index = None                                       # the classes' indices: public until the first selection
     while True:

@@ -90,10 +90,14 @@ def _session(crypten, rank, arg):
         compare.ge_zero(comm, shares, m)
     comm.all_reduce = real
     out["seen"] = seen
-    v, z, t, bits = arg["threshold"]
-    out["answered"] = secure.threshold_any(crypten, torch.from_numpy(v), torch.from_numpy(z), t, bits)
+    v, z, t, th_bits = arg["threshold"]
+    out["answered"] = secure.threshold_any(crypten, torch.from_numpy(v), torch.from_numpy(z), t, th_bits)
     for y, bits in arg["argmax"]:
         out["argmax"].append(secure.argmax_label(crypten, torch.from_numpy(y), bits))
+    # The same with a tiny per-layer cap: rows go in many slices, the answers do not change.
+    secure.MAX_COMPARISONS = 700
+    out["answered_sliced"] = secure.threshold_any(crypten, torch.from_numpy(v), torch.from_numpy(z), t, th_bits)
+    out["argmax_sliced"] = [secure.argmax_label(crypten, torch.from_numpy(y), bits) for y, bits in arg["argmax"][2:6]]
     bits, y, pub = arg["select"]
     sel = compare.Selection(crypten, bits.size, 1)
     out["select"] = sel.select(comm, bits, [y], [pub])
@@ -151,7 +155,7 @@ def test_threshold_is_the_or_of_the_columns_and_equals_numpy(session):
     expect = v.max(axis=1) + z >= t
     assert expect[:100].all() and not expect[100:200].any()              # both sides of the boundary
     for o in session["out"]:
-        assert np.array_equal(o["answered"], expect)
+        assert np.array_equal(o["answered"], expect) and np.array_equal(o["answered_sliced"], expect)
 
 
 def test_argmax_takes_the_lowest_index_of_a_tie_as_numpy(session):
@@ -160,6 +164,8 @@ def test_argmax_takes_the_lowest_index_of_a_tie_as_numpy(session):
         for o in session["out"]:
             assert np.array_equal(o["argmax"][i], expect), f"C={y.shape[1]}"
         assert (expect[:5] == 0).all()                                   # all tied: class 0
+        if 2 <= i < 6:                                                   # in slices of rows, the same
+            assert all(np.array_equal(o["argmax_sliced"][i - 2], expect) for o in session["out"])
 
 
 def _sum(parts):
