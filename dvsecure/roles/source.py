@@ -25,7 +25,7 @@ State directory (this source's own, mode 0700):
     submissions.jsonl  query, vote, nonce per query every party took: what
                        `dvsecure audit --submissions` checks (audit/submissions.py)
     witness.json       the last log checkpoint this source audited clean
-    log/               the log as last mirrored, audited there
+    log/               the last log mirrored and audited clean (log.refused/: the last refused one)
 """
 from __future__ import annotations
 
@@ -376,37 +376,25 @@ class Source:
 
     # ---- verify ---------------------------------------------------------------------------
     def verify(self, location=None):
-        """Mirror the log into state/log, then audit it: this policy pinned, this
-        source's submissions checked, the witness extended only by a clean audit."""
+        """Mirror the log, then audit the copy: this policy pinned, this source's
+        submissions checked, the witness extended only by a clean audit. A clean copy
+        becomes state/log (the last log audited clean); a refused one is kept as
+        state/log.refused for inspection."""
         from ..audit.check import audit
 
         location = location if location is not None else self.cfg["coordinator"]
-        dest = mirror_log(location, self.state.root / LOG)
-        subs = self.state.root / SUBMISSIONS
-        return audit(dest, source=self.id, policy=self.cfg["policy"], witness=self.state.root / WITNESS,
-                     submissions=subs if self.state.submitted else None,
-                     allow_nonprivate=self.cfg["allow_nonprivate"])
+        root = self.state.root
+        copy = mirror_log(location, root / (LOG + ".new"))
+        report = audit(copy, source=self.id, policy=self.cfg["policy"], witness=root / WITNESS,
+                       submissions=root / SUBMISSIONS if self.state.submitted else None,
+                       allow_nonprivate=self.cfg["allow_nonprivate"])
+        final = root / (LOG if report.ok else LOG + ".refused")
+        _replace(copy, final)
+        report.path = str(final)
+        return report
 
 
-def mirror_log(location, dest: Path) -> Path:
-    """A copy of the published log at `dest` (replacing the last one), without the
-    coordinator's files that are not part of the log (open.json, index.json): the
-    audit reads the copy, so what it checks cannot change under it."""
-    dest = Path(dest)
-    new = dest.with_name(dest.name + ".new")
-    if new.exists():
-        shutil.rmtree(new)
-    if str(location).startswith(("http://", "https://")):
-        mirror(str(location), new)
-    else:
-        src = Path(location)
-        if not src.is_dir():
-            raise ParameterError(f"--log {src} is not a directory or an http(s) URL")
-        shutil.copytree(src, new, symlinks=True)          # links stay links: the audit refuses them
-    for name in (OPEN_FILE, INDEX_FILE):
-        p = new / name
-        if p.is_file() and not p.is_symlink():
-            p.unlink()
+def _replace(new: Path, dest: Path) -> None:
     if dest.exists():
         old = dest.with_name(dest.name + ".old")
         if old.exists():
@@ -416,6 +404,26 @@ def mirror_log(location, dest: Path) -> Path:
         shutil.rmtree(old)
     else:
         new.rename(dest)
+
+
+def mirror_log(location, dest: Path) -> Path:
+    """A fresh copy of the published log at `dest`, without the coordinator's files
+    that are not part of the log (open.json, index.json): the audit reads the copy,
+    so what it checks cannot change under it."""
+    dest = Path(dest)
+    if dest.exists():
+        shutil.rmtree(dest)
+    if str(location).startswith(("http://", "https://")):
+        mirror(str(location), dest)
+    else:
+        src = Path(location)
+        if not src.is_dir():
+            raise ParameterError(f"log {src} is not a directory or an http(s) URL")
+        shutil.copytree(src, dest, symlinks=True)          # links stay links: the audit refuses them
+    for name in (OPEN_FILE, INDEX_FILE):
+        p = dest / name
+        if p.is_file() and not p.is_symlink():
+            p.unlink()
     return dest
 
 

@@ -111,7 +111,8 @@ def test_submit_from_files_then_verify(deployment, capsys):
     assert code == 1, out + err                     # the bad row; every good open row still went
     got = json.loads(out)
     assert (got["sent"], got["not_open"], got["no_vote"]) == (4, 2, 0)
-    assert [(e["line"], e["field"]) for e in got["errors"]] == [(7, "vote")] and "alpha.jsonl" in got["errors"][0]["file"]
+    assert [(e["line"], e["field"]) for e in got["errors"]] == [(7, "vote")]
+    assert got["errors"][0]["file"].endswith("alpha.jsonl")
     code, out, err = run(capsys, "source", "submit", "--config", tmp / "beta.toml", "--votes", tmp / "beta.csv")
     assert code == 0, out + err
     assert out.startswith("round 1: 4 vote(s) sealed and sent to every party; 0 open queries without a vote here")
@@ -163,6 +164,11 @@ def test_submit_from_files_then_verify(deployment, capsys):
     checks = {f["check"] for f in json.loads(out)["findings"]}
     assert "merkle" in checks or "checkpoint" in checks
     assert any("'q1'" in f["message"] for f in json.loads(out)["findings"] if f["check"] == "submission")
+    assert json.loads(out)["path"] == str(tmp / "alpha-state" / "log.refused")
+    # The last clean copy is kept, and the witness still accepts the true log.
+    assert (tmp / "alpha-state" / "log" / "entries.jsonl").read_bytes() == (tmp / "pub" / "entries.jsonl").read_bytes()
+    code, out, err = run(capsys, "source", "verify", "--config", tmp / "alpha.toml")
+    assert code == 0, out + err
 
 
 MODEL = """import json, sys
