@@ -44,7 +44,7 @@ from ..errors import DvsecureError, ParameterError, PartyRefusal, PolicyError, V
 from ..wire.submission import Submission
 from .config import ConfigError, Key, load
 from .progress import Progress
-from .published import INDEX_FILE, OPEN_FILE, OpenQueries, PublishedError, load_endpoint, mirror, read_open
+from .published import LOG_DIR, OpenQueries, PublishedError, load_endpoint, mirror, read_open
 from .votefile import RowError, VoteFile, check_votes, parse_jsonl, read_votes
 
 SCHEMA = [
@@ -63,6 +63,7 @@ SCHEMA = [
 
 SEALED, SENT, SUBMISSIONS, WITNESS, LOG = "sealed.jsonl", "sent.jsonl", "submissions.jsonl", "witness.json", "log"
 HELD = "ALREADY_EXISTS"        # a party's answer to a second copy of a share it holds (mpc/inbox.py "replay")
+UNREACHABLE = ("UNAVAILABLE", "DEADLINE_EXCEEDED")
 
 
 class SourceRefusal(DvsecureError):
@@ -127,7 +128,7 @@ class SourceState:
         if self.root.exists() and not self.root.is_dir():
             raise ConfigError(f"state {self.root} is not a directory")
         self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self._lock = open(self.root / ".lock", "a")
+        self._lock = os.fdopen(os.open(self.root / ".lock", os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600), "w")
         try:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -325,6 +326,7 @@ class Source:
                 continue
             new.append(Sealed(row.query_id, row.vote, sub.nonce, oq.num_classes, envelopes, box_keys))
         self.state.add_sealed(new)         # durable before any of it leaves this host
+        down: dict[int, str] = {}          # parties unreachable in this round
         bar = Progress(f"round {oq.round}", unit="vote")
         bar.start(len(todo))
         try:
@@ -340,12 +342,18 @@ class Source:
                                                        "its shares cannot be sent again"})
                         ok = False
                         continue
+                    if rank in down:
+                        report.failed.append({"query_id": qid, "party": rank, "error": down[rank]})
+                        ok = False
+                        continue
                     try:
                         self._send(rank, envelope)
                     except PartyRefusal as e:
                         if e.code != HELD:
                             report.failed.append({"query_id": qid, "party": rank, "error": str(e)})
                             ok = False
+                        if e.code in UNREACHABLE:   # not one timeout per query: tried again next round
+                            down[rank] = f"not tried: party {rank} was unreachable in this round ({e.code})"
                 if ok:
                     self.state.mark_sent(qid, oq.round)
                     report.sent.append(qid)
@@ -407,9 +415,10 @@ def _replace(new: Path, dest: Path) -> None:
 
 
 def mirror_log(location, dest: Path) -> Path:
-    """A fresh copy of the published log at `dest`, without the coordinator's files
-    that are not part of the log (open.json, index.json): the audit reads the copy,
-    so what it checks cannot change under it."""
+    """A fresh copy at `dest` of the log published at `location`: a published
+    directory's URL (its index.json lists the log's files), a published directory
+    (its log/), or a log directory itself. The audit reads the copy, so what it
+    checks cannot change under it."""
     dest = Path(dest)
     if dest.exists():
         shutil.rmtree(dest)
@@ -419,11 +428,9 @@ def mirror_log(location, dest: Path) -> Path:
         src = Path(location)
         if not src.is_dir():
             raise ParameterError(f"log {src} is not a directory or an http(s) URL")
+        if (src / LOG_DIR).is_dir() and not (src / LOG_DIR).is_symlink():
+            src = src / LOG_DIR                           # a published directory: its log
         shutil.copytree(src, dest, symlinks=True)          # links stay links: the audit refuses them
-    for name in (OPEN_FILE, INDEX_FILE):
-        p = dest / name
-        if p.is_file() and not p.is_symlink():
-            p.unlink()
     return dest
 
 

@@ -47,6 +47,12 @@ def run(capsys, *argv):
 
 @pytest.fixture
 def setup(tmp_path, capsys):
+    return make_setup(tmp_path, capsys)
+
+
+def make_setup(tmp_path, capsys):
+    """Two parties' signed endpoints (pointing nowhere), a policy naming their keys,
+    alpha's key, an open round and a vote file: (directory, policy)."""
     parties = _Parties(tmp_path / "parties", 2)
     policy = name_signers(POLICY, tmp_path / "operator", parties)
     (tmp_path / "consortium.toml").write_text(policy.to_toml())

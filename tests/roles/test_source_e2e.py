@@ -26,7 +26,7 @@ from dvsecure.log.writer import LogWriter, name_signers, operator_signer
 from dvsecure.mpc.party import load_or_create_keys
 from dvsecure.noise import make_noise
 from dvsecure.policy import Budget, ConsortiumPolicy, MechanismPolicy, SourcePolicy
-from dvsecure.roles.published import OpenQueries, endpoint_json, write_open
+from dvsecure.roles.published import OpenQueries, endpoint_json, serve, write_index, write_open
 from dvsecure.tee.protocol import Principals
 
 pytestmark = pytest.mark.slow
@@ -66,7 +66,8 @@ def deployment(tmp_path_factory):
         policy = name_signers(POLICY, tmp / "operator", backend)
         (tmp / "consortium.toml").write_text(policy.to_toml())
         ledger = Ledger(tmp / "ledger.sqlite", policy)
-        log = LogWriter(tmp / "pub", ledger, [operator_signer(tmp / "operator", policy), *backend.cosigners(ledger)])
+        log = LogWriter(tmp / "pub" / "log", ledger,
+                        [operator_signer(tmp / "operator", policy), *backend.cosigners(ledger)])
         agg = Aggregator(policy, ledger, backend=backend, noise=make_noise("no_noise"), log=log)
         for rank, ep in enumerate(backend.endpoints()):
             signer = load_or_create_keys(tmp / "parties" / f"party-{rank}", rank)[1]
@@ -91,6 +92,10 @@ def plaintext_labels(tmp, policy, qids, votes):
         return [r.label for r in agg.query_batch([(q, [votes["alpha"][q], votes["beta"][q]]) for q in qids], C)]
     finally:
         ledger.close()
+
+
+def same_entries(a, b):
+    return (a / "entries.jsonl").read_bytes() == (b / "entries.jsonl").read_bytes()
 
 
 def open_round(tmp, policy, rnd, qids, closed=False):
@@ -140,7 +145,7 @@ def test_submit_from_files_then_verify(deployment, capsys):
     assert [r.label for r in results] == plaintext_labels(tmp, policy, qids, {"alpha": ALPHA, "beta": BETA})
     assert all(p.status == "active" for r in results for p in r.participants)
     logged = {e.query_id: entry.unpack_commitments(e.commitments, 2)
-              for e in map(entry.decode, (tmp / "pub" / "entries.jsonl").read_bytes().splitlines())
+              for e in map(entry.decode, (tmp / "pub" / "log" / "entries.jsonl").read_bytes().splitlines())
               if isinstance(e, entry.Query)}
     assert set(logged) == set(qids)
 
@@ -150,11 +155,11 @@ def test_submit_from_files_then_verify(deployment, capsys):
         assert out.startswith(f"audit of log {tmp / f'{sid}-state' / 'log'}: OK")
         lines = (tmp / f"{sid}-state" / "submissions.jsonl").read_text().splitlines()
         assert sorted(json.loads(line)["query_id"] for line in lines) == qids
-    assert not (tmp / "alpha-state" / "log" / "open.json").exists()
+    assert not (tmp / "alpha-state" / "log" / "open.json").exists()     # the log only, from the published dir
 
     # A tampered copy of the log is refused; so is the log a source saw, rewritten.
     bad = tmp / "tampered"
-    shutil.copytree(tmp / "pub", bad)
+    shutil.copytree(tmp / "pub" / "log", bad)          # a log directory itself
     lines = (bad / "entries.jsonl").read_bytes().splitlines(keepends=True)
     victim = next(i for i, line in enumerate(lines) if b'"q1"' in line)
     lines[victim] = lines[victim].replace(b'"q1"', b'"qX"')
@@ -166,7 +171,7 @@ def test_submit_from_files_then_verify(deployment, capsys):
     assert any("'q1'" in f["message"] for f in json.loads(out)["findings"] if f["check"] == "submission")
     assert json.loads(out)["path"] == str(tmp / "alpha-state" / "log.refused")
     # The last clean copy is kept, and the witness still accepts the true log.
-    assert (tmp / "alpha-state" / "log" / "entries.jsonl").read_bytes() == (tmp / "pub" / "entries.jsonl").read_bytes()
+    assert same_entries(tmp / "alpha-state" / "log", tmp / "pub" / "log")
     code, out, err = run(capsys, "source", "verify", "--config", tmp / "alpha.toml")
     assert code == 0, out + err
 
@@ -197,27 +202,38 @@ def test_watch_submits_each_new_round_until_closed(deployment, capsys):
 
     # alpha watches a vote file in the background (a thread: the signal handlers are the
     # main thread's, so it is stopped by the run closing); beta asks its model here.
-    closer = threading.Thread(target=close_when_sent)
-    closer.start()
-    codes = {}
-    watcher = threading.Thread(target=lambda: codes.setdefault("alpha", _watch_in_thread(tmp)))
-    watcher.start()
+    # beta reads the coordinator over HTTP (the flag overrides its config's directory).
+    server, port = serve(tmp / "pub", "127.0.0.1:0")
+    url = f"http://127.0.0.1:{port}/"
     try:
-        code, out, err = run(capsys, "source", "watch", "--config", tmp / "beta.toml",
-                             "--model-cmd", f"{sys.executable} {tmp / 'model.py'}", "--json")
+        closer = threading.Thread(target=close_when_sent)
+        closer.start()
+        codes = {}
+        watcher = threading.Thread(target=lambda: codes.setdefault("alpha", _watch_in_thread(tmp)))
+        watcher.start()
+        try:
+            code, out, err = run(capsys, "source", "watch", "--config", tmp / "beta.toml", "--coordinator", url,
+                                 "--model-cmd", f"{sys.executable} {tmp / 'model.py'}", "--json")
+        finally:
+            closer.join()
+            watcher.join()
+        results = agg.query_batch([(q, FROM_SOURCES) for q in ("q4", "q5")], C)
+        write_index(tmp / "pub")
+        verified = run(capsys, "source", "verify", "--config", tmp / "beta.toml", "--log", url)
     finally:
-        closer.join()
-        watcher.join()
+        server.shutdown()
+        server.server_close()
     assert code == 0, out + err
     events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     assert events[-1]["event"] == "end" and events[-1]["stopped"] == "closed"
     assert sum(e.get("sent", 0) for e in events if e["event"] == "round") == 2
     assert codes["alpha"] == 0
-    results = agg.query_batch([(q, FROM_SOURCES) for q in ("q4", "q5")], C)
     assert [r.label for r in results] == plaintext_labels(tmp, policy, ["q4", "q5"], {"alpha": ALPHA, "beta": BETA})
     assert all(p.status == "active" for r in results for p in r.participants)
-    code, out, err = run(capsys, "source", "verify", "--config", tmp / "beta.toml")
-    assert code == 0, out + err
+    code, out, err = verified
+    assert code == 0, out + err                     # mirrored over HTTP, audited with beta's witness
+    assert same_entries(tmp / "beta-state" / "log", tmp / "pub" / "log")
+    assert not (tmp / "beta-state" / "log" / "index.json").exists()
 
 
 def _watch_in_thread(tmp):
