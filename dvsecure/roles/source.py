@@ -294,10 +294,11 @@ class Source:
             row, sealed = rows.get(qid), self.state.sealed.get(qid)
             if sealed is not None:
                 if row is not None and (row.vote != sealed.vote or type(row.vote) is not type(sealed.vote)):
+                    # Still resent as sealed: a party that lost its share must get the same
+                    # one, or the committed vote would count for no one.
                     report.errors.append(RowError(votes.path, row.line, "vote",
                                                   f"query {qid!r} was sealed and sent with another vote "
                                                   f"({json.dumps(sealed.vote)}); a vote cannot change once sent"))
-                    continue
                 if sealed.num_classes != oq.num_classes:
                     report.failed.append({"query_id": qid, "party": None,
                                           "error": f"sealed for {sealed.num_classes} classes, open for "

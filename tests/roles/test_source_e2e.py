@@ -135,11 +135,13 @@ def test_submit_from_files_then_verify(deployment, capsys):
                          "--json")
     assert code == 1 and json.loads(out)["sent"] == 2 and json.loads(out)["failed"] == [], out + err
     assert (tmp / "alpha-state" / "submissions.jsonl").read_text() == subs_before
-    # A vote cannot change once sealed.
+    # A vote cannot change once sealed: the row is refused, the sealed vote goes again
+    # (and q3, sealed in round 1, too: the file need not hold it any more).
     (tmp / "beta-changed.jsonl").write_text(json.dumps({"query_id": "q2", "vote": 1}) + "\n")
     code, out, err = run(capsys, "source", "submit", "--config", tmp / "beta.toml", "--votes",
                          tmp / "beta-changed.jsonl", "--json")
     assert code == 1 and "cannot change once sent" in json.loads(out)["errors"][0]["message"]
+    assert json.loads(out)["sent"] == 2 and json.loads(out)["failed"] == []
     results += agg.query_batch([(q, FROM_SOURCES) for q in ("q2", "q3")], C)
 
     assert [r.label for r in results] == plaintext_labels(tmp, policy, qids, {"alpha": ALPHA, "beta": BETA})
