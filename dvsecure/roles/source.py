@@ -45,7 +45,7 @@ from ..wire.submission import Submission
 from .config import ConfigError, Key, load
 from .progress import Progress
 from .published import LOG_DIR, OpenQueries, PublishedError, load_endpoint, mirror, read_open
-from .votefile import RowError, VoteFile, check_votes, parse_jsonl, read_votes
+from .votefile import RowError, VoteFile, VoteFileError, check_votes, parse_jsonl, read_votes
 
 SCHEMA = [
     Key("id", "str", True, help="this source's id in the policy"),
@@ -480,7 +480,13 @@ def watch(src: Source, *, votes: Path | None = None, model_cmd: str | None = Non
             break
         if oq.round not in done:
             if votes is not None:
-                vf = src.read_votes(votes)
+                try:
+                    vf = src.read_votes(votes)
+                except VoteFileError as e:     # being rewritten, or moved: try again at the next poll
+                    out.warnings.append(str(e))
+                    emit("warning", str(e))
+                    stop.wait(src.cfg["poll"])
+                    continue
             else:
                 want = [q for q in oq.query_ids if q not in src.state.sealed]
                 vf = src.ask_model(model_cmd, oq, want) if want else VoteFile(f"model-cmd {model_cmd!r} output")
