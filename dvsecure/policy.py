@@ -27,6 +27,8 @@ File format (every key checked; unknown keys are errors):
     delta = 1e-5                     # reporting delta (defaults to the budget's, else 1e-5)
     on_exhaustion = "exclude"        # or "shrink"
     votes = "one-hot"                # or "simplex"
+    # resolution = 16                # votes = "simplex": m, a power of two dividing 2**16 (default 16);
+    #                                # each vote is rounded to m unit votes of weight gamma/m (below)
     unit = "source"                  # privacy unit (DESIGN §4): "source" (default) or "slice"
     # slices = 64                    # unit = "slice": m disjoint slices, one model each; votes are
     #                                # histograms of the m slice votes, and the budget protects one slice
@@ -71,9 +73,16 @@ HISTOGRAM = "histogram"          # a slice-unit source's vote: counts of its m s
 SOURCE_UNIT = "source"
 SLICE_UNIT = "slice"
 MAX_SLICES = 1 << 16             # gamma/m must stay a positive multiple of 2**-16
+DEFAULT_RESOLUTION = 16          # a simplex vote's unit votes when the policy does not say
+MAX_RESOLUTION = 1 << 16         # m must divide 2**16: gamma/m on the grid, 2**16/m an integer
 EXCLUDE = "exclude"
 SHRINK = "shrink"
 DEFAULT_DELTA = 1e-5
+
+
+def resolution_ok(m: Any) -> bool:
+    """Whether m can be a simplex resolution: a power of two that divides 2**16."""
+    return not isinstance(m, bool) and isinstance(m, int) and 1 <= m <= MAX_RESOLUTION and m & (m - 1) == 0
 
 
 def unit_label(unit: str, slices: int) -> str:
@@ -182,8 +191,18 @@ class SourcePolicy:
     and the source-level spend — its influence — is m^2 times the slice-level
     spend, reported beside it and capped by `influence_budget` if given.
 
-    Weights are multiples of m * 2**-16, so each slice's weight gamma/m is exact
-    on the 2**-16 grid (m = 1: every multiple of 2**-16)."""
+    votes "simplex" with `resolution` = m (default 16; a power of two dividing
+    2**16): each probability vector is rounded, by the source and identically by
+    every backend, to a histogram of m unit votes (`mechanism.votes`: unbiased, so
+    E[histogram / m] is the vector), and tallied at gamma/m per unit vote like a
+    slice histogram — under MPC it travels as m class indices, valid by
+    construction. The privacy unit stays the source: a rounded vote is still a
+    point of the simplex (two differ by at most sqrt(2) in L2 and 1 in L-inf), so
+    the charges are those of any one-hot or simplex vote.
+
+    Weights are multiples of `grid_step` * 2**-16 — m for a slice histogram or a
+    simplex vote of resolution m, else 1 — so each unit vote's weight gamma/m is
+    exact on the 2**-16 grid."""
 
     id: str
     gamma_min: float
@@ -195,6 +214,10 @@ class SourcePolicy:
     unit: str = SOURCE_UNIT
     slices: int = 1
     influence_budget: Budget | None = None
+    resolution: int | None = None     # votes "simplex": m unit votes per vote (None: DEFAULT_RESOLUTION)
+    # The consortium whose policy this is (set by ConsortiumPolicy): with the source id
+    # it keys the rounding of simplex votes, so every backend rounds them alike.
+    consortium: str | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         where = f"source {self.id!r}"
@@ -203,7 +226,8 @@ class SourcePolicy:
             if isinstance(v, int) and not isinstance(v, bool):
                 object.__setattr__(self, name, float(v))
         if not isinstance(self.id, str) or not self.id or not self.id.isprintable() or len(self.id) > 128:
-            raise PolicyError(f"source id must be a non-empty printable string of at most 128 characters, got {self.id!r}")
+            raise PolicyError("source id must be a non-empty printable string of at most 128 characters, "
+                              f"got {self.id!r}")
         if self.unit not in (SOURCE_UNIT, SLICE_UNIT):
             raise PolicyError(f"{where}: unit must be {SOURCE_UNIT!r} or {SLICE_UNIT!r}, got {self.unit!r}")
         m = self.slices
@@ -233,6 +257,15 @@ class SourcePolicy:
                                   f"(votes = {HISTOGRAM!r}), got votes = {self.votes!r}")
             if self.influence_budget is not None and not isinstance(self.influence_budget, Budget):
                 raise PolicyError(f"{where}: influence_budget must be a Budget")
+        if self.votes == SIMPLEX:
+            if self.resolution is None:
+                object.__setattr__(self, "resolution", DEFAULT_RESOLUTION)
+            if not resolution_ok(self.resolution):
+                raise PolicyError(f"{where}: resolution must be a power of two that divides 2**16 "
+                                  f"(1, 2, 4, ..., {MAX_RESOLUTION}), got {self.resolution!r}")
+        elif self.resolution is not None:
+            raise PolicyError(f"{where}: resolution is for votes = {SIMPLEX!r} (how finely a probability vector "
+                              f"is rounded), not for {self.votes!r} votes")
         lo = _number(where, "gamma_min", self.gamma_min)
         hi = _number(where, "gamma_max", self.gamma_max)
         if not 0 <= lo <= 1:
@@ -242,8 +275,10 @@ class SourcePolicy:
         if lo > hi:
             raise PolicyError(f"{where}: gamma_min ({lo}) > gamma_max ({hi})")
         if self.grid_min > self.grid_max:
+            step = self.grid_step
             raise PolicyError(f"{where}: the band [{lo}, {hi}] holds no multiple of "
-                              + ("2**-16" if m == 1 else f"{m} * 2**-16 (gamma/m must be a multiple of 2**-16)"))
+                              + ("2**-16" if step == 1 else
+                                 f"{step} * 2**-16 (gamma/{step} must be a multiple of 2**-16)"))
         if not isinstance(self.budget, Budget):
             raise PolicyError(f"{where}: budget must be a Budget")
         if not 0 < _number(where, "delta", self.delta) < 1:
@@ -251,25 +286,34 @@ class SourcePolicy:
         if self.on_exhaustion not in (EXCLUDE, SHRINK):
             raise PolicyError(f"{where}: on_exhaustion must be {EXCLUDE!r} or {SHRINK!r}, got {self.on_exhaustion!r}")
 
-    # The band actually used: the multiples of m * 2**-16 inside the agreed band.
+    @property
+    def grid_step(self) -> int:
+        """Weights are multiples of grid_step * 2**-16: the unit votes each vote is
+        tallied as, at gamma/grid_step each (m slices, the simplex resolution m, or 1;
+        `vote_format.units`)."""
+        if self.votes == HISTOGRAM:
+            return self.slices
+        return self.resolution if self.votes == SIMPLEX else 1
+
+    # The band actually used: the multiples of grid_step * 2**-16 inside the agreed band.
     @cached_property
     def grid_min(self) -> float:
-        step = self.slices
+        step = self.grid_step
         g = -(-math.ceil(Fraction(self.gamma_min) * SCALE) // step) * step
         return max(g, step) / SCALE  # a participating weight is never 0
 
     @cached_property
     def grid_max(self) -> float:
-        return (math.floor(Fraction(self.gamma_max) * SCALE) // self.slices) * self.slices / SCALE
+        return (math.floor(Fraction(self.gamma_max) * SCALE) // self.grid_step) * self.grid_step / SCALE
 
     def on_grid(self, gamma: float) -> bool:
-        """Whether gamma is a weight this source can have: a multiple of m * 2**-16."""
+        """Whether gamma is a weight this source can have: a multiple of grid_step * 2**-16."""
         g = Fraction(gamma) * SCALE
-        return g.denominator == 1 and g.numerator % self.slices == 0
+        return g.denominator == 1 and g.numerator % self.grid_step == 0
 
     def floor_to_band(self, x: float) -> float:
         """The largest weight on this source's grid that is <= x, clamped to its band."""
-        g = (math.floor(Fraction(x) * SCALE) // self.slices) * self.slices / SCALE
+        g = (math.floor(Fraction(x) * SCALE) // self.grid_step) * self.grid_step / SCALE
         return min(self.grid_max, max(self.grid_min, g))
 
     @cached_property
@@ -296,8 +340,8 @@ class SourcePolicy:
 
     @cached_property
     def vote_format(self):
-        from .mechanism.votes import VoteFormat   # mechanism imports policy: resolved at call time
-        return VoteFormat(self.votes, self.slices)
+        from .mechanism.votes import VoteFormat  # mechanism imports policy: resolved at call time
+        return VoteFormat(self.votes, self.slices, self.resolution, self.consortium, self.id)
 
     def influence(self, rho: Fraction) -> Fraction:
         """The source-level spend of a spend at the source's unit: every charge at the
@@ -308,6 +352,8 @@ class SourcePolicy:
         d = {"id": self.id, "gamma_min": self.gamma_min, "gamma_max": self.gamma_max,
              "budget": self.budget.to_dict(), "delta": self.delta,
              "on_exhaustion": self.on_exhaustion, "votes": self.votes}
+        if self.votes == SIMPLEX:          # always stated: the rounding is part of what was agreed
+            d["resolution"] = self.resolution
         if self.unit != SOURCE_UNIT:       # absent at the default: an older policy's digest is unchanged
             d.update(unit=self.unit, slices=self.slices)
             if self.influence_budget is not None:
@@ -320,7 +366,7 @@ class SourcePolicy:
             raise PolicyError(f"sources[{index}] must be a table")
         where = f"source {d.get('id', f'#{index}')!r}"
         _no_unknown(where, d, {"id", "gamma_min", "gamma_max", "budget", "delta", "on_exhaustion", "votes",
-                               "unit", "slices", "influence_budget"})
+                               "unit", "slices", "influence_budget", "resolution"})
         for key in ("id", "gamma_min", "gamma_max", "budget"):
             if key not in d:
                 raise PolicyError(f"{where}: missing required key {key!r}")
@@ -334,7 +380,8 @@ class SourcePolicy:
                               "one model each)")
         return cls(id=d["id"], gamma_min=d["gamma_min"], gamma_max=d["gamma_max"], budget=budget,
                    delta=delta, on_exhaustion=d.get("on_exhaustion", EXCLUDE),
-                   votes=d.get("votes"), unit=unit, slices=d.get("slices", 1), influence_budget=influence)
+                   votes=d.get("votes"), unit=unit, slices=d.get("slices", 1), influence_budget=influence,
+                   resolution=d.get("resolution"))
 
 
 @dataclass(frozen=True)
@@ -541,6 +588,9 @@ class ConsortiumPolicy:
             raise PolicyError(f"consortium: collusion_tolerance must be an integer >= 1, got {t!r}")
         if not isinstance(self.name, str) or not self.name:
             raise PolicyError("consortium: name must be a non-empty string")
+        # Each source's agreement names this consortium (it keys the rounding of simplex votes).
+        object.__setattr__(self, "sources", tuple(s if s.consortium == self.name else replace(s, consortium=self.name)
+                                                  for s in self.sources))
 
     @property
     def ids(self) -> tuple[str, ...]:

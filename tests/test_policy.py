@@ -129,6 +129,7 @@ def test_digest_changes_with_any_field():
         lambda d: d["sources"][1].__setitem__("budget", {"rho": 50.5}),
         lambda d: d["sources"][2].__setitem__("delta", 1e-8),
         lambda d: d["sources"].reverse(),
+        lambda d: d["sources"][0].__setitem__("resolution", 32),
     ]
     for edit in edits:
         d = base()
@@ -306,6 +307,54 @@ def test_band_without_grid_point():
         SourcePolicy("s", 0.0, 1e-6, Budget("rho", 1.0))    # 0 is not a participating weight
 
 
+def test_simplex_resolution_default_grid_and_file_format():
+    p = ConsortiumPolicy.from_toml(POLICY_TOML)
+    alpha, beta = p.source("alpha"), p.source("beta")
+    assert (alpha.resolution, alpha.grid_step) == (16, 16)          # the default m
+    assert (beta.resolution, beta.grid_step) == (None, 1)
+    # weights of a simplex source are multiples of m * 2**-16, so gamma/m is exact
+    assert (Fraction(alpha.grid_min) * 65536, Fraction(alpha.grid_max) * 65536) == (6560, 39312)
+    assert alpha.on_grid(6560 / 65536) and not alpha.on_grid(6561 / 65536) and beta.on_grid(6561 / 65536)
+    assert alpha.floor_to_band(0.3) == (19660 // 16) * 16 / 65536 and alpha.floor_to_band(0.0) == alpha.grid_min
+    # always stated in the file: the rounding is part of the agreement
+    assert p.to_dict()["sources"][0]["resolution"] == 16 and "resolution" not in p.to_dict()["sources"][1]
+    d = base()
+    d["sources"][0]["resolution"] = 16
+    assert from_dict_toml(d).digest() == p.digest()
+    d["sources"][0]["resolution"] = 1024
+    q = from_dict_toml(d)
+    assert q.source("alpha").grid_step == 1024 and ConsortiumPolicy.from_toml(q.to_toml()) == q
+    assert Fraction(q.source("alpha").grid_min) * 65536 == 7168 and q.source("alpha").vote_format.units == 1024
+    for m in (1, 2, 1 << 16):
+        s = SourcePolicy("s", 0.0, 1.0, Budget("rho", 1.0), votes="simplex", resolution=m)
+        assert s.grid_step == m and s.grid_max == 1.0 and s.grid_min == m / 65536
+
+
+def test_a_simplex_band_must_hold_a_multiple_of_its_grid_step():
+    SourcePolicy("s", 0.3, 0.3001, Budget("rho", 1.0), votes="simplex", resolution=4)
+    with pytest.raises(PolicyError, match="4096 \\* 2\\*\\*-16"):
+        SourcePolicy("s", 0.3, 0.3001, Budget("rho", 1.0), votes="simplex", resolution=4096)
+
+
+def test_resolution_is_for_simplex_votes_only():
+    with pytest.raises(PolicyError, match="resolution is for votes = 'simplex'.*'histogram'"):
+        SourcePolicy("s", 0.0, 1.0, Budget("rho", 1.0), unit="slice", slices=4, resolution=4)
+    with pytest.raises(PolicyError, match="resolution must be a power of two"):
+        SourcePolicy("s", 0.0, 1.0, Budget("rho", 1.0), votes="simplex", resolution=12)
+
+
+def test_sources_are_bound_to_their_consortium_for_rounding():
+    p = ConsortiumPolicy.from_toml(POLICY_TOML)
+    fmt = p.source("alpha").vote_format
+    assert (fmt.kind, fmt.resolution, fmt.consortium, fmt.source_id) == ("simplex", 16, "demo", "alpha")
+    # the binding is not part of the agreement's content: equal sources, equal digests
+    free = SourcePolicy.from_dict(base()["sources"][0])
+    assert free.consortium is None and free == p.source("alpha")
+    renamed = dataclasses.replace(p, name="other")
+    assert renamed.source("alpha").vote_format.consortium == "other"
+    assert p.source("alpha").vote_format.consortium == "demo"
+
+
 # ---------------------------------------------------------------- errors
 
 def _set(path, value):
@@ -436,6 +485,16 @@ ERRORS = [
     ("budget_fraction string", _set(("calibration", "budget_fraction"), "0.1"), ["budget_fraction", "number"]),
     ("rho array", _set(S1 + ("budget",), {"rho": [1.0]}), ["rho", "number"]),
     ("on_exhaustion int", _set(S1 + ("on_exhaustion",), 1), ["on_exhaustion"]),
+    # the simplex resolution m: a power of two dividing 2**16, for simplex votes only
+    ("resolution 3", _set(S0 + ("resolution",), 3), ["alpha", "resolution", "power of two", "2**16", "3"]),
+    ("resolution 0", _set(S0 + ("resolution",), 0), ["alpha", "resolution", "got 0"]),
+    ("resolution -16", _set(S0 + ("resolution",), -16), ["resolution", "-16"]),
+    ("resolution 2**17", _set(S0 + ("resolution",), 1 << 17), ["resolution", "131072"]),
+    ("resolution 48", _set(S0 + ("resolution",), 48), ["resolution", "48"]),
+    ("resolution float", _set(S0 + ("resolution",), 16.0), ["resolution", "16.0"]),
+    ("resolution string", _set(S0 + ("resolution",), "16"), ["resolution", "'16'"]),
+    ("resolution bool", _set(S0 + ("resolution",), True), ["resolution", "True"]),
+    ("resolution on one-hot", _set(S1 + ("resolution",), 16), ["beta", "resolution", "'simplex'", "'one-hot'"]),
 ]
 
 

@@ -106,7 +106,8 @@ def desired_weights(draw, policy):
     out = {}
     for s in policy.sources:
         if draw(st.booleans()):
-            k = draw(st.integers(round(s.grid_min * SCALE), round(s.grid_max * SCALE)))
+            step = s.grid_step              # a simplex source's weights: multiples of m * 2**-16
+            k = draw(st.integers(round(s.grid_min * SCALE) // step, round(s.grid_max * SCALE) // step)) * step
             out[s.id] = k / SCALE
     return out
 
@@ -283,7 +284,7 @@ class Model:
                     lo = mid
                 else:
                     hi = mid - 1
-            k = lo
+            k = lo - lo % src.grid_step      # floored onto the source's grid
             if k > 0 and Fraction(k, SCALE) >= Fraction(src.grid_min):
                 return Fraction(k, SCALE), SHRUNK
         return Fraction(0), EXCLUDED_BUDGET
@@ -311,6 +312,7 @@ def check_band(src: SourcePolicy, gamma: float):
         return
     g = Fraction(gamma)
     assert (g * SCALE).denominator == 1, f"{src.id}: weight {gamma} is not on the 2**-16 grid"
+    assert src.on_grid(gamma), f"{src.id}: weight {gamma} is not a multiple of {src.grid_step} * 2**-16"
     assert Fraction(src.grid_min) <= g <= Fraction(src.grid_max), f"{src.id}: weight {gamma} outside grid band"
     assert Fraction(src.gamma_min) <= g <= Fraction(src.gamma_max), f"{src.id}: weight {gamma} outside band"
 
@@ -380,8 +382,11 @@ def check_query(model: Model, policy, result, query, num_classes, noise_mode, de
         from dvsecure.mechanism.votes import encode_vote
         encs = []
         for src, g, enc, (vote, _, _) in zip(policy.sources, gammas, encodings, votes):
-            if g and enc is None:
-                enc = [int(x) for x in encode_vote(vote, num_classes, src.votes)]
+            if g and (enc is None or src.votes == "simplex"):
+                # The library's encoding (a simplex vote rounded to its m unit votes for this
+                # query), per unit of weight: counts * 2**16 / m, exact since m divides 2**16.
+                enc = [int(x) // src.grid_step for x in encode_vote(vote, num_classes, src.vote_format,
+                                                                    result.query_id)]
                 assert sum(enc) == SCALE
             encs.append(enc)
         assert (result.answered, result.label) == expected_release(model, gammas, encs, num_classes)
@@ -607,7 +612,7 @@ def test_set_weights_accepts_exactly_grid_weights_in_band(src, w):
     """(b) at the input: a desired weight is accepted iff it is a multiple of 2**-16
     inside [grid_min, grid_max] (hence inside [gamma_min, gamma_max])."""
     policy = ConsortiumPolicy(sources=(src,), mechanism=MechanismPolicy("gnmax", 1.0))
-    ok = (Fraction(w) * SCALE).denominator == 1 and src.grid_min <= w <= src.grid_max
+    ok = src.on_grid(w) and src.grid_min <= w <= src.grid_max
     assert Fraction(src.gamma_min) <= Fraction(src.grid_min) <= Fraction(src.grid_max) <= Fraction(src.gamma_max)
     with tempfile.TemporaryDirectory() as d:
         ledger = Ledger(Path(d) / "l.sqlite", policy)

@@ -271,9 +271,10 @@ def test_flaw4_calibration_charges_what_it_releases(tmp_path, fraction):
             sigma_s = cal.sigma_for(src.id)
             assert charge.mechanism == CALIBRATION and charge.sigma == sigma_s
             # The released mean accuracy (sensitivity 1) carries noise of scale sigma_s:
-            # the draw was on the sum, of sensitivity T * 2**16 grid units.
-            assert sigma_grid == Fraction(sigma_s) * t_count * SCALE
-            assert sigma_grid / (t_count * SCALE) == Fraction(charge.sigma)
+            # the draw was on the sum, of sensitivity T * u * 2**16 grid units (u unit votes
+            # per vote: a simplex vote's resolution m, else 1).
+            assert sigma_grid == Fraction(sigma_s) * t_count * src.grid_step * SCALE
+            assert sigma_grid / (t_count * src.grid_step * SCALE) == Fraction(charge.sigma)
             # ... and the ledger charges 1/(2 sigma_s^2) for it, counted in the spend.
             expected = 1 / (2 * Fraction(sigma_s) ** 2)
             assert charge.rho == expected

@@ -1,7 +1,7 @@
 """Slice-unit sources on every backend (issue 12): with no noise MPC releases and
 charges exactly what the plaintext backend does on random streams mixing
-source- and slice-unit sources; a malicious slice histogram is rejected by the
-parties' secure check and cannot move the tally; the enclave releases the
+source- and slice-unit sources; whatever shares a slice-unit source sends count as
+one histogram of m votes and cannot move the tally further; the enclave releases the
 plaintext labels and charges on streams whose margins no noise can flip."""
 from __future__ import annotations
 
@@ -160,15 +160,16 @@ def test_enclave_releases_the_plaintext_labels_and_charges_with_slice_sources(tm
                               mechanism=MechanismPolicy("confident_gnmax", 0.002, sigma1=0.002, threshold=0.3))
     kinds = [s.vote_format for s in policy.sources]
     weights = np.array([[s.grid_max * 65536 for s in policy.sources]], np.int64)
-    slices = [s.slices for s in policy.sources]
+    units = [k.units for k in kinds]
     items = []
     while len(items) < 30:
+        qid = f"e{len(items)}"
         votes = {s.id: random_vote(rng, s, bad=len(items) % 2 == 0, absent=False) for s in policy.sources}
-        fixed, problems = encode_votes(list(votes.values()), kinds, C)
+        fixed, problems = encode_votes(list(votes.values()), kinds, C, qid)     # simplex votes rounded as for qid
         w = weights * np.array([[p is None for p in problems]])
-        v = np.sort(tally(w, fixed[None], slices)[0]) / 2.0 ** 32
+        v = np.sort(tally(w, fixed[None], units)[0]) / 2.0 ** 32
         if v[-1] - v[-2] >= 0.08 and abs(v[-1] - 0.3) >= 0.08:
-            items.append((f"e{len(items)}", votes))
+            items.append((qid, votes))
     ref, ref_spent, ref_charges = run(policy, items, PlaintextBackend(), tmp_path / "p.sqlite", batch=10)
     with deployed(tmp_path / "enc", policy=policy) as dep:
         released = []
@@ -188,17 +189,19 @@ def test_enclave_releases_the_plaintext_labels_and_charges_with_slice_sources(tm
 @pytest.mark.parametrize("vote", [[0, 1.2, 0, 0], [0, 1.4, -0.3, 0], [True, False, False, False], ["1", 0, 0, 0],
                                   [0.5, 0.5, 0, 0]])
 def test_a_malformed_vote_is_invalid_on_mpc_exactly_as_in_plaintext(vote):
-    """The MPC backend's stand-in for a misbehaving source sends what the source holds,
-    or nothing: never a rounding of it that the parties' check could accept."""
+    """The MPC backend's stand-in for a misbehaving source sends nothing for a vote
+    that has no index encoding, with the plaintext backend's reason."""
     from dvsecure.backends.mpc import _client_encoding
     from dvsecure.mechanism.votes import VoteFormat
 
-    for kind in ("one-hot", VoteFormat("histogram", 3)):
-        _, problems = encode_votes([vote], [kind], C)
+    simplex = VoteFormat("simplex", resolution=16, consortium="c", source_id="s")
+    for kind in ("one-hot", VoteFormat("histogram", 3), simplex):
+        if kind is simplex and vote == [0.5, 0.5, 0, 0]:
+            continue                            # a valid simplex vote
+        _, problems = encode_votes([vote], [kind], C, "q")
         assert problems[0].startswith("invalid")
-        sent = _client_encoding(vote, C, kind)
-        if not isinstance(sent, str):          # an integer vector: the parties see exactly it, and reject it
-            assert sent[:C].tolist() == [float(v) for v in vote] and sent.tolist() != [0, 1, 0, 0]
+        # Every kind travels as class indices: an invalid vote has none, so nothing is sent.
+        assert _client_encoding(vote, C, kind, "q") == problems[0]
 
 
 @pytest.mark.parametrize("vote", [[True, False, True, False], ["1", "0", "0", "0"], "0100"])

@@ -227,9 +227,11 @@ def check_shard(data: bytes, begin: int, end: int, start: int, seqs: list[int], 
     for k, j in zip(*np.nonzero(((q & takes_part) | c) & ~((gamma >= lo) & (gamma <= hi)))):
         add(("band", f"source {ids[j]!r}: gamma {gamma[k, j] / SCALE} outside its band "
              f"[{policy.sources[j].gamma_min}, {policy.sources[j].gamma_max}]", int(seq_arr[k])))
-    # A slice-unit source's weight is m times a slice's, which is on the 2**-16 grid.
-    for k, j in zip(*np.nonzero(((q & takes_part) | c) & (gamma % msl != 0))):
-        add(("band", f"source {ids[j]!r}: gamma {gamma[k, j] / SCALE} is not a multiple of its {msl[j]} slices "
+    # Each unit vote (a slice's, or one of a simplex vote's m) weighs gamma/m, on the 2**-16 grid.
+    step = np.array([s.grid_step for s in policy.sources], np.int64)
+    for k, j in zip(*np.nonzero(((q & takes_part) | c) & (gamma % step != 0))):
+        unit = f"{step[j]} slices" if policy.sources[j].slices > 1 else f"simplex resolution {step[j]}"
+        add(("band", f"source {ids[j]!r}: gamma {gamma[k, j] / SCALE} is not a multiple of its {unit} "
              "times 2**-16", int(seq_arr[k])))
     for k, j in zip(*np.nonzero(q & ~takes_part & (gamma != 0))):
         add(("band", f"source {ids[j]!r} was excluded ({chr(status[k, j])}) yet weighted {gamma[k, j] / SCALE}",

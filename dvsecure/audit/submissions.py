@@ -107,13 +107,13 @@ def check_submissions(items, decoded: dict[str, tuple[int, E.Query]], policy, so
             # Counted: the vote must be one the policy allows (a histogram of exactly m
             # slice votes for a slice-unit source), or the tally took what no one agreed to.
             try:
-                encode_vote(item.submission.vote, e.num_classes, kind)
+                encode_vote(item.submission.vote, e.num_classes, kind, item.query_id)
             except (InvalidVote, TypeError, ValueError) as ex:
                 problems.append((f"query {item.query_id!r}: {source_id!r}'s vote was counted although its policy "
                                  f"does not allow it ({ex})", seq))
         if letter == "I":
             try:
-                encode_vote(item.submission.vote, e.num_classes, kind)
+                encode_vote(item.submission.vote, e.num_classes, kind, item.query_id)
             except (InvalidVote, TypeError, ValueError):
                 continue            # the source's own vote was invalid: so logged, rightly
             problems.append((f"query {item.query_id!r}: {source_id!r} is logged invalid "

@@ -104,15 +104,15 @@ def calibration_charge(policy: ConsortiumPolicy, source_id: str) -> Charge:
     return Charge(CALIBRATION, calibration_sigma(policy, source_id), 1.0, True, src.slices)
 
 
-def accuracy_sum(vote, label: int, num_classes: int, vote_format) -> int:
-    """What one vote adds to its source's accuracy statistic: the mass it puts on the
-    true label at scale 2**16 (a histogram's count times 2**16); 0 if absent or
-    invalid. Linear in the encoded vote, so the computing parties get the same
-    integer from their shares."""
+def accuracy_sum(vote, label: int, num_classes: int, vote_format, query_id: str | None = None) -> int:
+    """What one vote adds to its source's accuracy statistic: its unit votes on the
+    true label times 2**16 (of vote_format.units; a simplex vote rounded as for a
+    query, keyed by `query_id`); 0 if absent or invalid. Linear in the encoded
+    vote, so the computing parties get the same integer from their shares."""
     if vote is None:
         return 0
     try:
-        return int(encode_vote(vote, num_classes, vote_format)[label])
+        return int(encode_vote(vote, num_classes, vote_format, query_id)[label])
     except InvalidVote:
         return 0
 
@@ -141,9 +141,10 @@ class CalibrationPlan:
         return len(self.labels)
 
     def sum_scale(self, policy: ConsortiumPolicy, source_id: str) -> Fraction:
-        """The noise scale on the sum (grid units): the mean accuracy sum / (T m 2**16)
-        has sensitivity 1/m, so sigma in accuracy units is sigma * T * m * 2**16 on the sum."""
-        return Fraction(self.charges[source_id].sigma) * self.num_queries * policy.source(source_id).slices * SCALE
+        """The noise scale on the sum (grid units): the mean accuracy is sum / (T u 2**16),
+        u the unit votes per vote (`grid_step`), so sigma in accuracy units is
+        sigma * T * u * 2**16 on the sum (its sensitivity, 1/m for m slices, is in sigma)."""
+        return Fraction(self.charges[source_id].sigma) * self.num_queries * policy.source(source_id).grid_step * SCALE
 
 
 def plan_calibration(policy: ConsortiumPolicy, query_id: str, labels, num_classes: int, spent, budgets,
@@ -176,7 +177,7 @@ def calibration_outcome(policy: ConsortiumPolicy, plan: CalibrationPlan, noisy_s
         if src.id in plan.skipped:
             weights[src.id], released[src.id] = src.grid_max, None
             continue
-        acc = int(noisy_sums[src.id]) / (plan.num_queries * src.slices * SCALE)
+        acc = int(noisy_sums[src.id]) / (plan.num_queries * src.grid_step * SCALE)
         released[src.id] = acc
         weights[src.id] = weight_from_accuracy(src, acc, plan.num_classes)
     return CalibrationResult(weights, released, dict(plan.charges), dict(plan.skipped), "")
@@ -234,9 +235,11 @@ class PrivateCalibration:
         if len(votes) != len(labels):
             raise VoteError(f"{len(votes)} vote rows for {len(labels)} labels")
         plan = self.plan(query_id, labels, num_classes)
+        ids = labelled_query_ids(query_id, len(plan.labels)) if query_ids is None else list(query_ids)
+        if len(ids) != len(plan.labels):
+            raise VoteError(f"{len(ids)} labelled query ids for {len(plan.labels)} labels")
         if self.backend is not None:
             self.backend.bind(self.policy)
-            ids = labelled_query_ids(query_id, len(plan.labels)) if query_ids is None else list(query_ids)
             sums = self.backend.calibrate(plan, votes, self.noise, ids)
         else:
             sums = {}
@@ -244,7 +247,7 @@ class PrivateCalibration:
                 if src.id not in plan.charges:
                     continue
                 # Sum over t of the mass on the true label, at scale 2**16 (exact integers).
-                total = sum(accuracy_sum(votes[t][j], y, num_classes, src.vote_format)
+                total = sum(accuracy_sum(votes[t][j], y, num_classes, src.vote_format, ids[t])
                             for t, y in enumerate(plan.labels))
                 sums[src.id] = total + int(self.noise.sample(plan.sum_scale(self.policy, src.id), 1)[0])
         return self.commit(plan, sums)

@@ -75,6 +75,7 @@ class BudgetFilter:
         if source.on_exhaustion == SHRINK and remaining > 0:
             # One slice's weight k/2**16 is what is charged; the source's is m times it.
             g = m * self._largest_fitting(remaining)
+            g -= g % source.grid_step       # on the source's grid (a simplex vote's m unit votes)
             if g / SCALE >= source.grid_min:
                 return Decision(g / SCALE, SHRUNK)
         return Decision(0.0, EXCLUDED_BUDGET)

@@ -2,8 +2,10 @@
 
 The source connects to every computing party over TLS, pinning each party's
 certificate (published by the party out of band), asks each for its keys,
-and for a batch of queries: validates and encodes its votes, commits to each
-under a fresh nonce (`Submission`, the commitment the log will carry), splits
+and for a batch of queries: validates and encodes its votes (a simplex vote
+rounded to its policy's m unit votes, keyed by the query, exactly as every
+backend rounds it: so it needs its own `SourcePolicy.vote_format`), commits
+to each under a fresh nonce (`Submission`, the commitment the log will carry), splits
 each vote into additive shares, seals share i to party i's X25519 key, signs
 each party's envelope with its Ed25519 key (`sharing.seal_submissions`), and
 sends each party its own. No party — nor the coordinator — ever receives a vote.
@@ -16,7 +18,7 @@ import grpc
 from nacl.public import PublicKey
 from nacl.signing import SigningKey
 
-from ..errors import PartyRefusal
+from ..errors import PartyRefusal, VoteError
 from ..policy import ONE_HOT
 from ..wire.proto import dvsecure_pb2 as pb
 from ..wire.submission import Submission
@@ -61,8 +63,12 @@ class PartySubmitter:
     def envelopes(self, query_ids: Sequence[str], votes: Sequence, num_classes: int,
                   kind=ONE_HOT) -> tuple[list[bytes], list[Submission]]:
         """The signed, sealed envelope for each party, and the submissions whose
-        nonces let the source find its commitments in the log later."""
-        encoded = encode_batch(list(votes), num_classes, kind)
+        nonces let the source find its commitments in the log later. kind: this
+        source's `SourcePolicy.vote_format` (or a kind name, for one-hot votes)."""
+        owner = getattr(kind, "source_id", None)
+        if owner is not None and owner != self.source_id:
+            raise VoteError(f"the vote format given is source {owner!r}'s, not {self.source_id!r}'s")
+        encoded = encode_batch(list(votes), num_classes, kind, list(query_ids))
         subs = [Submission.new(v) for v in votes]
         commitments = [s.commitment(q, self.source_id) for q, s in zip(query_ids, subs)]
         return seal_submissions(self.source_id, self.signing_key, list(query_ids), encoded, self.box_keys,

@@ -1,12 +1,13 @@
 """Client-side secret sharing of votes for the MPC backend, and the signed, sealed
 submission envelope.
 
-A source encodes each vote as integers — a one-hot vote as its class index, a
-slice-unit source's histogram of m slice votes as the m slices' class indices
-(in class order), both shared additively modulo C ("index" encoding: every
-share vector is some valid vote, `tables.py`); a simplex vote in fixed point
-(2**16), shared modulo 2**64 ("fixed" encoding, checked by the parties) — with
-the operating system's CSPRNG (n - 1 uniform shares, the last fixing the sum),
+A source encodes each vote as class indices, one per unit vote — a one-hot vote
+as its class index, a slice-unit source's histogram of m slice votes as the m
+slices' class indices, a simplex vote as the m class indices of the histogram it
+is rounded to (`mechanism.votes`, resolution m; the plaintext backend rounds it
+alike), each in class order — shares them additively modulo C ("index"
+encoding: every share vector is some valid vote, `tables.py`) with the
+operating system's CSPRNG (n - 1 uniform shares, the last fixing the sum),
 seals share i to party i's
 X25519 key (NaCl sealed box: only party i can open it, and it learns nothing
 about the sender from the box), and signs each party's submission with its
@@ -34,14 +35,17 @@ from nacl.public import PrivateKey, PublicKey, SealedBox
 from nacl.signing import SigningKey, VerifyKey
 
 from ..errors import SubmissionError, UnauthenticatedSubmission, VoteError
+from ..mechanism.fixedpoint import SCALE
 from ..mechanism.votes import InvalidVote, encode_vote, vote_format
-from ..policy import HISTOGRAM, MAX_SLICES, ONE_HOT, SIMPLEX
+from ..policy import MAX_RESOLUTION, MAX_SLICES, ONE_HOT
 from .tables import index_shares
 
-VERSION = 2                # 2: one-hot and histogram votes travel as shared class indices
+VERSION = 2                # 2: votes travel as shared class indices
 RING_BITS = 64
+# FIXED (2**16 fixed-point vectors shared mod 2**64) is still decoded, but no policy
+# asks for it any more: a party refuses it, as not its policy's encoding.
 INDEX, FIXED = "index", "fixed"
-MAX_ROWS = MAX_SLICES
+MAX_ROWS = max(MAX_SLICES, MAX_RESOLUTION)
 _DOMAIN = b"dvsecure/share-submission/v1\x00"
 
 
@@ -57,7 +61,7 @@ class ShareSubmission(msgspec.Struct, forbid_unknown_fields=True):
     # nonce), the same in every party's message; the log records it so the source
     # can find its vote there. Empty: the coordinator supplies the commitments.
     commitments: list[bytes] = []
-    rows: int = 1            # vectors per vote: m one-hot rows for a slice-unit source's histogram
+    rows: int = 1            # class indices per vote: one per unit vote (m for a histogram or a simplex vote)
     encoding: str = FIXED    # INDEX: class indices shared mod num_classes; FIXED: vectors shared mod 2**64
 
 
@@ -99,41 +103,41 @@ def reconstruct(shares: np.ndarray) -> np.ndarray:
 
 
 def wire_encoding(kind) -> str:
-    """INDEX for one-hot votes and histograms (class indices, valid by
-    construction), FIXED for simplex votes (2**16 fixed point, checked)."""
-    return FIXED if vote_format(kind).kind == SIMPLEX else INDEX
+    """INDEX for every vote kind: class indices, valid by construction."""
+    vote_format(kind)
+    return INDEX
 
 
 def wire_rows(kind) -> int:
-    """Vectors per vote on the wire: m one-hot rows for a histogram, else 1."""
-    fmt = vote_format(kind)
-    return fmt.slices if fmt.kind == HISTOGRAM else 1
+    """Class indices per vote on the wire: one per unit vote (m for a histogram
+    or a simplex vote of resolution m, 1 for a one-hot vote)."""
+    return vote_format(kind).units
 
 
 def histogram_indices(counts: np.ndarray) -> np.ndarray:
-    """The m slices' class indices of a histogram of m slice votes (counts int[C]
+    """The m class indices of a histogram of m unit votes (counts int[C]
     summing to m), in class order: int64[m]."""
     counts = np.asarray(counts, dtype=np.int64)
     return np.repeat(np.arange(len(counts)), counts)
 
 
-def encode_batch(votes: Sequence, num_classes: int, kind=ONE_HOT) -> np.ndarray:
-    """An honest source's votes, validated and encoded for the wire (`wire_encoding`):
-    class indices int64[Q, rows] for one-hot votes (rows 1) and histograms (rows m),
-    2**16 fixed point int64[Q, C] for simplex votes. A vote that is not valid for
-    its kind is refused here, before anything is sent."""
+def encode_batch(votes: Sequence, num_classes: int, kind=ONE_HOT, query_ids: Sequence[str] | None = None) -> np.ndarray:
+    """An honest source's votes, validated and encoded for the wire: the class
+    indices of each vote's unit votes, int64[Q, wire_rows(kind)]. query_ids: the
+    votes' queries, needed to round simplex votes (with a `kind` that is the
+    source's own `SourcePolicy.vote_format`). A vote that is not valid for its
+    kind is refused here, before anything is sent."""
     fmt = vote_format(kind)
-    rows = wire_rows(fmt)
+    if query_ids is not None and len(query_ids) != len(votes):
+        raise VoteError(f"{len(votes)} votes for {len(query_ids)} query ids")
+    qids = [None] * len(votes) if query_ids is None else list(query_ids)
+    if not len(votes):
+        return np.zeros((0, wire_rows(fmt)), np.int64)
     try:
-        fixed = np.stack([encode_vote(v, num_classes, fmt) for v in votes]) if len(votes) else \
-            np.zeros((0, num_classes), np.int64)
+        units = [encode_vote(v, num_classes, fmt, q) // SCALE for v, q in zip(votes, qids)]
     except InvalidVote as e:
         raise VoteError(f"refusing to submit an invalid vote: {e}") from None
-    if fmt.kind == SIMPLEX:
-        return fixed
-    if not len(votes):
-        return np.zeros((0, rows), np.int64)
-    return np.stack([histogram_indices(c) for c in fixed // (1 << 16)])
+    return np.stack([histogram_indices(c) for c in units])
 
 
 # ---- keys ----------------------------------------------------------------------------
@@ -161,31 +165,25 @@ def seal_submissions(source_id: str, signing_key: SigningKey, query_ids: Sequenc
                      encoded: np.ndarray, party_keys: Sequence[PublicKey],
                      commitments: Sequence[bytes] = (), *, kind=ONE_HOT, num_classes: int) -> list[bytes]:
     """One signed, sealed message per party for a batch of queries of `num_classes`
-    classes. `encoded` (`encode_batch`) as the vote's kind travels
-    (`wire_encoding`, `wire_rows`): one-hot votes and histograms as class indices
-    int64[Q, rows]; simplex votes as 2**16 fixed-point int64[Q, C] (or any int64
-    array of that shape: a test of a malicious source). `commitments`: none, or
-    one 32-byte commitment per query."""
+    classes. `encoded` (`encode_batch`): the class indices of each vote's unit
+    votes, int64[Q, wire_rows(kind)]. `commitments`: none, or one 32-byte
+    commitment per query."""
     encoded = np.asarray(encoded)
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
         raise VoteError(f"num_classes must be an integer >= 2, got {num_classes!r}")
     rows, encoding = wire_rows(kind), wire_encoding(kind)
-    width = rows if encoding == INDEX else rows * num_classes
-    if encoded.ndim != 2 or encoded.shape != (len(query_ids), width):
-        raise VoteError(f"expected {encoding} votes of shape [{len(query_ids)}, {width}], got {encoded.shape}")
+    if encoded.ndim != 2 or encoded.shape != (len(query_ids), rows):
+        raise VoteError(f"expected {encoding} votes of shape [{len(query_ids)}, {rows}], got {encoded.shape}")
     if len(set(query_ids)) != len(query_ids) or not all(isinstance(q, str) and q for q in query_ids):
         raise VoteError("query ids must be distinct non-empty strings")
     commitments = [bytes(c) for c in commitments]
     if commitments and (len(commitments) != len(query_ids) or any(len(c) != 32 for c in commitments)):
         raise VoteError("commitments must be one 32-byte commitment per query")
     n = len(party_keys)
-    if encoding == INDEX:
-        try:
-            shares = index_shares(encoded, n, num_classes).view(np.uint64)
-        except ValueError as e:
-            raise VoteError(str(e)) from None
-    else:
-        shares = share(encoded, n)
+    try:
+        shares = index_shares(encoded, n, num_classes).view(np.uint64)
+    except ValueError as e:
+        raise VoteError(str(e)) from None
     out = []
     for i, pk in enumerate(party_keys):
         sealed = SealedBox(pk).encrypt(shares[i].astype("<u8").tobytes())
@@ -206,7 +204,7 @@ class OpenedShare:
     shares: np.ndarray        # this party's share of each vote: int64[Q, rows] in 0..C-1 (INDEX), uint64[Q, rows*C]
     body: bytes               # the exact signed bytes
     commitments: tuple[bytes, ...] = ()     # the source's commitment per query, if it sent them
-    rows: int = 1             # vectors per vote (m one-hot rows for a histogram)
+    rows: int = 1             # class indices per vote (one per unit vote)
     encoding: str = FIXED
 
 

@@ -287,7 +287,7 @@ def test_the_refusal_status_is_chosen_by_what_failed_not_by_the_senders_words():
 
 def test_a_share_counts_only_in_its_policys_vote_layout():
     """A slice source with m = 3 slices of 4 classes: a one-hot vote, a histogram of
-    6 slices, a histogram of 3 slices of 2 classes, or a simplex vector are not its
+    6 slices, a histogram of 3 slices of 2 classes, or a simplex vote's 16 units are not its
     vote, as on the relay path; only 3 class indices of 4 classes are."""
     import numpy as np
 
@@ -298,7 +298,7 @@ def test_a_share_counts_only_in_its_policys_vote_layout():
     for qid, encoded, kind, c in (("one-hot", [[1]], "one-hot", 4),
                                   ("six-slices", [[0, 0, 1, 1, 2, 3]], VoteFormat("histogram", 6), 4),
                                   ("two-classes", [[0, 1, 1]], VoteFormat("histogram", 3), 2),
-                                  ("simplex", [[1 << 16, 0, 0, 0]], "simplex", 4),
+                                  ("simplex", [[0] * 16], "simplex", 4),
                                   ("right", [[0, 2, 2]], VoteFormat("histogram", 3), 4)):
         box.submit(seal_submissions("s0", SOURCE, [qid], np.array(encoded), pks, kind=kind, num_classes=c)[0])
     qids = ["one-hot", "six-slices", "two-classes", "simplex", "right"]

@@ -11,6 +11,7 @@ from scipy import stats
 
 from dvsecure.errors import SubmissionError, VoteError
 from dvsecure.mechanism.fixedpoint import SCALE
+from dvsecure.mechanism.votes import VoteFormat
 from dvsecure.mpc.sharing import (
     PartyKeys,
     ShareSubmission,
@@ -84,13 +85,15 @@ def test_round_trip_batch():
                o.encoding == "index" for o in opened)
     assert all(o.shares.min() >= 0 and o.shares.max() < NUM_CLASSES for o in opened)
     assert np.array_equal(np.stack([o.shares for o in opened]).sum(axis=0) % NUM_CLASSES, votes)
-    # Simplex votes travel as 2**16 fixed point, shared modulo 2**64.
-    soft = encode_batch([[0.5, 0.5, 0, 0]], NUM_CLASSES, "simplex")
-    msgs_soft = seal_submissions("inst-1", sk, ["s"], soft, [p.public for p in parties], kind="simplex",
+    # Simplex votes are rounded to m = 16 unit votes and travel as their 16 class indices.
+    fmt = VoteFormat("simplex", consortium="c", source_id="inst-1")
+    soft = encode_batch([[0.5, 0.5, 0, 0]], NUM_CLASSES, fmt, ["s"])
+    assert soft.tolist() == [[0] * 8 + [1] * 8]
+    msgs_soft = seal_submissions("inst-1", sk, ["s"], soft, [p.public for p in parties], kind=fmt,
                                  num_classes=NUM_CLASSES)
     opened_soft = [open_submission(m, i, 3, parties[i].private, keys) for i, m in enumerate(msgs_soft)]
-    assert all(o.encoding == "fixed" for o in opened_soft)
-    assert np.array_equal(reconstruct(np.stack([o.shares for o in opened_soft])), soft)
+    assert all(o.encoding == "index" and o.rows == 16 for o in opened_soft)
+    assert np.array_equal(np.stack([o.shares for o in opened_soft]).sum(axis=0) % NUM_CLASSES, soft)
     # Each party's message carries only its own sealed share: another party cannot open it.
     with pytest.raises(SubmissionError, match="party 0 of 3, not party 1"):
         open_submission(msgs[0], 1, 3, parties[1].private, keys)
@@ -101,7 +104,8 @@ def test_honest_client_refuses_invalid_votes():
         encode_batch([[0.5, 0.5, 0, 0]], NUM_CLASSES)          # not one-hot
     with pytest.raises(VoteError, match="invalid vote"):
         encode_batch([7], NUM_CLASSES)
-    assert encode_batch([[0.5, 0.5, 0, 0]], NUM_CLASSES, "simplex").sum() == SCALE
+    fmt = VoteFormat("simplex", consortium="c", source_id="s")
+    assert np.bincount(encode_batch([[0.5, 0.5, 0, 0]], NUM_CLASSES, fmt, ["q"])[0]).tolist() == [8, 8]
 
 
 def _resign(msg: bytes, sk: SigningKey, **changes) -> bytes:
