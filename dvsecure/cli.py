@@ -56,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--json", action="store_true", help="print one JSON object")
 
     a = sub.add_parser("audit", help="verify a log directory or an exported receipt; exit 0 iff all holds")
-    a.add_argument("path", type=Path, help="log directory or receipt directory")
+    a.add_argument("path", help="log directory or receipt directory, or the http(s) URL of a coordinator's "
+                                "published directory (its log is fetched into a temporary directory first)")
     a.add_argument("--source", help="report only this source (a receipt is always its own source's)")
     a.add_argument("--policy", type=Path, help="the policy you agreed to; the log must have used exactly it")
     a.add_argument("--witness", type=Path,
@@ -117,6 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
     pa.add_argument("--principals", type=Path, help="JSON of the sources' Ed25519 keys (with --listen)")
     from .mpc.inbox import add_limit_arguments
     add_limit_arguments(pa)
+    from .roles.cli import add_parsers as add_role_parsers
+    from .roles.cli import add_party_serve_arguments
+    add_party_serve_arguments(pa)
+    add_role_parsers(sub)
 
     from .attestation.cli import add_parser as add_attestation_parser
     add_attestation_parser(sub)
@@ -322,6 +327,14 @@ def _audit(args) -> int:
     roots = [_read_arg(path, "--trust-sim-root") for path in args.trust_sim_root]
     principals = None if args.enclave_principals is None else _read_arg(args.enclave_principals,
                                                                         "--enclave-principals")
+    if args.path.startswith(("http://", "https://")):
+        import tempfile
+
+        from .roles.published import mirror
+
+        with tempfile.TemporaryDirectory(prefix="dvsecure-audit-") as tmp:
+            args.path = str(mirror(args.path, Path(tmp) / "log"))
+            return _audit(args)
     report = audit(args.path, source=args.source, policy=args.policy, witness=args.witness,
                    trusted_keys=[_key_arg(k) for k in args.trust_key], allow_nonprivate=args.allow_nonprivate,
                    submissions=args.submissions, submissions_complete=args.submissions_complete,
@@ -358,6 +371,10 @@ def _party(args) -> int:
 
     from .mpc.party import load_or_create_dealer_key, load_or_create_keys
 
+    if args.action == "serve":
+        from .roles.cli import run_party_serve
+
+        return run_party_serve(args)
     if args.state is None:
         raise ParameterError("a party or dealer needs --state (where it keeps its keys)")
     if args.show_key:
@@ -375,36 +392,16 @@ def _party(args) -> int:
         raise ParameterError("a party needs --roster (or --show-key)")
     from .mpc.inbox import limits_from_args
     from .mpc.party import run_party
-    from .mpc.roster import Roster
-    from .policy import ConsortiumPolicy
+    from .roles.serve import check_dealer, check_party
 
-    roster = Roster.load(args.roster)
-    world = roster.num_parties
-    policy = ConsortiumPolicy.load(args.policy) if args.policy is not None else None
-    if policy is not None:
-        roster.check_policy(policy)
     if args.dealer:
-        key = base64.b64encode(load_or_create_dealer_key(args.state).public_key).decode()
-        if roster.dealer is None or roster.dealer.key_b64 != key:
-            raise ParameterError(f"{args.roster} does not name this dealer's key ({key}); publish it "
-                                 "(dvsecure party --dealer --show-key) and have the roster name it")
-        run_party(world, world, "TTP", str(args.state), roster=str(args.roster))
+        roster = check_dealer(args.roster, args.state)
+        run_party(roster.num_parties, roster.num_parties, "TTP", str(args.state), roster=str(args.roster))
         return 0
-    if args.rank is None or not 1 <= args.rank < world:
-        raise ParameterError(f"--rank must be in 1..{world - 1} (rank 0 runs with the coordinator), "
-                             "or pass --dealer")
-    if policy is None:
+    if args.policy is None:
         raise ParameterError("a party needs --policy (what it enforces)")
-    mine = base64.b64encode(load_or_create_keys(args.state, args.rank)[1].public_key).decode()
-    if policy.signers is not None:
-        # Refuse before joining: the parties cosign only under a policy that names them.
-        named = policy.signers.parties
-        if args.rank >= len(named) or named[args.rank] != mine:
-            raise ParameterError(f"{args.policy} does not name this party's cosigning key ({mine}) as party "
-                                 f"{args.rank}'s signer; publish it (dvsecure party --show-key) and have the "
-                                 "policy name it")
-    if roster.members[args.rank].key_b64 != mine:
-        raise ParameterError(f"{args.roster} does not name this party's key ({mine}) as party {args.rank}")
+    policy, roster = check_party(args.rank if args.rank is not None else -1, args.roster, args.state, args.policy)
+    world = roster.num_parties
     if (args.listen is None) != (args.principals is None):
         raise ParameterError("--listen and --principals go together")
     run_party(args.rank, world, "TTP", str(args.state), roster=str(args.roster),
@@ -456,6 +453,10 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "party":
             return _party(args)
+        if args.command in ("dealer", "coordinator"):
+            from .roles.cli import run as run_role
+
+            return run_role(args)
         if args.command == "keys":
             return _keys(args)
         if args.command == "consortium":

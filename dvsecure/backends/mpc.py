@@ -61,7 +61,8 @@ class MPCBackend(Backend):
 
     def __init__(self, num_parties: int = 3, provider: str = "TTP", allow_tfp: bool = False,
                  timeout: float = 300.0, state_dir: str | None = None, roster: str | None = None,
-                 spawn_ranks=None, principals: str | None = None, transport: str = "links"):
+                 spawn_ranks=None, principals: str | None = None, transport: str = "links",
+                 listen: str = "127.0.0.1:0", advertise: str | None = None):
         """state_dir: where the parties keep their keys and ledgers (durable across
         runs; a private temporary directory if None). roster/spawn_ranks: to spawn
         only some ranks here (e.g. [0]) while the others run `dvsecure party`, each
@@ -69,7 +70,8 @@ class MPCBackend(Backend):
         on this machine, for comparisons only (`mpc.parties`).
         principals: a JSON file of the sources' Ed25519 keys; with it, the parties
         started here take the sources' shares over gRPC with TLS (`endpoints`), and
-        queries are asked with FROM_SOURCES instead of votes."""
+        queries are asked with FROM_SOURCES instead of votes; party 0 (and every party
+        started here) listens at `listen` and publishes `advertise` in its endpoint.json."""
         if provider == "TFP" and not allow_tfp:
             raise ParameterError("the TFP provider lets party 0 generate every Beaver triple in the clear, so "
                                  "it could unmask every vote; use TTP (a dealer that is not a computing party) "
@@ -85,6 +87,7 @@ class MPCBackend(Backend):
         self.state_dir = str(state_dir or self._tmp)
         self._roster, self._spawn_ranks, self._transport = roster, spawn_ranks, transport
         self._principals = None if principals is None else str(principals)
+        self._listen, self._advertise = listen, advertise
         self.takes_votes_from_sources = principals is not None
         self._parties = None
         self._policy = None
@@ -137,7 +140,9 @@ class MPCBackend(Backend):
                 os.makedirs(self.state_dir, exist_ok=True)
                 with open(policy_file, "w") as f:
                     f.write(self._policy.to_toml())
-                extra = ["--policy", policy_file, "--listen", "127.0.0.1:0", "--principals", self._principals]
+                extra = ["--policy", policy_file, "--listen", self._listen, "--principals", self._principals]
+                if self._advertise is not None:
+                    extra += ["--advertise", self._advertise]
             self._parties = LocalParties(self.num_parties, self.state_dir, self.provider, self.timeout,
                                          self._roster, self._spawn_ranks, extra, self._transport)
         return self._parties
@@ -274,6 +279,24 @@ class MPCBackend(Backend):
             for p, m in enumerate(messages):
                 per_party[p].append(m)
         return present, per_party, problems
+
+    def pending(self, query_ids) -> np.ndarray:
+        """bool[S, Q]: whether every party holds source s's share for query q (networked
+        mode), so a coordinator can stop waiting once every source has submitted."""
+        if not self.takes_votes_from_sources:
+            raise ParameterError("this MPC backend takes no submissions from sources (no principals given)")
+        parties = self._ensure_started()
+        query_ids = list(query_ids)
+        held = parties.call({"op": "pending", "policy": self._policy.to_toml(), "query_ids": query_ids})["held"]
+        return np.frombuffer(held, dtype=np.uint8).reshape(len(self._policy.ids), len(query_ids)).astype(bool)
+
+    def restart(self) -> None:
+        """After a failure (a party died, a link broke): drop the parties' handle, so the
+        next call starts party 0 again and rejoins the others."""
+        if self._parties is not None:
+            self._parties.close()
+            self._parties = None
+        self._signatures = {}
 
     # ---- calibration -------------------------------------------------------------
     def calibrate(self, plan, votes, noise, query_ids) -> dict[str, int]:
