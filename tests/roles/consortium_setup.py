@@ -45,7 +45,7 @@ class Consortium:
 
 
 def make_consortium(root: Path, parties: int = 3, noise: str = "no_noise", deadline: float = 20.0,
-                    batch: int = 10, band: str = "0.2..0.6", budget: str = "epsilon=8,delta=1e-5") -> Consortium:
+                    batch: int = 10, band: str = "0.2..0.6", budget: str = "rho=100") -> Consortium:
     root = Path(root)
     op_state = root / "operator" / "state"
     _cli("keys", "new", "--role", "operator", "--id", "op", "--out", op_state)
@@ -59,8 +59,10 @@ def make_consortium(root: Path, parties: int = 3, noise: str = "no_noise", deadl
         sources[sid] = root / sid / "state"
         _cli("keys", "new", "--role", "source", "--id", sid, "--out", sources[sid])
     policy = root / "consortium.toml"
+    # Noise scales (weight units) and budgets roomy enough that every query of a test can be
+    # answered: the point here is the deployment, not the budget filter.
     _cli("consortium", "init", "--name", "walkthrough", "--operator-key", op_state / "operator.pub.json",
-         "--out", policy)
+         "--sigma1", 1.0, "--threshold", 0.5, "--sigma2", 0.5, "--out", policy)
     for sid in SOURCES:
         _cli("consortium", "add-source", "--policy", policy, "--id", sid, "--band", band, "--budget", budget,
              "--key", sources[sid] / "source.pub.json")
