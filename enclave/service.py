@@ -267,7 +267,8 @@ class Enclave:
                 if not 0 <= y < c:
                     fail(f"label {y} of query {q!r} is not one of its {c} classes")
             votes = [[p.votes[s].vote if s in p.votes else None for s in self.policy.ids] for p in queries]
-            result = PrivateCalibration(self.policy, self.ledger, self.noise).run(cid, votes, list(body.labels), c)
+            result = PrivateCalibration(self.policy, self.ledger, self.noise).run(cid, votes, list(body.labels), c,
+                                                                                  ids)
             for q in ids:
                 del self.pending[q]
             self.log.sync()
