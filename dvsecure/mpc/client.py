@@ -76,8 +76,12 @@ class PartySubmitter:
 
     def send(self, envelopes: Sequence[bytes]) -> None:
         """Each party its own envelope; raises PartyRefusal naming the refusing party."""
-        for party, envelope in zip(self._parties, envelopes):
-            party.call("SubmitShares", pb.ShareEnvelope(envelope=envelope), pb.SubmitReply)
+        for rank, envelope in enumerate(envelopes):
+            self.send_to(rank, envelope)
+
+    def send_to(self, rank: int, envelope: bytes) -> None:
+        """Party `rank` its envelope (a source resending to one party that lost it)."""
+        self._parties[rank].call("SubmitShares", pb.ShareEnvelope(envelope=envelope), pb.SubmitReply)
 
     def submit(self, query_ids: Sequence[str], votes: Sequence, num_classes: int,
                kind=ONE_HOT) -> list[Submission]:

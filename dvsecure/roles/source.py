@@ -268,11 +268,9 @@ class Source:
         return self._submitter
 
     def _send(self, rank: int, envelope: bytes) -> None:
-        from ..wire.proto import dvsecure_pb2 as pb
-
         # One party at a time (PartySubmitter.send stops at the first refusal): each
         # party's answer is this query's own.
-        self._submitter._parties[rank].call("SubmitShares", pb.ShareEnvelope(envelope=envelope), pb.SubmitReply)
+        self._submitter.send_to(rank, envelope)
 
     # ---- a round ----------------------------------------------------------------------
     def submit_round(self, oq: OpenQueries, votes: VoteFile, stop: threading.Event | None = None) -> RoundReport:
