@@ -29,7 +29,7 @@ from ..errors import DvsecureError, ParameterError
 from ..wire.limits import check_query_id
 from .config import Key
 from .events import event
-from .published import LOG_DIR, OpenQueries, write_index, write_open
+from .published import LOG_DIR, OpenQueries, read_failed, write_failed, write_index, write_open
 
 SCHEMA = [
     Key("policy", "path", True, help="the consortium policy everyone agreed to"),
@@ -182,12 +182,13 @@ class Coordinator:
                 time.sleep(1.0)
 
     # ---- rounds -------------------------------------------------------------------
-    def _open(self, queries: list[Query]) -> None:
+    def _open(self, queries: list[Query], calibration: str | None = None) -> None:
         self.round += 1
         self._save_round()
         ids = tuple(q.query_id for q in queries)
         deadline = time.time() + self.cfg["deadline"]
-        write_open(self.out, OpenQueries(self.round, ids, queries[0].num_classes, deadline, self.policy.digest()))
+        write_open(self.out, OpenQueries(self.round, ids, queries[0].num_classes, deadline, self.policy.digest(),
+                                         calibration=calibration))
         write_index(self.out)
         event("coordinator", "opened", round=self.round, queries=len(ids))
         # Wait until every source's share is at every party, or the deadline.
@@ -262,6 +263,7 @@ class Coordinator:
                     rows = [{"query_id": q.query_id, "status": "failed", "error": str(e)[:200],
                              "round": self.round} for q in chunk]
                     summary["failed"] += len(rows)
+                    write_failed(self.out, read_failed(self.out) | {q.query_id for q in chunk})
                     self._rejoin()
                 results.write(rows)
                 write_index(self.out)
@@ -295,8 +297,8 @@ class Coordinator:
         if any(q.num_classes != C for q in labelled):
             raise ParameterError("every labelled query (calibration) must have the same number of classes")
         try:
-            self._open(labelled)
-            cal_id = f"calibration-r{self.round:05d}"
+            cal_id = f"calibration-r{self.round + 1:05d}"
+            self._open(labelled, calibration=cal_id)
             result = PrivateCalibration(self.policy, ledger, noise, backend=self.backend).run(
                 cal_id, [[FROM_SOURCES] * len(self.policy.ids) for _ in labelled], [q.label for q in labelled], C,
                 [q.query_id for q in labelled])

@@ -82,19 +82,22 @@ class OpenQueries:
     deadline: float
     policy_digest: str
     closed: bool = False
+    calibration: str | None = None     # the calibration's id, when these are its labelled queries
 
     def to_json(self) -> bytes:
         return json.dumps({"round": self.round, "query_ids": list(self.query_ids), "num_classes": self.num_classes,
                            "deadline": self.deadline, "policy_digest": self.policy_digest,
-                           "closed": self.closed}, indent=1).encode() + b"\n"
+                           "closed": self.closed, "calibration": self.calibration}, indent=1).encode() + b"\n"
 
     @classmethod
     def from_json(cls, raw: bytes, where: str) -> "OpenQueries":
         try:
             d = json.loads(raw)
             keys = {"round", "query_ids", "num_classes", "deadline", "policy_digest", "closed"}
-            if not isinstance(d, dict) or set(d) != keys:
-                raise ValueError(f"expected exactly the keys {sorted(keys)}")
+            if not isinstance(d, dict) or not keys <= set(d) <= keys | {"calibration"}:
+                raise ValueError(f"expected the keys {sorted(keys)} (and optionally 'calibration')")
+            if d.get("calibration") is not None and not isinstance(d["calibration"], str):
+                raise ValueError("calibration must be a string (the calibration's id) or null")
             if not isinstance(d["query_ids"], list) or not all(isinstance(q, str) for q in d["query_ids"]):
                 raise ValueError("query_ids must be a list of strings")
             if not all(isinstance(d[k], int) and not isinstance(d[k], bool) for k in ("round", "num_classes")):
@@ -103,7 +106,7 @@ class OpenQueries:
                     not isinstance(d["policy_digest"], str):
                 raise ValueError("deadline must be a number, closed a boolean, policy_digest a string")
             return cls(d["round"], tuple(d["query_ids"]), d["num_classes"], float(d["deadline"]),
-                       d["policy_digest"], d["closed"])
+                       d["policy_digest"], d["closed"], d.get("calibration"))
         except ValueError as e:
             raise PublishedError(f"{where}: not an open-queries file: {e}") from None
 
@@ -116,6 +119,28 @@ def write_open(out: Path, open_queries: OpenQueries) -> None:
 
 def read_open(location) -> OpenQueries:
     return OpenQueries.from_json(read_bytes(location, OPEN_FILE, 64 << 20), f"{location}/{OPEN_FILE}")
+
+
+FAILED_FILE = "failed.json"
+
+
+def write_failed(out: Path, query_ids) -> None:
+    """The queries whose batch failed (a party went away): charged by the parties,
+    released to nobody, so in no log entry. Said by the coordinator, not proven: a
+    source that submitted to one sees it reported apart, not verified."""
+    from ..log.writer import write_atomic
+
+    write_atomic(Path(out) / FAILED_FILE, json.dumps({"failed": sorted(query_ids)}).encode())
+
+
+def read_failed(location) -> set[str]:
+    try:
+        d = json.loads(read_bytes(location, FAILED_FILE, 64 << 20))
+        return {q for q in d["failed"] if isinstance(q, str)}
+    except PublishedError:
+        return set()                   # none published: no batch failed
+    except (ValueError, KeyError, TypeError) as e:
+        raise PublishedError(f"{location}/{FAILED_FILE}: not a failed-queries file ({e})") from None
 
 
 # ---- the log, mirrored ----------------------------------------------------------------

@@ -44,7 +44,7 @@ from ..errors import DvsecureError, ParameterError, PartyRefusal, PolicyError, V
 from ..wire.submission import Submission
 from .config import ConfigError, Key, load
 from .progress import Progress
-from .published import LOG_DIR, OpenQueries, PublishedError, load_endpoint, mirror, read_open
+from .published import LOG_DIR, OpenQueries, PublishedError, load_endpoint, mirror, read_failed, read_open
 from .votefile import RowError, VoteFile, VoteFileError, check_votes, parse_jsonl, read_votes
 
 SCHEMA = [
@@ -62,6 +62,7 @@ SCHEMA = [
 ]
 
 SEALED, SENT, SUBMISSIONS, WITNESS, LOG = "sealed.jsonl", "sent.jsonl", "submissions.jsonl", "witness.json", "log"
+CALIBRATION_SUBMISSIONS = "calibration-submissions.jsonl"
 HELD = "ALREADY_EXISTS"        # a party's answer to a second copy of a share it holds (mpc/inbox.py "replay")
 UNREACHABLE = ("UNAVAILABLE", "DEADLINE_EXCEEDED")
 
@@ -140,7 +141,8 @@ class SourceState:
                                                 d["num_classes"], [base64.b64decode(e) for e in d["envelopes"]],
                                                 d["box_keys"])
         self.sent: set[tuple[str, int]] = {(d["query_id"], d["round"]) for d in _jsonl(self.root / SENT)}
-        self.submitted: set[str] = {d["query_id"] for d in _jsonl(self.root / SUBMISSIONS)}
+        self.submitted: set[str] = {d["query_id"] for name in (SUBMISSIONS, CALIBRATION_SUBMISSIONS)
+                                    for d in _jsonl(self.root / name)}
 
     def close(self) -> None:
         self._lock.close()
@@ -153,12 +155,15 @@ class SourceState:
         for s in items:
             self.sealed[s.query_id] = s
 
-    def mark_sent(self, query_id: str, round_: int) -> None:
+    def mark_sent(self, query_id: str, round_: int, calibration: bool = False) -> None:
         from ..audit.submissions import submission_line
 
         if query_id not in self.submitted:
             s = self.sealed[query_id]
-            _append(self.root / SUBMISSIONS, [submission_line(query_id, Submission(s.vote, s.nonce))])
+            # A calibration's labelled queries have no log entries of their own (the
+            # calibration entry states the noisy accuracies): kept apart, not audited.
+            _append(self.root / (CALIBRATION_SUBMISSIONS if calibration else SUBMISSIONS),
+                    [submission_line(query_id, Submission(s.vote, s.nonce))])
             self.submitted.add(query_id)
         _append(self.root / SENT, [json.dumps({"query_id": query_id, "round": round_})])
         self.sent.add((query_id, round_))
@@ -250,6 +255,23 @@ class Source:
         return read_open(location if location is not None else self.cfg["coordinator"])
 
     # ---- the parties ----------------------------------------------------------------
+    def refresh_endpoints(self) -> None:
+        """Read every party's signed endpoint again: a party that restarted may listen
+        with a new certificate. Any change drops the connections, so the next send pins
+        the new ones (still checked against the policy's keys); an endpoint that cannot
+        be read just now (its party is restarting) keeps the last good one."""
+        fresh = []
+        for rank, (location, old) in enumerate(zip(self.cfg["parties"], self.endpoints)):
+            try:
+                fresh.append(load_endpoint(location, self.policy, rank))
+            except PublishedError:
+                fresh.append(old)
+        if fresh != self.endpoints:
+            self.endpoints = fresh
+            if self._submitter is not None:
+                self._submitter.close()
+                self._submitter = None
+
     def connect(self):
         """Each party's keys over pinned TLS; refused unless each party's box key is the
         one its signed endpoint names."""
@@ -313,6 +335,7 @@ class Source:
                 fresh.append(row)
         if not todo:
             return report
+        self.refresh_endpoints()
         submitter = self.connect()
         box_keys = [_b64(k) for k in submitter.box_keys]
         new = []
@@ -354,7 +377,7 @@ class Source:
                         if e.code in UNREACHABLE:   # not one timeout per query: tried again next round
                             down[rank] = f"not tried: party {rank} was unreachable in this round ({e.code})"
                 if ok:
-                    self.state.mark_sent(qid, oq.round)
+                    self.state.mark_sent(qid, oq.round, calibration=oq.calibration is not None)
                     report.sent.append(qid)
                 bar.advance(1)
         finally:
@@ -392,9 +415,19 @@ class Source:
         location = location if location is not None else self.cfg["coordinator"]
         root = self.state.root
         copy = mirror_log(location, root / (LOG + ".new"))
+        # Submissions to queries the coordinator reports failed (a party went away mid-batch:
+        # charged by the parties, released to nobody) are in no entry; reported, not audited.
+        failed = read_failed(location) if not _is_log_dir(location) else set()
+        lines = (root / SUBMISSIONS).read_bytes().splitlines(keepends=True) if (root / SUBMISSIONS).exists() else []
+        kept = [x for x in lines if json.loads(x)["query_id"] not in failed]
+        checked = root / (SUBMISSIONS + ".checked")
+        checked.write_bytes(b"".join(kept))
         report = audit(copy, source=self.id, policy=self.cfg["policy"], witness=root / WITNESS,
-                       submissions=root / SUBMISSIONS if self.state.submitted else None,
-                       allow_nonprivate=self.cfg["allow_nonprivate"])
+                       submissions=checked if kept else None, allow_nonprivate=self.cfg["allow_nonprivate"])
+        if len(kept) < len(lines):
+            report.notes.append(f"{len(lines) - len(kept)} submission(s) of {self.id!r} went to queries the "
+                                "coordinator reports failed (charged by the parties, not released); the log "
+                                "cannot show them")
         final = root / (LOG if report.ok else LOG + ".refused")
         _replace(copy, final)
         report.path = str(final)
@@ -411,6 +444,10 @@ def _replace(new: Path, dest: Path) -> None:
         shutil.rmtree(old)
     else:
         new.rename(dest)
+
+
+def _is_log_dir(location) -> bool:
+    return not str(location).startswith(("http://", "https://")) and (Path(location) / "entries.jsonl").exists()
 
 
 def mirror_log(location, dest: Path) -> Path:
