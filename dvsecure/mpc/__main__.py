@@ -9,6 +9,7 @@ import signal
 import sys
 from pathlib import Path
 
+from ..errors import DvsecureError
 from .inbox import add_limit_arguments, limits_from_args
 from .party import run_party
 
@@ -36,10 +37,19 @@ def main() -> None:
     policy = Path(args.policy).read_text() if args.policy else None
     if (args.roster is None) == (args.rendezvous is None):
         p.error("give exactly one of --roster and --rendezvous")
-    run_party(args.rank, args.world_size, args.provider, args.state, roster=args.roster, rendezvous=args.rendezvous,
-              coordinator=args.coordinator, pinned_policy_toml=policy, listen=args.listen,
-              principals=args.principals, advertise=args.advertise, inbox_limits=limits_from_args(args),
-              allow_nonprivate=not args.private_only)
+    try:
+        run_party(args.rank, args.world_size, args.provider, args.state, roster=args.roster,
+                  rendezvous=args.rendezvous, coordinator=args.coordinator, pinned_policy_toml=policy,
+                  listen=args.listen, principals=args.principals, advertise=args.advertise,
+                  inbox_limits=limits_from_args(args), allow_nonprivate=not args.private_only)
+    except DvsecureError as e:
+        # The group broke (a peer went away, a link was cut) or a check failed: one
+        # structured line, not a traceback; the service that runs it starts it again.
+        from ..roles.events import event
+
+        event("dealer" if args.rank == args.world_size else f"party {args.rank}", "member_failed",
+              error=f"{type(e).__name__}: {e}")
+        sys.exit(1)
 
 
 if __name__ == "__main__":
