@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from nacl.public import SealedBox
 from nacl.signing import SigningKey
+from test_slice_backends import run  # the same batched run, both backends, C = 4
 
 from dvsecure.backends.mpc import MPCBackend, _client_encoding
 from dvsecure.backends.plaintext import PlaintextBackend
-from dvsecure.engine.aggregator import Aggregator
 from dvsecure.engine.calibration import PrivateCalibration, accuracy_sum
 from dvsecure.engine.ledger import Ledger
 from dvsecure.errors import ParameterError, VoteError
@@ -64,15 +64,6 @@ def random_vote(rng, src, bad=True):
     if src.votes == "simplex" and r < 0.7:
         return rng.dirichlet(np.ones(C) * 0.7).tolist()
     return int(rng.integers(C))
-
-
-def run(policy, items, backend, path, batch=8):
-    with Ledger(path, policy) as ledger:
-        agg = Aggregator(policy, ledger, backend=backend, noise=make_noise("no_noise"))
-        results = []
-        for i in range(0, len(items), batch):
-            results += agg.query_batch(items[i:i + batch], C)
-        return results, ledger.spent(), [ledger.charges(s.id) for s in policy.sources]
 
 
 def same_outcome(got, ref):
