@@ -453,7 +453,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "party":
             return _party(args)
-        if args.command in ("dealer", "coordinator"):
+        if args.command in ("dealer", "coordinator", "enclave"):
             from .roles.cli import run as run_role
 
             return run_role(args)

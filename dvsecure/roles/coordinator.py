@@ -107,7 +107,51 @@ def read_queries(path: Path) -> tuple[list[Query], list[str]]:
     return good, errors
 
 
-class _Results:
+class RoundPublisher:
+    """The rounds as the sources see them (shared by the MPC and the enclave
+    coordinators): each round's open queries in `open.json` (with the calibration's
+    id for the labelled round), the log's index beside them, the round number kept
+    in STATE/coordinator.json so that a restart continues the numbering."""
+
+    def __init__(self, state: Path, out: Path, policy_digest: str):
+        self.state_file, self.out, self.digest = Path(state) / "coordinator.json", Path(out), policy_digest
+        self.round = json.loads(self.state_file.read_text()).get("round", 0) if self.state_file.exists() else 0
+
+    def open(self, queries: list[Query], seconds: float, calibration: str | None = None) -> float:
+        """Publish the next round; returns its deadline (Unix time)."""
+        from ..log.writer import write_atomic
+
+        self.round += 1
+        write_atomic(self.state_file, json.dumps({"round": self.round}).encode())
+        deadline = time.time() + seconds
+        write_open(self.out, OpenQueries(self.round, tuple(q.query_id for q in queries), queries[0].num_classes,
+                                         deadline, self.digest, calibration=calibration))
+        write_index(self.out)
+        event("coordinator", "opened", round=self.round, queries=len(queries))
+        return deadline
+
+    def close(self) -> None:
+        """The run is over: nothing more will open."""
+        write_open(self.out, OpenQueries(self.round, (), 0, time.time(), self.digest, closed=True))
+        write_index(self.out)
+
+
+def release_rows(released, round_: int) -> list[dict]:
+    """Results rows of released queries (anything with query_id, answered, label)."""
+    return [{"query_id": r.query_id, "status": "released", "answered": bool(r.answered),
+             "label": int(r.label) if r.answered else None, "round": round_} for r in released]
+
+
+def summary_text(summary: dict) -> list[str]:
+    """The coordinator's end-of-run lines (either backend)."""
+    lines = [f"released {summary['released']} queries ({summary['answered']} answered), {summary['failed']} failed, "
+             f"{summary['skipped']} bad rows skipped; calibrated: {'yes' if summary['calibrated'] else 'no'}"]
+    lines += [f"  {e}" for e in summary["errors"][:20]]
+    lines.append(f"log: {summary['log']} ({summary['log_entries']} entries); results: {summary['results']}")
+    return lines
+
+
+class Results:
     """The results file: one JSON object per released (or failed) query, appended and
     fsynced as they come; a restart appends after what is there."""
 
@@ -153,7 +197,6 @@ class Coordinator:
             raise ParameterError(f"noise must be 'private' (or, TEST ONLY, 'no_noise'), got {cfg['noise']!r}")
         self.progress = progress
         self.stopping = threading.Event()
-        self.round = 0
 
     # ---- the parties ----------------------------------------------------------------
     def _backend(self):
@@ -183,22 +226,17 @@ class Coordinator:
 
     # ---- rounds -------------------------------------------------------------------
     def _open(self, queries: list[Query], calibration: str | None = None) -> None:
-        self.round += 1
-        self._save_round()
+        deadline = self.rounds.open(queries, self.cfg["deadline"], calibration)
         ids = tuple(q.query_id for q in queries)
-        deadline = time.time() + self.cfg["deadline"]
-        write_open(self.out, OpenQueries(self.round, ids, queries[0].num_classes, deadline, self.policy.digest(),
-                                         calibration=calibration))
-        write_index(self.out)
-        event("coordinator", "opened", round=self.round, queries=len(ids))
         # Wait until every source's share is at every party, or the deadline.
         while time.time() < deadline and not self.stopping.is_set():
             if self.backend.pending(ids).all():
                 break
             time.sleep(0.5)
 
-    def _state_file(self) -> Path:
-        return Path(self.cfg["state"]) / "coordinator.json"
+    @property
+    def round(self) -> int:
+        return self.rounds.round
 
     def run(self, queries_path: Path) -> dict:
         from ..backends import FROM_SOURCES
@@ -217,9 +255,8 @@ class Coordinator:
         state.mkdir(parents=True, exist_ok=True)
         os.chmod(state, 0o700)
         self.out.mkdir(parents=True, exist_ok=True)
-        if self._state_file().exists():
-            self.round = json.loads(self._state_file().read_text()).get("round", 0)
-        results = _Results(self.cfg["results"] or state / "results.jsonl")
+        self.rounds = RoundPublisher(state, self.out, self.policy.digest())
+        results = Results(self.cfg["results"] or state / "results.jsonl")
         noise = make_noise(self.cfg["noise"])
         http = None
         if self.cfg["publish"]:
@@ -253,8 +290,7 @@ class Coordinator:
                 try:
                     self._open(chunk)
                     got = agg.query_batch([(q.query_id, FROM_SOURCES) for q in chunk], C)
-                    rows = [{"query_id": r.query_id, "status": "released", "answered": r.answered,
-                             "label": r.label if r.answered else None, "round": self.round} for r in got]
+                    rows = release_rows(got, self.round)
                     summary["released"] += len(rows)
                     summary["answered"] += sum(r.answered for r in got)
                 except (PartyError, DvsecureError) as e:
@@ -272,8 +308,7 @@ class Coordinator:
                 done = {q.query_id for q in chunk}
                 todo = [q for q in todo if q.query_id not in done]
             if not self.stopping.is_set():
-                write_open(self.out, OpenQueries(self.round, (), 0, time.time(), self.policy.digest(), closed=True))
-                write_index(self.out)
+                self.rounds.close()
             summary.update(log_entries=ledger.next_seq(), log=str(self.out / LOG_DIR), published=str(self.out),
                            results=str(results.path), stopped_early=self.stopping.is_set())
             return summary
@@ -285,11 +320,6 @@ class Coordinator:
             ledger.close()
             if http is not None:
                 http.shutdown()
-
-    def _save_round(self) -> None:
-        from ..log.writer import write_atomic
-
-        write_atomic(self._state_file(), json.dumps({"round": self.round}).encode())
 
     def _calibrate(self, labelled, ledger, log, noise, PrivateCalibration, FROM_SOURCES, PartyError):
         """The labelled queries, opened in one round, calibrate the weights inside the parties."""

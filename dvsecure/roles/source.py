@@ -52,7 +52,13 @@ SCHEMA = [
     Key("key", "path", True, help="this source's key directory or source.key (dvsecure keys new --role source)"),
     Key("policy", "path", True, help="the consortium policy TOML this source agreed to"),
     Key("expect_digest", "str", help="refuse unless the policy has this digest (dvsecure consortium digest)"),
-    Key("parties", "paths", True, help="each computing party's endpoint.json (path or URL), in rank order"),
+    Key("parties", "paths", help="MPC: each computing party's endpoint.json (path or URL), in rank order"),
+    Key("enclave", "str", help="instead of parties: HOST:PORT of the attested enclave (roles/enclave_source.py)"),
+    Key("enclave_tls", "path", help="enclave: its TLS certificate, path or URL (default: the coordinator's "
+                                    "enclave.pem; trusted only once the attestation binds it)"),
+    Key("principals", "path", help="enclave: the agreed principals file (its exact bytes are attested)"),
+    Key("enclave_pcr0", "str", help="enclave: the measurement to require (default: the policy's enclave_pcr0)"),
+    Key("trust_sim_root", "path", help="enclave, TEST ONLY: a SIMULATED attestation root to trust by name"),
     Key("coordinator", "path", True, help="the coordinator's published directory or URL (open.json, the log)"),
     Key("state", "path", True, help="this source's own directory: what it sent, its witness, its mirror"),
     Key("poll", "float", default=5.0, help="seconds between polls of open.json (watch)"),
@@ -226,6 +232,16 @@ class Source:
         key_id, self.signing_key = load_source_key(cfg["key"])
         if key_id != self.id:
             raise ConfigError(f"key {cfg['key']} is source {key_id!r}'s, not {self.id!r}'s")
+        self.check_target()
+        self.state = SourceState(cfg["state"])
+        self._submitter = None
+
+    def check_target(self) -> None:
+        """Where the votes go: every party's signed endpoint, checked against the policy."""
+        cfg = self.cfg
+        if cfg["parties"] is None:
+            raise ConfigError("the source config needs key 'parties' (each computing party's endpoint.json) or, "
+                              "for an enclave consortium, 'enclave'")
         named = self.policy.signers.parties if self.policy.signers is not None else ()
         if not named:
             raise ConfigError(f"{cfg['policy']} names no computing parties' keys ([signers] parties): their "
@@ -239,14 +255,21 @@ class Source:
                 self.endpoints.append(load_endpoint(location, self.policy, rank))
             except PublishedError as e:
                 raise ConfigError(f"parties[{rank}]: {e}") from None
-        self.state = SourceState(cfg["state"])
-        self._submitter = None
 
     def close(self) -> None:
         if self._submitter is not None:
             self._submitter.close()
             self._submitter = None
         self.state.close()
+
+    def audit_options(self) -> dict:
+        """What `verify` passes the audit beyond the policy and this source's submissions:
+        its witness (the keys and checkpoint it saw, pinned), or for an enclave the
+        attestation checks instead."""
+        return {}
+
+    def check_copy(self, copy: Path, report) -> None:
+        """Checks of the mirrored log beyond the audit's (none here: the witness covers them)."""
 
     def read_votes(self, path) -> VoteFile:
         return read_votes(path, self.kind)
@@ -335,6 +358,12 @@ class Source:
                 fresh.append(row)
         if not todo:
             return report
+        self.deliver(oq, votes, report, todo, fresh, stop)
+        return report
+
+    def deliver(self, oq: OpenQueries, votes: VoteFile, report: RoundReport, todo: list[str], fresh: list,
+                stop: threading.Event | None) -> None:
+        """Seal the `fresh` rows (once, durably), then send every query of `todo`: to each party its share."""
         self.refresh_endpoints()
         submitter = self.connect()
         box_keys = [_b64(k) for k in submitter.box_keys]
@@ -382,7 +411,6 @@ class Source:
                 bar.advance(1)
         finally:
             bar.close()
-        return report
 
     # ---- a model command ----------------------------------------------------------------
     def ask_model(self, cmd: str, oq: OpenQueries, query_ids: list[str]) -> VoteFile:
@@ -422,8 +450,10 @@ class Source:
         kept = [x for x in lines if json.loads(x)["query_id"] not in failed]
         checked = root / (SUBMISSIONS + ".checked")
         checked.write_bytes(b"".join(kept))
-        report = audit(copy, source=self.id, policy=self.cfg["policy"], witness=root / WITNESS,
-                       submissions=checked if kept else None, allow_nonprivate=self.cfg["allow_nonprivate"])
+        report = audit(copy, source=self.id, policy=self.cfg["policy"], submissions=checked if kept else None,
+                       allow_nonprivate=self.cfg["allow_nonprivate"],
+                       **({"witness": root / WITNESS} | self.audit_options()))
+        self.check_copy(copy, report)
         if len(kept) < len(lines):
             report.notes.append(f"{len(lines) - len(kept)} submission(s) of {self.id!r} went to queries the "
                                 "coordinator reports failed (charged by the parties, not released); the log "

@@ -1,5 +1,7 @@
 """`dvsecure source submit | watch | verify`: a source's commands (issue 14),
-reading its TOML config (`roles.source.SCHEMA`; flags override its keys).
+reading its TOML config (`roles.source.SCHEMA`; flags override its keys): to
+the MPC parties (key `parties`) or to an attested enclave (key `enclave`,
+`roles.enclave_source`).
 
 Exit codes: 0 every vote that could be sent was sent (verify: the audit is
 clean); 1 some rows were bad or some vote was not taken (verify: findings);
@@ -17,7 +19,8 @@ import threading
 from pathlib import Path
 
 from .config import describe
-from .source import SCHEMA, Source, load_config, watch
+from .enclave_source import make_source
+from .source import SCHEMA, load_config, watch
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -28,6 +31,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--expect-digest", help="overrides expect_digest")
     p.add_argument("--party", action="append", metavar="ENDPOINT",
                    help="overrides parties: each party's endpoint.json (path or URL), repeated in rank order")
+    p.add_argument("--enclave", metavar="HOST:PORT",
+                   help="overrides enclave (the attested enclave, instead of parties)")
     p.add_argument("--coordinator", metavar="LOCATION", help="overrides coordinator (published directory or URL)")
     p.add_argument("--state", help="overrides state (this source's own directory)")
     p.add_argument("--timeout", type=float, help="overrides timeout (seconds for a party's answer)")
@@ -64,7 +69,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def _config(args) -> dict:
     over = {"id": args.id, "key": args.key, "policy": args.policy, "expect_digest": args.expect_digest,
-            "parties": args.party, "coordinator": args.coordinator, "state": args.state,
+            "parties": args.party, "enclave": args.enclave, "coordinator": args.coordinator, "state": args.state,
             "timeout": args.timeout, "poll": getattr(args, "poll", None),
             "allow_nonprivate": getattr(args, "allow_nonprivate", None)}
     return load_config(args.config, over)
@@ -75,7 +80,7 @@ def _print(args, obj, text: str) -> None:
 
 
 def run(args) -> int:
-    src = Source(_config(args))
+    src = make_source(_config(args))
     try:
         if args.source_command == "submit":
             votes = src.read_votes(args.votes)          # unreadable as a whole: exit 2, nothing sent
