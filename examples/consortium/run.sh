@@ -2,7 +2,7 @@
 # A whole consortium, each role on its own host, with the commands of docs/.
 #
 # Run as root on one Linux machine (it creates network namespaces):
-#     sudo examples/consortium/run.sh [--backend mpc] [--work DIR] [--queries N] [--kill-party R]
+#     sudo examples/consortium/run.sh [--backend mpc|enclave] [--work DIR] [--queries N] [--kill-party R]
 # Nine "hosts", each a network namespace with its own address on one bridge:
 # the operator (coordinator, MPC party 0, a web server for its published log),
 # parties 1-3, the TTP dealer, three sources and an auditor. Every role makes its
@@ -14,6 +14,10 @@
 # slice: make_votes.py); the auditor audits the log over HTTP and each source
 # verifies its own history. With --kill-party R, party R's host is killed mid-run
 # and started again on its state; the run goes on.
+# With --backend enclave (enclave.sh): six hosts (operator, enclave, three sources,
+# auditor); the enclave runs `enclave serve --provider sim` (SIMULATED attestation:
+# not a TEE), the sources verify its attestation before sending, and the auditor
+# trusts the simulated root by name with the policy's PCR0.
 # Exits 0 only if the audit and every source's verification are clean; removes
 # its namespaces on exit.
 set -euo pipefail
@@ -31,8 +35,12 @@ while [ $# -gt 0 ]; do
         *) echo "run.sh: unknown argument $1" >&2; exit 2 ;;
     esac
 done
-if [ "$BACKEND" != mpc ]; then
-    echo "run.sh: --backend $BACKEND: only the MPC walk-through is built (the enclave one is not yet)" >&2
+case $BACKEND in
+    mpc|enclave) ;;
+    *) echo "run.sh: --backend must be mpc or enclave, got $BACKEND" >&2; exit 2 ;;
+esac
+if [ "$BACKEND" = enclave ] && [ -n "$KILL" ]; then
+    echo "run.sh: --kill-party is for --backend mpc (the enclave backend has no parties)" >&2
     exit 2
 fi
 if [ "$(id -u)" != 0 ]; then
@@ -47,7 +55,11 @@ mkdir -p "$WORK"
 WORK=$(cd "$WORK" && pwd)
 TAG=dvc$(( $$ % 100000 ))
 NET=10.79.$(( $$ % 250 ))
-HOSTS=(operator party-1 party-2 party-3 dealer hospital-a hospital-b clinic-c auditor)
+if [ "$BACKEND" = enclave ]; then
+    HOSTS=(operator enclave hospital-a hospital-b clinic-c auditor)
+else
+    HOSTS=(operator party-1 party-2 party-3 dealer hospital-a hospital-b clinic-c auditor)
+fi
 SOURCES=(hospital-a hospital-b clinic-c)
 declare -A ADDR
 PIDS=()
@@ -86,7 +98,12 @@ for i in "${!HOSTS[@]}"; do
     ip -n "$TAG-$h" link set eth0 up
     ip -n "$TAG-$h" link set lo up
 done
-say "9 hosts on $NET.0/24: ${HOSTS[*]}"
+say "${#HOSTS[@]} hosts on $NET.0/24: ${HOSTS[*]}"
+if [ "$BACKEND" = enclave ]; then
+    # The enclave walk-through: the same namespaces and helpers, its own steps.
+    . "$HERE/enclave.sh"
+    exit 0       # enclave.sh fails the script (set -e) unless its audit and verifications are clean
+fi
 
 # 1. Every role makes its own keys on its own host (private halves never leave it).
 in_host operator "$DVSECURE" keys new --role operator --id operator --out "$WORK/operator/state" > /dev/null
