@@ -216,3 +216,60 @@ def test_enclave_serve_refuses_what_it_cannot_run(tmp_path, capsys):
     refused(capsys, ["source", "submit", "--config", str(src), "--votes", str(src)], "both 'parties'")
     src.write_text("\n".join(x for x in good.splitlines() if not x.startswith("principals")) + "\n")
     refused(capsys, ["source", "submit", "--config", str(src), "--votes", str(src)], "needs key 'principals'")
+
+
+def test_the_enclave_killed_mid_run_is_restarted_and_the_run_goes_on(tmp_path):
+    """SIGKILL of the enclave application in the middle of the run: `enclave serve`
+    starts it again on its ledger (a new instance key), the coordinator verifies the
+    new instance and re-opens the lost round, the sources resend those votes with the
+    nonces they fixed, and every query is released once; the log (two signers entries,
+    each attested) audits clean and every source's verify is clean."""
+    c = setup(tmp_path, deadline=4.0)
+    queries = [{"query_id": f"cal-{i:03d}", "classes": CLASSES, "label": i % CLASSES} for i in range(8)] + \
+        [{"query_id": f"q-{i:03d}", "classes": CLASSES} for i in range(30)]
+    qfile = tmp_path / "operator" / "queries.jsonl"
+    qfile.write_text("".join(json.dumps(q) + "\n" for q in queries))
+    write_votes(tmp_path, queries)
+    enc, published = c["enclave"], tmp_path / "operator" / "published"
+    results = tmp_path / "operator" / "results.jsonl"
+    procs = {}
+    try:
+        procs["enclave"] = spawn("enclave", "serve", "--config", enc / "enclave.toml", log=tmp_path / "enclave.log")
+        wait_for(enc / "state" / "ready.json", procs["enclave"], tmp_path / "enclave.log")
+        first = json.loads((enc / "state" / "ready.json").read_text())
+        procs["coordinator"] = spawn("coordinator", "run", "--backend", "enclave", "--config",
+                                     tmp_path / "operator" / "coordinator.toml", "--queries", qfile, "--json",
+                                     log=tmp_path / "coordinator.out", err=tmp_path / "coordinator.log")
+        for sid in SOURCES:
+            procs[sid] = spawn("source", "watch", "--config", tmp_path / sid / "source.toml", "--votes",
+                               tmp_path / sid / "votes.jsonl", log=tmp_path / f"{sid}.watch")
+        # Once the first round of unlabelled queries is released, the next round is open: kill then.
+        deadline = time.monotonic() + 300
+        while sum('"released"' in x for x in (results.read_text().splitlines() if results.exists() else [])) < 10:
+            assert time.monotonic() < deadline and procs["coordinator"].poll() is None, \
+                (tmp_path / "coordinator.log").read_text()[-3000:]
+            time.sleep(0.1)
+        time.sleep(1.0)
+        os.kill(first["pid"], signal.SIGKILL)            # the application only: its supervisor restarts it
+        assert procs["coordinator"].wait(timeout=600) == 0, (tmp_path / "coordinator.log").read_text()[-3000:]
+        summary = json.loads((tmp_path / "coordinator.out").read_text())
+        assert summary["calibrated"] and summary["released"] == 30 and summary["failed"] == 0, summary
+        events = [json.loads(x) for x in (tmp_path / "coordinator.log").read_text().splitlines()
+                  if x.startswith('{"time"')]
+        assert any(e["event"] == "round_failed" for e in events)          # the kill was seen mid-run
+        assert sum(e["event"] == "attested" for e in events) >= 2         # and the new instance verified
+        second = json.loads((enc / "state" / "ready.json").read_text())
+        assert second["pid"] != first["pid"] and second["signer"] != first["signer"]
+        rows = [json.loads(x) for x in results.read_text().splitlines()]
+        assert sorted(r["query_id"] for r in rows) == sorted(q["query_id"] for q in queries)
+        for sid in SOURCES:
+            procs[sid].wait(timeout=60)
+            assert main(["source", "verify", "--config", str(tmp_path / sid / "source.toml")]) == 0, sid
+        assert main(["audit", str(published / "log"), "--policy", str(c["policy"]), "--enclave-pcr0", c["pcr0"],
+                     "--trust-sim-root", str(enc / "sim-ca" / "root.pem"), "--enclave-principals",
+                     str(c["principals"]), "--allow-nonprivate"]) == 0
+        signers = [x for x in (published / "log" / "entries.jsonl").read_text().splitlines() if '"signers"' in x]
+        assert len(signers) == 2
+    finally:
+        for p in procs.values():
+            stop(p)
