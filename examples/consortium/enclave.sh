@@ -103,6 +103,22 @@ for s in "${SOURCES[@]}"; do
 done
 say "services started: enclave, coordinator, 3 sources watching"
 
+if [ -n "$KILL_ENCLAVE" ]; then
+    # After the first released round, kill the enclave application hard (not its
+    # supervisor): `enclave serve` starts it again on its ledger with a new instance key;
+    # the coordinator verifies the new instance and re-opens the lost round.
+    for _ in $(seq 600); do
+        n=$(grep -c '"released"' "$WORK/operator/results.jsonl" 2>/dev/null || true)
+        [ "${n:-0}" -ge 50 ] && break
+        kill -0 "$COORD" 2>/dev/null || break
+        sleep 0.5
+    done
+    sleep 2
+    APP=$("$PYTHON" -c 'import json,sys; print(json.load(open(sys.argv[1]))["pid"])' "$WORK/enclave/state/ready.json")
+    kill -KILL "$APP"
+    say "killed the enclave application (pid $APP, after ${n:-0} released); enclave serve starts it again"
+fi
+
 set +e
 wait "$COORD"
 CODE=$?

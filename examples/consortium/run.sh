@@ -3,6 +3,7 @@
 #
 # Run as root on one Linux machine (it creates network namespaces):
 #     sudo examples/consortium/run.sh [--backend mpc|enclave] [--work DIR] [--queries N] [--kill-party R]
+#                                     [--kill-enclave]
 # Nine "hosts", each a network namespace with its own address on one bridge:
 # the operator (coordinator, MPC party 0, a web server for its published log),
 # parties 1-3, the TTP dealer, three sources and an auditor. Every role makes its
@@ -17,7 +18,8 @@
 # With --backend enclave (enclave.sh): six hosts (operator, enclave, three sources,
 # auditor); the enclave runs `enclave serve --provider sim` (SIMULATED attestation:
 # not a TEE), the sources verify its attestation before sending, and the auditor
-# trusts the simulated root by name with the policy's PCR0.
+# trusts the simulated root by name with the policy's PCR0. With --kill-enclave, the
+# enclave application is killed mid-run; `enclave serve` starts it again on its ledger.
 # Exits 0 only if the audit and every source's verification are clean; removes
 # its namespaces on exit.
 set -euo pipefail
@@ -26,12 +28,14 @@ BACKEND=mpc
 WORK=
 QUERIES=200
 KILL=
+KILL_ENCLAVE=
 while [ $# -gt 0 ]; do
     case $1 in
         --backend) BACKEND=$2; shift 2 ;;
         --work) WORK=$2; shift 2 ;;
         --queries) QUERIES=$2; shift 2 ;;
         --kill-party) KILL=$2; shift 2 ;;
+        --kill-enclave) KILL_ENCLAVE=1; shift ;;
         *) echo "run.sh: unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -41,6 +45,10 @@ case $BACKEND in
 esac
 if [ "$BACKEND" = enclave ] && [ -n "$KILL" ]; then
     echo "run.sh: --kill-party is for --backend mpc (the enclave backend has no parties)" >&2
+    exit 2
+fi
+if [ "$BACKEND" = mpc ] && [ -n "$KILL_ENCLAVE" ]; then
+    echo "run.sh: --kill-enclave is for --backend enclave" >&2
     exit 2
 fi
 if [ "$(id -u)" != 0 ]; then
@@ -98,7 +106,7 @@ for i in "${!HOSTS[@]}"; do
     ip -n "$TAG-$h" link set eth0 up
     ip -n "$TAG-$h" link set lo up
 done
-say "${#HOSTS[@]} hosts on $NET.0/24: ${HOSTS[*]}"
+say "${#HOSTS[@]} hosts on $NET.0/24 (namespaces $TAG-*): ${HOSTS[*]}"
 if [ "$BACKEND" = enclave ]; then
     # The enclave walk-through: the same namespaces and helpers, its own steps.
     . "$HERE/enclave.sh"
