@@ -30,6 +30,7 @@ from pathlib import Path
 from ..errors import DvsecureError, EnclaveError, ParameterError
 from .config import ConfigError, Key
 from .coordinator import Query, Results, RoundPublisher, read_queries, release_rows
+from .enclave_source import TLS_FILE
 from .events import event
 from .published import LOG_DIR, read_one, write_index
 
@@ -52,7 +53,6 @@ SCHEMA = [
     Key("rejoin", "float", default=300.0, help="seconds to wait for the enclave to come back after a failure"),
     Key("allow_nonprivate", "bool", default=False, help="TEST ONLY: accept an enclave without private noise"),
 ]
-TLS_FILE = "enclave.pem"
 TRIES = 3                      # a round re-opened this often after enclave failures is reported failed
 
 

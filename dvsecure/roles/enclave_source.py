@@ -32,7 +32,7 @@ from .source import HELD, UNREACHABLE, RoundReport, Sealed, Source
 from .votefile import VoteFile
 
 WITNESS_CHECKPOINT = "enclave-witness.checkpoint"
-TLS_FILE = "enclave.pem"          # as the enclave coordinator publishes it
+TLS_FILE = "enclave.pem"          # the enclave's certificate, in the coordinator's published directory
 
 
 def seal_vote(client, query_id: str, vote, nonce: bytes, num_classes: int):
