@@ -7,7 +7,10 @@ sources' keys are made and the consortium policy assembled (`keys new`,
 `consortium init/add-source/digest`); the full install (this test's own) runs a
 demo under that policy, signed with that operator key; and the light install
 audits the log (pinning the operator's public file), exports a source's receipt
-and audits it. Torch, OpenDP and scipy must not be importable there, so none of
+and audits it; and against a consortium of the full install's services, the
+light install's `source watch` sends its shares, `source verify` audits its own
+history and `audit URL` fetches the log over HTTP. Torch, OpenDP and scipy must
+not be importable there, so none of
 it can have leaned on them. What the install adds is bounded. (Slow: it installs
 numpy, grpcio, cryptography... into the new venv.)
 """
@@ -63,8 +66,11 @@ def _run(*args, timeout=300) -> subprocess.CompletedProcess:
     return subprocess.run([str(a) for a in args], capture_output=True, text=True, timeout=timeout)
 
 
-@pytest.mark.slow
-def test_source_and_auditor_commands_in_a_fresh_light_venv(tmp_path):
+@pytest.fixture(scope="module")
+def light_venv(tmp_path_factory):
+    """A fresh venv with `pip install <a clean copy of this project>`, no extras:
+    (its python, its dvsecure), after checking what the install added."""
+    tmp_path = tmp_path_factory.mktemp("light")
     # A clean copy of the project: building it writes nothing into the working tree.
     src = tmp_path / "src"
     shutil.copytree(ROOT / "dvsecure", src / "dvsecure", ignore=shutil.ignore_patterns("__pycache__"))
@@ -82,8 +88,12 @@ def test_source_and_auditor_commands_in_a_fresh_light_venv(tmp_path):
     for heavy in ("torch", "opendp", "scipy"):
         missing = _run(py, "-c", f"import {heavy}")
         assert missing.returncode != 0 and f"No module named '{heavy}'" in missing.stderr, heavy
+    return py, env_dir / "bin" / "dvsecure"
 
-    light = env_dir / "bin" / "dvsecure"
+
+@pytest.mark.slow
+def test_source_and_auditor_commands_in_a_fresh_light_venv(light_venv, tmp_path):
+    py, light = light_venv
     work = tmp_path / "work"
     work.mkdir()
 
@@ -146,3 +156,77 @@ def test_source_and_auditor_commands_in_a_fresh_light_venv(tmp_path):
                   "dvsecure.tee.client; print(sorted({m.split('.')[0] for m in sys.modules} & "
                   "{'torch', 'crypten', 'opendp', 'scipy'}))", timeout=120)
     assert loaded.returncode == 0 and loaded.stdout.strip() == "[]", loaded.stdout + loaded.stderr
+
+
+@pytest.mark.slow
+def test_a_light_source_submits_to_real_parties_and_verifies(light_venv, tmp_path):
+    """The source's own commands from the light install, against a consortium of the
+    full install's services (party serve x2, dealer serve, coordinator run): `source
+    watch` sends its shares, `source verify` audits its history, and `audit URL`
+    fetches the published log over HTTP."""
+    import signal
+    import sys
+
+    sys.path.insert(0, str(ROOT / "tests" / "roles"))
+    from consortium_setup import SOURCES, endpoint_files, make_consortium
+
+    from dvsecure.roles.published import serve
+
+    py, light = light_venv
+    c = make_consortium(tmp_path / "c", deadline=60.0, batch=10)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    full = [sys.executable, "-m", "dvsecure.cli"]
+    procs = []
+
+    def spawn(cmd, log):
+        procs.append(subprocess.Popen([str(a) for a in cmd], stdout=open(log, "wb"), stderr=subprocess.STDOUT,
+                                      start_new_session=True, env=env))
+        return procs[-1]
+    queries = [{"query_id": f"q-{i:02d}", "classes": 4} for i in range(12)]
+    (tmp_path / "q.jsonl").write_text("".join(json.dumps(q) + "\n" for q in queries))
+    try:
+        for r, cfg in enumerate(c.party_configs, 1):
+            spawn(full + ["party", "serve", "--config", cfg], tmp_path / f"p{r}.log")
+        spawn(full + ["dealer", "serve", "--config", c.dealer_config], tmp_path / "dealer.log")
+        coord = spawn(full + ["coordinator", "run", "--config", c.coordinator_config, "--queries",
+                              tmp_path / "q.jsonl", "--json"], tmp_path / "coord.log")
+        for f in endpoint_files(c):
+            for _ in range(600):
+                if f.exists():
+                    break
+                subprocess.run(["sleep", "0.5"])
+        parties = ", ".join(f'"{f}"' for f in endpoint_files(c))
+        for j, sid in enumerate(SOURCES):
+            d = c.sources[sid].parent
+            (d / "votes.jsonl").write_text("".join(json.dumps({"query_id": q["query_id"], "vote": (i + j) % 4})
+                                                   + "\n" for i, q in enumerate(queries)))
+            (d / "source.toml").write_text(f'id = "{sid}"\nkey = "state"\npolicy = "{c.policy}"\n'
+                                           f'parties = [{parties}]\ncoordinator = "{c.out}"\nstate = "state"\n'
+                                           'poll = 0.5\nallow_nonprivate = true\n')
+            spawn([light, "source", "watch", "--config", d / "source.toml", "--votes", d / "votes.jsonl"],
+                  tmp_path / f"{sid}.log")
+        assert coord.wait(timeout=600) == 0, (tmp_path / "coord.log").read_text()[-3000:]
+        summary = json.loads((tmp_path / "coord.log").read_text()[(tmp_path / "coord.log").read_text().index("{\n"):])
+        assert summary["released"] == 12 and summary["answered"] > 0, summary
+        for sid in SOURCES:
+            d = c.sources[sid].parent
+            verified = subprocess.run([str(light), "source", "verify", "--config", str(d / "source.toml")],
+                                      capture_output=True, text=True, timeout=300)
+            assert verified.returncode == 0, verified.stdout + verified.stderr
+            assert sid in verified.stdout and "OK" in verified.stdout.splitlines()[0]
+        server, port = serve(c.out, "127.0.0.1:0")
+        try:
+            fetched = subprocess.run([str(light), "audit", f"http://127.0.0.1:{port}/", "--policy", str(c.policy),
+                                      "--allow-nonprivate"], capture_output=True, text=True, timeout=300)
+        finally:
+            server.shutdown()
+        assert fetched.returncode == 0 and ": OK" in fetched.stdout, fetched.stdout + fetched.stderr
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
