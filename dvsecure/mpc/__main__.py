@@ -5,6 +5,7 @@ people starting parties by hand on other machines."""
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from pathlib import Path
@@ -37,6 +38,7 @@ def main() -> None:
     policy = Path(args.policy).read_text() if args.policy else None
     if (args.roster is None) == (args.rendezvous is None):
         p.error("give exactly one of --roster and --rendezvous")
+    code = 0
     try:
         run_party(args.rank, args.world_size, args.provider, args.state, roster=args.roster,
                   rendezvous=args.rendezvous, coordinator=args.coordinator, pinned_policy_toml=policy,
@@ -49,7 +51,22 @@ def main() -> None:
 
         event("dealer" if args.rank == args.world_size else f"party {args.rank}", "member_failed",
               error=f"{type(e).__name__}: {e}")
-        sys.exit(1)
+        code = 1
+    except SystemExit as e:               # SIGTERM
+        code = e.code if isinstance(e.code, int) else 0
+    except BaseException:                 # anything else: said in full, and a failure
+        import traceback
+
+        traceback.print_exc()
+        code = 1
+    finally:
+        # Out now, whatever threads a broken group left behind (a gRPC call arriving
+        # during shutdown, a link's reader): waiting for them could hang the member for
+        # good, and the service would never start it again. Every ledger write was
+        # committed (SQLite, synchronous=FULL) before it returned.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
 
 
 if __name__ == "__main__":
