@@ -82,7 +82,7 @@ class Findings:
     seeds: tuple | None = None                    # the dealer's seeds, by party, if found
     masks: list = field(default_factory=list)     # (function, plaintext mask) in the dealer's order
     recovered: list = field(default_factory=list)  # per mask: int64 values, or None where not opened
-    indices: list = field(default_factory=list)    # per one-time table: the class indices k it recovered
+    indices: list = field(default_factory=list)    # the class indices k it rebuilt (candidates, see _table_indices)
 
     def opened(self, length: int, values=(0, 1)) -> list[np.ndarray]:
         """Fully recovered secrets of `length` entries, each entry in `values`."""
@@ -162,7 +162,7 @@ def reconstruct(streams: dict[tuple, bytes], world: int, labels=None) -> Finding
                                       and b]))
     for function, mask in f.masks:
         if function == "onehot_table":
-            f.indices.append(_table_indices(mask, slotted, world, labels))
+            f.indices.extend(_table_indices(mask, slotted, world, labels))
             continue
         target = (np.uint64(0) - mask) - np.uint64(SMALL)         # w in [-mask - SMALL, -mask + SMALL]
         lo = np.searchsorted(words, target)
@@ -176,7 +176,10 @@ def reconstruct(streams: dict[tuple, bytes], world: int, labels=None) -> Finding
 def _table_indices(table, slotted, world: int, labels):
     """k = d + r mod C for a one-time table (r int64[R, Q], C), d found on the wire:
     the final segments of one all-reduce (values < world * C, each seen on two
-    links), in the order whose plurality labels match the released ones."""
+    links), in the orders whose plurality labels match the released ones: every
+    candidate (when many queries are refused, a few segment orders can fit the
+    labels, and the eavesdropper keeps them all: usually one, one of them the
+    votes)."""
     r, c = table
     n = r.size
     seen: dict[tuple, dict[bytes, set]] = {}
@@ -199,6 +202,6 @@ def _table_indices(table, slotted, world: int, labels):
             implied = tally.argmax(axis=1)                     # equal public weights; ties to the lowest
             if all(lab is None or lab == imp for lab, imp in zip(labels, implied)):
                 matches.append(k)
-        if len(matches) == 1:
-            return matches[0]
-    return None
+        if matches:
+            return matches
+    return []

@@ -113,8 +113,9 @@ def test_plain_gloo_lets_an_eavesdropper_rebuild_every_vote(loopback_host, tmp_p
     # Every vote's class index, from the dealer's tables and the opened masks: 30/30 votes,
     # all 120 vote entries.
     truth = np.asarray(released["votes"]).T
-    assert any(k is not None and np.array_equal(k, truth) for k in findings.indices), \
-        "the eavesdropper did not rebuild the votes"
+    assert any(np.array_equal(k, truth) for k in findings.indices), "the eavesdropper did not rebuild the votes"
+    # Of the orders of the mask's segments (6! here), the released labels leave few (usually one).
+    assert len(findings.indices) < 720
     assert one_hot(released["votes"]).size == ENTRIES == 120
 
 
