@@ -178,6 +178,20 @@ class Results:
         self._f.close()
 
 
+def prepare_run(cfg: dict, policy, queries_path: Path):
+    """What every coordinator does first: read the queries (each bad row logged), make
+    its private state (0700) and published directories, and its round publisher.
+    Returns (queries, errors, state, out, rounds)."""
+    queries, errors = read_queries(queries_path)
+    for e in errors:
+        event("coordinator", "bad_query", error=e)
+    state, out = Path(cfg["state"]), Path(cfg["out"])
+    state.mkdir(parents=True, exist_ok=True)
+    os.chmod(state, 0o700)
+    out.mkdir(parents=True, exist_ok=True)
+    return queries, errors, state, out, RoundPublisher(state, out, policy.digest())
+
+
 class Coordinator:
     def __init__(self, cfg: dict, progress=None):
         from ..mpc.roster import Roster
@@ -248,14 +262,7 @@ class Coordinator:
         from ..noise import make_noise
         from .published import serve as serve_http
 
-        queries, errors = read_queries(queries_path)
-        for e in errors:
-            event("coordinator", "bad_query", error=e)
-        state, self.out = Path(self.cfg["state"]), Path(self.cfg["out"])
-        state.mkdir(parents=True, exist_ok=True)
-        os.chmod(state, 0o700)
-        self.out.mkdir(parents=True, exist_ok=True)
-        self.rounds = RoundPublisher(state, self.out, self.policy.digest())
+        queries, errors, state, self.out, self.rounds = prepare_run(self.cfg, self.policy, queries_path)
         results = Results(self.cfg["results"] or state / "results.jsonl")
         noise = make_noise(self.cfg["noise"])
         http = None

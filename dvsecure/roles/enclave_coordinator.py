@@ -29,7 +29,7 @@ from pathlib import Path
 
 from ..errors import DvsecureError, EnclaveError, ParameterError
 from .config import ConfigError, Key
-from .coordinator import Query, Results, RoundPublisher, read_queries, release_rows
+from .coordinator import Query, Results, prepare_run, release_rows
 from .enclave_source import TLS_FILE
 from .events import event
 from .published import LOG_DIR, read_one, write_index
@@ -162,14 +162,7 @@ class EnclaveCoordinator:
     def run(self, queries_path: Path) -> dict:
         from .published import serve as serve_http
 
-        queries, errors = read_queries(queries_path)
-        for e in errors:
-            event("coordinator", "bad_query", error=e)
-        state, self.out = Path(self.cfg["state"]), Path(self.cfg["out"])
-        state.mkdir(parents=True, exist_ok=True)
-        state.chmod(0o700)
-        self.out.mkdir(parents=True, exist_ok=True)
-        self.rounds = RoundPublisher(state, self.out, self.policy.digest())
+        queries, errors, state, self.out, self.rounds = prepare_run(self.cfg, self.policy, queries_path)
         results = Results(self.cfg["results"] or state / "results.jsonl")
         summary = {"released": 0, "answered": 0, "failed": 0, "skipped": len(errors), "errors": errors,
                    "calibrated": False}
