@@ -6,13 +6,28 @@ examples/consortium/run.sh)."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 from dvsecure.cli import main
 
 SOURCES = ("hospital-a", "hospital-b", "clinic-c")
+
+
+def stop(proc: subprocess.Popen, sig=signal.SIGTERM) -> int:
+    """Stop a service started in its own process group (by pid), killing it if it lingers."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, sig)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return proc.returncode
 
 
 def free_port() -> int:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from consortium_setup import SOURCES, endpoint_files, make_consortium
+from consortium_setup import SOURCES, endpoint_files, make_consortium, stop
 
 from dvsecure.audit.check import audit
 from dvsecure.keys import load_source_key
@@ -34,16 +34,6 @@ def spawn(*argv, log: Path) -> subprocess.Popen:
     # Its own process group, so a test can kill the service and its member at once.
     return subprocess.Popen([sys.executable, "-m", "dvsecure.cli", *map(str, argv)], env=ENV,
                             stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def stop(proc: subprocess.Popen, sig=signal.SIGTERM) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, sig)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 def votes_for(queries: list[dict], seed: int = 7) -> dict:

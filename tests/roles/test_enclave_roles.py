@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from consortium_setup import SOURCES, free_port
+from consortium_setup import SOURCES, free_port, stop
 
 from dvsecure.cli import main
 
@@ -33,17 +33,6 @@ def spawn(*argv, log: Path, err: Path | None = None) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "dvsecure.cli", *map(str, argv)], env=ENV,
                             stdout=open(log, "wb"), stderr=open(err, "wb") if err else subprocess.STDOUT,
                             start_new_session=True)
-
-
-def stop(proc: subprocess.Popen, sig=signal.SIGTERM) -> int:
-    if proc.poll() is None:
-        os.killpg(proc.pid, sig)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    return proc.returncode
 
 
 def setup(root: Path, deadline: float = 6.0) -> dict:
