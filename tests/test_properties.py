@@ -39,7 +39,7 @@ from dvsecure.engine.ledger import Ledger
 from dvsecure.errors import DuplicateQueryError, ParameterError, PolicyError
 from dvsecure.log import entry
 from dvsecure.noise import make_noise
-from dvsecure.policy import Budget, ConsortiumPolicy, MechanismPolicy, SourcePolicy
+from dvsecure.policy import DEFAULT_RESOLUTION, Budget, ConsortiumPolicy, MechanismPolicy, SourcePolicy
 from dvsecure.wire.submission import Submission
 
 SCALE = 1 << 16
@@ -557,12 +557,16 @@ def exhaustible_policies(draw):
     unit = 1 / Fraction(mech.sigma2) ** 2 + (1 / (2 * Fraction(mech.sigma1) ** 2) if mech.confident else 0)
     srcs = []
     for i in range(draw(st.integers(1, 4))):
+        votes = draw(st.sampled_from(["one-hot", "simplex"]))
+        # The band must hold two points of the source's weight grid (a simplex
+        # source's weights are multiples of resolution * 2**-16).
+        step = DEFAULT_RESOLUTION if votes == "simplex" else 1
         hi = draw(st.floats(0.1, 1.0))
-        lo = draw(st.floats(hi / 2, hi - 2 / SCALE))
+        lo = draw(st.floats(hi / 2, hi - 2 * step / SCALE))
         c = draw(st.floats(0.3, 6.0))
         budget = Budget("rho", float(c * unit * Fraction(hi) ** 2))
         srcs.append(SourcePolicy(f"s{i}", lo, hi, budget, on_exhaustion=draw(st.sampled_from(["exclude", "shrink"])),
-                                 votes=draw(st.sampled_from(["one-hot", "simplex"]))))
+                                 votes=votes))
     return ConsortiumPolicy(sources=tuple(srcs), mechanism=mech)
 
 
