@@ -108,4 +108,9 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    # Everything is closed and durable: exit now, not after threads a gRPC server left
+    # behind (seen under load: shutdown outlived the supervisor's patience).
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

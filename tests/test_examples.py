@@ -92,7 +92,9 @@ def test_consortium_walkthrough_each_role_on_its_own_host_with_a_party_killed(tm
     released = [r for r in rows if r["status"] == "released"]
     failed = [r for r in rows if r["status"] == "failed"]
     assert len(failed) <= 50 and len(released) == 150 - len(failed) >= 100   # only the batch in flight is lost
-    assert sum(r["answered"] for r in released) >= len(released) // 2
+    # Some queries answered: at threshold 1.0 and sigma1 1.0 a query two of the three models agree on
+    # passes about half the time, so how many pass varies from run to run (CI once saw 42 of 100).
+    assert sum(r["answered"] for r in released) >= len(released) // 4
     # After the kill, later rounds were released (the run went on with the restarted party).
     assert max(r["round"] for r in released) > min((r["round"] for r in failed), default=0)
     roster = (work / "operator" / "roster.json").read_text()
@@ -138,7 +140,7 @@ def test_consortium_walkthrough_on_the_simulated_enclave(tmp_path):
     queries = [json.loads(x)["query_id"] for x in (work / "operator" / "queries.jsonl").read_text().splitlines()]
     assert sorted(r["query_id"] for r in rows) == sorted(queries)      # every query reported, once
     released = [r for r in rows if r["status"] == "released"]
-    assert len(released) == 150 and sum(r["answered"] for r in released) >= 75
+    assert len(released) == 150 and sum(r["answered"] for r in released) >= 150 // 4   # as above
     # The votes reached the enclave from the sources' hosts: each recorded every query's vote as taken.
     for s in ("hospital-a", "hospital-b", "clinic-c"):
         taken = {json.loads(x)["query_id"] for name in ("submissions.jsonl", "calibration-submissions.jsonl")

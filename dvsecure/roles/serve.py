@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 from ..errors import ParameterError
@@ -80,6 +81,23 @@ def check_dealer(roster_path: Path, state: Path):
     return roster
 
 
+STOP_GRACE = 10.0      # seconds a service has to exit after SIGTERM before it is killed
+
+
+def _wait(proc: subprocess.Popen, stop: threading.Event) -> int:
+    """The child's exit code; once stopping, it gets STOP_GRACE seconds, then SIGKILL
+    (its state is durable at every step, so a kill loses nothing recorded)."""
+    stopping_since = None
+    while True:
+        try:
+            return proc.wait(timeout=0.2)
+        except subprocess.TimeoutExpired:
+            if stop.is_set():
+                stopping_since = stopping_since or time.monotonic()
+                if time.monotonic() - stopping_since > STOP_GRACE:
+                    proc.kill()
+
+
 def supervise(role: str, cmd: list[str], restart_delay: float) -> int:
     """Run `cmd` and start it again whenever it exits, until SIGTERM/SIGINT."""
     stop = threading.Event()
@@ -96,7 +114,7 @@ def supervise(role: str, cmd: list[str], restart_delay: float) -> int:
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL)
             child[:] = [proc]
             event(role, "started", pid=proc.pid)
-            code = proc.wait()
+            code = _wait(proc, stop)
             if stop.is_set():
                 break
             event(role, "exited", code=code, restart_in=delay)
