@@ -280,14 +280,17 @@ class MPCBackend(Backend):
                 per_party[p].append(m)
         return present, per_party, problems
 
-    def pending(self, query_ids) -> np.ndarray:
+    def pending(self, query_ids, predraw: int | None = None) -> np.ndarray:
         """bool[S, Q]: whether every party holds source s's share for query q (networked
-        mode), so a coordinator can stop waiting once every source has submitted."""
+        mode), so a coordinator can stop waiting once every source has submitted.
+        `predraw` (these queries' number of classes): each party starts drawing the
+        private noise their batch needs, while the round waits."""
         if not self.takes_votes_from_sources:
             raise ParameterError("this MPC backend takes no submissions from sources (no principals given)")
         parties = self._ensure_started()
         query_ids = list(query_ids)
-        held = parties.call({"op": "pending", "policy": self._policy.to_toml(), "query_ids": query_ids})["held"]
+        held = parties.call({"op": "pending", "policy": self._policy.to_toml(), "query_ids": query_ids,
+                             **({"predraw": int(predraw)} if predraw else {})})["held"]
         return np.frombuffer(held, dtype=np.uint8).reshape(len(self._policy.ids), len(query_ids)).astype(bool)
 
     def restart(self) -> None:

@@ -119,6 +119,19 @@ def _run_member(transport, rank, world, join, shares, num_classes, gammas, thres
     noise = make_noise(noise_mode, seed=None if noise_mode == "private" else 1000 * seed + rank)
     comm = crypten.communicator.get()
     phases, revealed = {}, {}
+    if noise.private:
+        # As a deployed party does while the round waits for submissions (`Party._predraw`): the
+        # batch's noise at most (every query answered) drawn ahead in the background. Timed apart.
+        t = time.perf_counter()
+        Q = shares[rank].shape[1]
+        want = {sigmas[1]: Q * num_classes}
+        if sigmas[0] is not None:
+            want[sigmas[0]] = want.get(sigmas[0], 0) + Q       # the same scale: one pool for both
+        for sigma, count in want.items():
+            noise.reserve(sigma, count)
+        while any(noise.ready(sigma) < count for sigma, count in want.items()):
+            time.sleep(0.01)
+        phases["noise_predraw"] = {"seconds": time.perf_counter() - t}
     bits, phases["index_votes"] = _phase(comm, lambda: tables.one_hot_shares(crypten, shares[rank], num_classes))
     x = crypten.mpc.MPCTensor.from_shares(bits, precision=0)
     one_hot = [True] * x.size(0)
@@ -260,6 +273,7 @@ def _summary(per_member: dict, num_parties: int, num_queries: int) -> dict:
         else None
     pipeline_s = sum(slowest[k] for k in PIPELINE)
     noise_s = sum(max(p[k].get("noise_seconds", 0.0) for p in parties) for k in PIPELINE)
+    predraw_s = max(p["noise_predraw"]["seconds"] for p in parties) if "noise_predraw" in parties[0] else None
     total_rounds = sum(rounds[k] for k in PIPELINE)
     out = {
         "pipeline_s": round(pipeline_s, 4), "rounds": total_rounds,
@@ -285,10 +299,15 @@ def _summary(per_member: dict, num_parties: int, num_queries: int) -> dict:
         "baseline_crypten_argmax_s": round(slowest[BASELINE], 4),
         "baseline_bytes_per_query_per_party": round(sent[BASELINE] / num_queries, 1),
         "speedup_vs_baseline_argmax": round(slowest[BASELINE] / pipeline_s, 3),
-        # The parties' own noise draws (OpenDP's exact sampler), inside the phases above: data-independent
-        # work a party could do ahead of the batch, so also shown apart (never in place of pipeline_s).
+        # The parties' noise inside the phases above (taking the pre-drawn samples, sharing them), and,
+        # apart, the time their background draws took before the batch (OpenDP's exact sampler; as
+        # deployed, while the round waits for submissions): the pipeline with it is shown too.
         "noise_s": round(noise_s, 4),
         "speedup_vs_baseline_argmax_without_noise": round(slowest[BASELINE] / max(pipeline_s - noise_s, 1e-9), 3),
+        **({"noise_predraw_s": round(predraw_s, 4),
+            "pipeline_with_predraw_s": round(pipeline_s + predraw_s, 4),
+            "speedup_vs_baseline_argmax_with_predraw": round(slowest[BASELINE] / (pipeline_s + predraw_s), 3)}
+           if predraw_s is not None else {}),
         "phases": {k: {"seconds": round(slowest[k], 4), "rounds": rounds[k],
                        "bytes_per_query_per_party": round(sent[k] / num_queries, 1),
                        **({"wire_bytes_per_query_per_party": round(wire[k] / num_queries, 1)} if wire else {}),
@@ -407,6 +426,9 @@ def human_summary(r: dict) -> str:
         f"{p['baseline_bytes_per_query_per_party'] / 1000:.2f} KB/query/party "
         f"(pipeline at {p['speedup_vs_baseline_argmax']:.3f}x its speed; the parties' noise draws take "
         f"{p['noise_s']:.3f} s of it, without them {p['speedup_vs_baseline_argmax_without_noise']:.3f}x)",
+        *([f"  noise drawn ahead (as parties do while a round waits): {p['noise_predraw_s']:.3f} s; pipeline "
+           f"with it {p['pipeline_with_predraw_s']:.3f} s = {p['speedup_vs_baseline_argmax_with_predraw']:.3f}x"]
+          if "noise_predraw_s" in p else []),
         f"  wide area (model): {r['wide_area_model']['network_s']:.3f} s of network "
         f"({r['wide_area_model']['network_s_per_query'] * 1e3:.3f} ms/query) = {WAN_FORMULA}; "
         f"with the local pipeline {r['wide_area_model']['with_local_pipeline_s']:.3f} s",

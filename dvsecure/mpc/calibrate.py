@@ -20,7 +20,7 @@ import numpy as np
 
 from ..engine.calibration import CalibrationPlan, calibration_charge
 from ..errors import DvsecureError, SubmissionError
-from ..noise import make_noise
+from ..noise import PRIVATE, make_noise
 from ..wire.limits import check_query_id
 from . import secure
 from .evaluate import input_checks, shared_votes
@@ -46,7 +46,8 @@ def calibration_plan(cmd: dict, policy) -> CalibrationPlan:
     return CalibrationPlan(cmd["calibration_id"], tuple(labels), C, charges, skipped)
 
 
-def calibrate_batch(crypten, cmd: dict, rank: int, world: int, party_key, ledger, peers, inbox=None) -> dict:
+def calibrate_batch(crypten, cmd: dict, rank: int, world: int, party_key, ledger, peers, inbox=None,
+                    private_noise=None) -> dict:
     """One calibration at one party. Reveals how many parties hold each share (as a
     batch does), then — once every party has recorded the charges — the noisy sums
     of the calibrated sources, and nothing else."""
@@ -60,7 +61,9 @@ def calibrate_batch(crypten, cmd: dict, rank: int, world: int, party_key, ledger
         input_checks(cmd, policy, world, inbox)
         plan = calibration_plan(cmd, policy)
         seed = cmd["noise_seeds"][rank] if cmd.get("noise_seeds") else None
-        noise = make_noise(cmd["noise_mode"], seed)
+        # The party's own private noise, if it has one: what it drew ahead for this batch.
+        noise = private_noise if private_noise is not None and cmd["noise_mode"] == PRIVATE \
+            else make_noise(cmd["noise_mode"], seed)
         t = policy.collusion_tolerance
         sigmas = {sid: Fraction(party_noise_scale(plan.sum_scale(policy, sid), world, t, 1)) for sid in plan.charges}
     except (DvsecureError, KeyError, IndexError) as e:

@@ -11,7 +11,7 @@ import numpy as np
 from ..errors import DvsecureError, LedgerError, SubmissionError
 from ..mechanism.filter import BudgetFilter
 from ..mechanism.fixedpoint import threshold_to_tally
-from ..noise import make_noise
+from ..noise import PRIVATE, make_noise
 from ..wire.limits import check_query_id
 from . import secure, tables
 from .sharing import INDEX, open_submission, wire_encoding, wire_rows
@@ -258,7 +258,8 @@ def shared_votes(crypten, cmd: dict, rank: int, world: int, party_key, policy, i
     return SharedVotes(shared, rows, owner, one_hot, present, counts, agreed, valid, commitments)
 
 
-def evaluate_batch(crypten, cmd: dict, rank: int, world: int, party_key, ledger, peers, inbox=None) -> dict:
+def evaluate_batch(crypten, cmd: dict, rank: int, world: int, party_key, ledger, peers, inbox=None,
+                   private_noise=None) -> dict:
     """One batch at one party. Every public check comes first. Then it reveals,
     in order: how many parties hold each source's share of each query, whether
     each vote is valid; then — once this party has checked every budget at the
@@ -277,7 +278,9 @@ def evaluate_batch(crypten, cmd: dict, rank: int, world: int, party_key, ledger,
         present, gammas_np, sigma1, sigma2 = _public_checks(cmd, policy, world, inbox)
         _filter_checks(cmd, policy, ledger, gammas_np)
         seed = cmd["noise_seeds"][rank] if cmd.get("noise_seeds") else None
-        noise = make_noise(cmd["noise_mode"], seed)
+        # The party's own private noise, if it has one: what it drew ahead for this batch.
+        noise = private_noise if private_noise is not None and cmd["noise_mode"] == PRIVATE \
+            else make_noise(cmd["noise_mode"], seed)
     except (DvsecureError, KeyError, IndexError) as e:
         error = str(e)
     peers.agree(error)

@@ -198,6 +198,7 @@ class _Batch(_Command, tag="batch"):
 class _Pending(_Command, tag="pending"):
     policy: str
     query_ids: list[str]
+    predraw: int | None = None          # these queries' classes: draw their private noise ahead
 
 
 class _Calibrate(_Command, tag="calibrate"):
@@ -241,6 +242,7 @@ class Party:
         self.allow_nonprivate = allow_nonprivate
         self._ledgers = {}
         self.inbox, self.endpoint = None, None
+        self._noise = None                   # this party's private noise, drawn ahead while rounds wait
 
     def listen(self, address: str, principals_path: str, max_message: int = 64 << 20,
                inbox_limits: dict | None = None, advertise: str | None = None):
@@ -303,6 +305,27 @@ class Party:
         every = [np.frombuffer(b, dtype=np.uint8) for b in self.peers.gather(mine)]
         return np.minimum.reduce(every).tobytes()
 
+    def _predraw(self, policy, num_queries: int, num_classes: int) -> None:
+        """Start drawing, in the background, the private noise a batch of these
+        queries needs at most (one threshold draw each, C GNMax draws each if all
+        are answered): it is data-independent, so it is drawn while the round
+        waits for submissions instead of inside the batch. Local to this party:
+        what the coordinator asks changes only when this party spends its CPU."""
+        from ..noise import PrivateNoise
+        from .evaluate import MAX_CLASSES, party_sigmas
+
+        if not 1 <= num_classes <= MAX_CLASSES:
+            return
+        if self._noise is None:
+            self._noise = PrivateNoise()
+        try:
+            sigma1, sigma2 = party_sigmas(policy, self.world, num_classes)
+            if sigma1 is not None:
+                self._noise.reserve(sigma1, num_queries)
+            self._noise.reserve(sigma2, num_queries * num_classes)
+        except DvsecureError:
+            pass       # the batch itself refuses such a policy, naming why; nothing to draw ahead
+
     def public_keys(self) -> list[dict]:
         """Every party's public keys (and submission endpoint), in rank order (a collective)."""
         mine = msgspec.msgpack.encode({"box": bytes(self.box_key.public_key),
@@ -355,14 +378,17 @@ class Party:
             from .evaluate import evaluate_batch
 
             return evaluate_batch(self.crypten, cmd, self.rank, self.world, self.box_key, ledger, self.peers,
-                                  self.inbox)
+                                  self.inbox, self._noise)
         if op == "calibrate":
             from .calibrate import calibrate_batch
 
             return calibrate_batch(self.crypten, cmd, self.rank, self.world, self.box_key, ledger, self.peers,
-                                   self.inbox)
+                                   self.inbox, self._noise)
         if op == "pending":
-            return {"held": self._held(ledger, cmd["query_ids"])}
+            held = self._held(ledger, cmd["query_ids"])
+            if cmd.get("predraw") and error is None:
+                self._predraw(ledger.policy, len(cmd["query_ids"]), cmd["predraw"])
+            return {"held": held}
         if op == "size":
             return {"sizes": [int(b) for b in self.peers.gather(str(ledger.size).encode())]}
         if op == "cosign":

@@ -33,6 +33,10 @@ class NoiseSource:
     def sample(self, sigma: Fraction, size: int) -> np.ndarray:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def reserve(self, sigma: Fraction, count: int) -> None:
+        """Draw `count` samples ahead if this source can (only private noise does:
+        seeded noise must come in its seed's order, and zeros cost nothing)."""
+
     @staticmethod
     def _check(sigma: Fraction, size: int) -> None:
         if sigma <= 0:
@@ -71,6 +75,12 @@ class _Pool:
         self.pos = 0          # next unused sample of chunks[0]
         self.ready = 0        # unused samples in all chunks
         self.used = 0         # samples handed out so far
+        self.reserved = 0     # samples asked for ahead (`PrivateNoise.reserve`) and not yet taken
+
+    def target(self, noise: "PrivateNoise") -> int:
+        """How many samples the refill keeps ready: what was reserved, and AHEAD
+        once the scale is in steady use."""
+        return max(self.reserved, noise.AHEAD if self.used >= noise.CHUNK else 0)
 
     def add(self, samples: np.ndarray) -> None:
         if len(samples):
@@ -78,6 +88,8 @@ class _Pool:
             self.ready += len(samples)
 
     def take(self, size: int) -> np.ndarray:
+        if size == 0:
+            return np.zeros(0, dtype=np.int64)
         pieces = []
         while size:
             head = self.chunks[0]
@@ -109,12 +121,19 @@ class PrivateNoise(NoiseSource):
     samples), a background thread keeps AHEAD samples of it drawn: OpenDP runs
     without the GIL, so on a second core the noise costs the caller nothing.
     The thread ends after IDLE seconds without demand; a forked child drops
-    every drawn sample (it must never reuse its parent's)."""
+    every drawn sample (it must never reuse its parent's).
+
+    `reserve(sigma, count)` asks for count samples of a scale to be drawn ahead
+    the same way, before they are needed: a computing party reserves a batch's
+    noise while the round waits for submissions (the noise is data-independent,
+    so drawing it early changes nothing but when the CPU is spent). `sample`
+    hands out what is ready first and draws any shortfall at once."""
 
     mode = PRIVATE
     CHUNK = 1024
     AHEAD = 8192
     IDLE = 2.0
+    MAX_RESERVE = 1 << 22        # samples of one scale kept ahead at most (32 MiB of int64)
 
     def __init__(self):
         self._reset()
@@ -139,20 +158,50 @@ class PrivateNoise(NoiseSource):
             raise ParameterError(f"noise scale {sigma} is not exactly a float64")
         if size == 0:
             return np.zeros(0, dtype=np.int64)
-        if size >= self.CHUNK:
-            return _draw(s, size)
         with self._lock:
-            if self._pid != os.getpid():   # belt and braces: the at-fork hook already reset us
-                self._reset_pools()
-            pool = self._pools.get(s)
-            if pool is None:
-                pool = self._pools[s] = _Pool()
-            if pool.ready < size:
-                pool.add(_draw(s, max(size - pool.ready, min(pool.used, self.CHUNK))))
-            out = pool.take(size)
-            if pool.used >= self.CHUNK and pool.ready < self.AHEAD // 2 and not self._stop:
+            pool = self._pool(s)
+            out = pool.take(min(size, pool.ready))
+            pool.reserved = max(0, pool.reserved - size)
+            short = size - len(out)
+            if 0 < short < self.CHUNK:
+                pool.add(_draw(s, max(short, min(pool.used, self.CHUNK))))
+                out = np.concatenate([out, pool.take(short)])
+                short = 0
+            steady = pool.used >= self.CHUNK and pool.ready < self.AHEAD // 2
+            if (steady or pool.ready < pool.reserved) and not self._stop:
                 self._kick()
+        if short:       # a large shortfall: drawn here, outside the lock, while the refill goes on
+            out = np.concatenate([out, _draw(s, short)])
         return out
+
+    def reserve(self, sigma: Fraction, count: int) -> None:
+        """Keep at least `count` (at most MAX_RESERVE) samples of this scale drawn
+        ahead, in the background; a later reserve replaces the number, and what
+        `sample` takes counts against it."""
+        self._check(sigma, count)
+        s = float(sigma)
+        if Fraction(s) != Fraction(sigma):
+            raise ParameterError(f"noise scale {sigma} is not exactly a float64")
+        with self._lock:
+            pool = self._pool(s)
+            pool.reserved = min(int(count), self.MAX_RESERVE)
+            if pool.ready < pool.reserved and not self._stop:
+                self._kick()
+
+    def ready(self, sigma: Fraction) -> int:
+        """How many samples of this scale are drawn and not yet handed out."""
+        with self._lock:
+            pool = self._pools.get(float(sigma))
+            return 0 if pool is None or self._pid != os.getpid() else pool.ready
+
+    def _pool(self, s: float) -> "_Pool":
+        """(called with self._lock held)"""
+        if self._pid != os.getpid():   # belt and braces: the at-fork hook already reset us
+            self._reset_pools()
+        pool = self._pools.get(s)
+        if pool is None:
+            pool = self._pools[s] = _Pool()
+        return pool
 
     def _reset_pools(self) -> None:
         self._pools.clear()
@@ -172,7 +221,7 @@ class PrivateNoise(NoiseSource):
     def _wanted(self) -> float | None:
         """A scale in steady use with fewer than AHEAD samples ready, if any."""
         for s, pool in self._pools.items():
-            if pool.used >= self.CHUNK and pool.ready < self.AHEAD:
+            if pool.ready < pool.target(self):
                 return s
         return None
 

@@ -242,9 +242,11 @@ class Coordinator:
     def _open(self, queries: list[Query], calibration: str | None = None) -> None:
         deadline = self.rounds.open(queries, self.cfg["deadline"], calibration)
         ids = tuple(q.query_id for q in queries)
-        # Wait until every source's share is at every party, or the deadline.
+        # Wait until every source's share is at every party, or the deadline; meanwhile the
+        # parties draw the round's private noise ahead (an unlabelled round is a batch).
+        predraw = queries[0].num_classes if self.cfg["noise"] == "private" and calibration is None else None
         while time.time() < deadline and not self.stopping.is_set():
-            if self.backend.pending(ids).all():
+            if self.backend.pending(ids, predraw).all():
                 break
             time.sleep(0.5)
 

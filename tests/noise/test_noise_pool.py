@@ -92,3 +92,60 @@ def test_small_draws_through_the_pool_follow_the_exact_pmf():
     pmf[-1] += sum(discrete_gaussian_pmf(v, sigma) for v in range(hi + 1, hi + 61))
     expected = pmf / pmf.sum() * len(x)
     assert stats.chisquare(observed, expected).pvalue > 1e-4
+
+
+def _wait_ready(noise, sigma, count, timeout=60.0):
+    deadline = time.monotonic() + timeout
+    while noise.ready(sigma) < count:
+        assert time.monotonic() < deadline, f"only {noise.ready(sigma)} of {count} samples drawn ahead"
+        time.sleep(0.01)
+
+
+def test_reserved_samples_are_drawn_ahead_and_handed_out_first_and_once(monkeypatch):
+    drawn = unique_draws(monkeypatch)
+    noise = PrivateNoise()
+    sigma = Fraction(11)
+    noise.reserve(sigma, 3000)
+    _wait_ready(noise, sigma, 3000)                 # drawn by the background thread, no caller asked
+    ahead = np.concatenate(drawn)[:3000].copy()
+    first = noise.sample(sigma, 3000)               # a large request is served from the pool ...
+    assert np.array_equal(first, ahead)
+    noise.reserve(sigma, 1000)
+    _wait_ready(noise, sigma, 1000)
+    more = noise.sample(sigma, 6000)                # ... and what is not ready yet is drawn at once
+    assert len(more) == 6000
+    out = np.concatenate([first, more, noise.sample(sigma, 50)])
+    assert len(np.unique(out)) == len(out)          # never twice
+    assert set(out.tolist()) <= set(np.concatenate(drawn).tolist())
+    assert not set(noise.sample(Fraction(13), 10).tolist()) & set(out.tolist())
+
+
+def test_reserve_is_bounded_and_checks_its_scale(monkeypatch):
+    unique_draws(monkeypatch)
+    noise = PrivateNoise()
+    noise.reserve(Fraction(5), 10 ** 12)
+    with noise._lock:
+        assert noise._pools[5.0].reserved == PrivateNoise.MAX_RESERVE
+    noise.reserve(Fraction(5), 0)                   # a later reserve replaces the number
+    with noise._lock:
+        assert noise._pools[5.0].reserved == 0
+    for bad in (Fraction(0), Fraction(-3), Fraction(1, 3)):
+        try:
+            noise.reserve(bad, 10)
+        except sources.ParameterError as e:
+            assert "noise scale" in str(e)
+        else:
+            raise AssertionError(f"reserve accepted scale {bad}")
+
+
+def test_samples_drawn_ahead_follow_the_exact_pmf():
+    sigma = 2.5
+    noise = PrivateNoise()
+    noise.reserve(Fraction(sigma), 20000)
+    _wait_ready(noise, Fraction(sigma), 20000)
+    x = np.clip(noise.sample(Fraction(sigma), 20000), -9, 9)
+    observed = np.array([(x == v).sum() for v in range(-9, 10)])
+    pmf = np.array([discrete_gaussian_pmf(v, sigma) for v in range(-9, 10)])
+    pmf[0] += sum(discrete_gaussian_pmf(v, sigma) for v in range(-69, -9))
+    pmf[-1] += sum(discrete_gaussian_pmf(v, sigma) for v in range(10, 70))
+    assert stats.chisquare(observed, pmf / pmf.sum() * len(x)).pvalue > 1e-4
