@@ -243,6 +243,7 @@ class Party:
         self._ledgers = {}
         self.inbox, self.endpoint = None, None
         self._noise = None                   # this party's private noise, drawn ahead while rounds wait
+        self._reserved = set()               # the scales the current round reserved
 
     def listen(self, address: str, principals_path: str, max_message: int = 64 << 20,
                inbox_limits: dict | None = None, advertise: str | None = None):
@@ -320,11 +321,18 @@ class Party:
             self._noise = PrivateNoise()
         try:
             sigma1, sigma2 = party_sigmas(policy, self.world, num_classes)
+            want = {sigma2: num_queries * num_classes}
             if sigma1 is not None:
-                self._noise.reserve(sigma1, num_queries)
-            self._noise.reserve(sigma2, num_queries * num_classes)
+                want[sigma1] = want.get(sigma1, 0) + num_queries
         except DvsecureError:
-            pass       # the batch itself refuses such a policy, naming why; nothing to draw ahead
+            return     # the batch itself refuses such a policy, naming why; nothing to draw ahead
+        # Only the latest round's scales stay reserved, so a coordinator that names other
+        # classes poll after poll cannot make this party keep drawing for all of them.
+        for sigma in self._reserved - set(want):
+            self._noise.reserve(sigma, 0)
+        for sigma, count in want.items():
+            self._noise.reserve(sigma, count)
+        self._reserved = set(want)
 
     def public_keys(self) -> list[dict]:
         """Every party's public keys (and submission endpoint), in rank order (a collective)."""

@@ -19,7 +19,7 @@ def _policy(t=1):
 
 def _party(world):
     party = object.__new__(Party)          # only what _predraw touches: no CrypTen group needed
-    party.world, party._noise = world, None
+    party.world, party._noise, party._reserved = world, None, set()
     return party
 
 
@@ -62,3 +62,18 @@ def test_pending_command_carries_predraw_and_still_decodes_without_it():
     assert decode_command(raw)["predraw"] == 10
     raw = msgspec.msgpack.encode({"op": "pending", "policy": "x", "query_ids": ["q1"]})
     assert decode_command(raw)["predraw"] is None
+
+
+def test_only_the_latest_rounds_scales_stay_reserved():
+    first = _policy()
+    second = ConsortiumPolicy(sources=first.sources, mechanism=MechanismPolicy("gnmax", 9.0))
+    party = _party(3)
+    party._predraw(first, 20, 4)
+    old = set(party_sigmas(first, 3, 4))
+    party._predraw(second, 20, 4)                 # another round whose scales are other ones
+    _, new = party_sigmas(second, 3, 4)
+    assert new not in old
+    with party._noise._lock:
+        assert party._noise._pools[float(new)].reserved == 80
+        for sigma in old:
+            assert party._noise._pools[float(sigma)].reserved == 0
