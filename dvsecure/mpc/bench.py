@@ -112,7 +112,7 @@ def _run_member(transport, rank, world, join, shares, num_classes, gammas, thres
 
     from ..noise import make_noise
     from . import secure
-    from .evaluate import _noise_shares
+    from .evaluate import _noise_shares, batch_noise_demand
 
     crypten.init()
     # Seeded noise (tests) is the same at a rank on both transports, so their revealed outputs compare.
@@ -123,10 +123,7 @@ def _run_member(transport, rank, world, join, shares, num_classes, gammas, thres
         # As a deployed party does while the round waits for submissions (`Party._predraw`): the
         # batch's noise at most (every query answered) drawn ahead in the background. Timed apart.
         t = time.perf_counter()
-        Q = shares[rank].shape[1]
-        want = {sigmas[1]: Q * num_classes}
-        if sigmas[0] is not None:
-            want[sigmas[0]] = want.get(sigmas[0], 0) + Q       # the same scale: one pool for both
+        want = batch_noise_demand(sigmas[0], sigmas[1], shares[rank].shape[1], num_classes)
         for sigma, count in want.items():
             noise.reserve(sigma, count)
         while any(noise.ready(sigma) < count for sigma, count in want.items()):

@@ -20,10 +20,9 @@ import numpy as np
 
 from ..engine.calibration import CalibrationPlan, calibration_charge
 from ..errors import DvsecureError, SubmissionError
-from ..noise import PRIVATE, make_noise
 from ..wire.limits import check_query_id
 from . import secure
-from .evaluate import input_checks, shared_votes
+from .evaluate import batch_noise, input_checks, shared_votes
 
 
 def calibration_plan(cmd: dict, policy) -> CalibrationPlan:
@@ -60,10 +59,7 @@ def calibrate_batch(crypten, cmd: dict, rank: int, world: int, party_key, ledger
     try:
         input_checks(cmd, policy, world, inbox)
         plan = calibration_plan(cmd, policy)
-        seed = cmd["noise_seeds"][rank] if cmd.get("noise_seeds") else None
-        # The party's own private noise, if it has one: what it drew ahead for this batch.
-        noise = private_noise if private_noise is not None and cmd["noise_mode"] == PRIVATE \
-            else make_noise(cmd["noise_mode"], seed)
+        noise = batch_noise(cmd, rank, private_noise)
         t = policy.collusion_tolerance
         sigmas = {sid: Fraction(party_noise_scale(plan.sum_scale(policy, sid), world, t, 1)) for sid in plan.charges}
     except (DvsecureError, KeyError, IndexError) as e:

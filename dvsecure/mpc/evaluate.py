@@ -51,6 +51,23 @@ def party_sigmas(policy, world: int, num_classes: int):
     return sigma1, Fraction(party_noise_scale(sigma_on_tally_grid(mech.sigma2), world, t, num_classes))
 
 
+def batch_noise_demand(sigma1, sigma2, num_queries: int, num_classes: int) -> dict:
+    """{scale: draws} a batch takes at most at one party: one threshold draw per query
+    (Confident GNMax) and C GNMax draws per query if every query is answered."""
+    want = {sigma2: num_queries * num_classes}
+    if sigma1 is not None:
+        want[sigma1] = want.get(sigma1, 0) + num_queries       # the same scale: one pool for both
+    return want
+
+
+def batch_noise(cmd: dict, rank: int, private_noise=None):
+    """The noise a batch or calibration command asks for: the party's own private
+    noise if it has one (what it drew ahead), else a fresh source of that mode."""
+    if private_noise is not None and cmd["noise_mode"] == PRIVATE:
+        return private_noise
+    return make_noise(cmd["noise_mode"], cmd["noise_seeds"][rank] if cmd.get("noise_seeds") else None)
+
+
 def _relayed_inputs(cmd, rank, world, party_key, rows, encodings, Q, C):
     """Shares relayed by the coordinator in the command (each sealed to this
     party): x int64[R, Q, C] (FIXED rows), k int64[R, Q] (INDEX rows: class
@@ -277,10 +294,7 @@ def evaluate_batch(crypten, cmd: dict, rank: int, world: int, party_key, ledger,
     try:
         present, gammas_np, sigma1, sigma2 = _public_checks(cmd, policy, world, inbox)
         _filter_checks(cmd, policy, ledger, gammas_np)
-        seed = cmd["noise_seeds"][rank] if cmd.get("noise_seeds") else None
-        # The party's own private noise, if it has one: what it drew ahead for this batch.
-        noise = private_noise if private_noise is not None and cmd["noise_mode"] == PRIVATE \
-            else make_noise(cmd["noise_mode"], seed)
+        noise = batch_noise(cmd, rank, private_noise)
     except (DvsecureError, KeyError, IndexError) as e:
         error = str(e)
     peers.agree(error)

@@ -313,17 +313,14 @@ class Party:
         waits for submissions instead of inside the batch. Local to this party:
         what the coordinator asks changes only when this party spends its CPU."""
         from ..noise import PrivateNoise
-        from .evaluate import MAX_CLASSES, party_sigmas
+        from .evaluate import MAX_CLASSES, batch_noise_demand, party_sigmas
 
         if not 1 <= num_classes <= MAX_CLASSES:
             return
         if self._noise is None:
             self._noise = PrivateNoise()
         try:
-            sigma1, sigma2 = party_sigmas(policy, self.world, num_classes)
-            want = {sigma2: num_queries * num_classes}
-            if sigma1 is not None:
-                want[sigma1] = want.get(sigma1, 0) + num_queries
+            want = batch_noise_demand(*party_sigmas(policy, self.world, num_classes), num_queries, num_classes)
         except DvsecureError:
             return     # the batch itself refuses such a policy, naming why; nothing to draw ahead
         # Only the latest round's scales stay reserved, so a coordinator that names other

@@ -129,7 +129,7 @@ def supervise(role: str, cmd: list[str], restart_delay: float) -> int:
         if child and child[0].poll() is None:
             child[0].terminate()
             try:
-                child[0].wait(timeout=10)
+                child[0].wait(timeout=STOP_GRACE)
             except subprocess.TimeoutExpired:
                 child[0].kill()
                 child[0].wait()
